@@ -1,0 +1,1 @@
+"""FocalServe Python client and the HTTP API schemas shared with the server."""

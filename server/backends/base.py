@@ -1,0 +1,31 @@
+"""The interface every backend implements; batchers and routes know only this."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+from tritonclient.grpc import model_config_pb2 as pb
+
+
+class ModelBackend(ABC):
+    name: str
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Connect or load; called once before serving."""
+
+    @abstractmethod
+    async def model_configs(self) -> list[pb.ModelConfig]:
+        """The configs of every model the backend serves (the gateway's source of truth)."""
+
+    @abstractmethod
+    async def infer(self, model: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """Run `model` on a batch; inputs and the single output carry the batch dimension."""
+
+    @abstractmethod
+    async def ready(self) -> bool:
+        """Whether the backend can serve now."""
+
+    async def close(self) -> None:
+        """Release resources."""

@@ -1,0 +1,35 @@
+"""The gateway's one settings object: environment (`FOCALSERVE_*`) and CLI flags map onto it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FOCALSERVE_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
+    model_repository: Path = Field(Path("model_repository"), description="Triton model repository.")
+    data_dir: Path = Field(Path("data"), description="Collections, indexes and image blobs.")
+    backend: Literal["embedded", "triton"] = Field("embedded", description="Where models run.")
+    triton_url: str = Field("127.0.0.1:8001", description="Triton address (gRPC by default).")
+    triton_protocol: Literal["grpc", "http"] = "grpc"
+    families: list[str] = Field(default_factory=list, description="Families to load; empty = all.")
+
+    max_batch_size: int = Field(64, ge=1, description="Upper bound; a model's own max_batch_size wins if lower.")
+    max_delay_ms: float = Field(5.0, ge=0, description="How long a batch waits to fill.")
+    max_queue_size: int = Field(1024, ge=1, description="Per-batcher queue; beyond it requests get 503.")
+    retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 503 responses.")
+    torch_threads: int = Field(0, ge=0, description="Intra-op threads of the embedded backend; 0 = torch's default.")
+    preprocess_workers: int = Field(2, ge=1, description="Threads that decode and preprocess images.")
+
+    max_inputs_per_request: int = Field(256, ge=1)
+    max_image_bytes: int = Field(16 * 1024 * 1024, ge=1, description="Largest encoded image accepted.")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Decompression-bomb guard (width x height).")
+    max_instruction_chars: int = Field(512, ge=1)
+    condition_cache_size: int = Field(4096, ge=0, description="Encoded instructions kept (LRU).")

@@ -1,0 +1,32 @@
+"""Prometheus metrics of the gateway, on a registry of its own (one per app)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.request_latency = Histogram(
+            "focalserve_request_duration_seconds", "HTTP request latency.",
+            ["method", "route", "status"], buckets=LATENCY_BUCKETS, registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "focalserve_batch_size", "Items per backend call.", ["model"],
+            buckets=BATCH_BUCKETS, registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "focalserve_queue_depth", "Items waiting in a batcher.", ["model"], registry=self.registry
+        )
+        self.rejected = Counter(
+            "focalserve_rejected_total", "Items refused because a queue was full.", ["model"],
+            registry=self.registry,
+        )
+        self.condition_cache = Counter(
+            "focalserve_condition_cache_total", "Condition cache lookups.", ["model", "result"],
+            registry=self.registry,
+        )

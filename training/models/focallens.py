@@ -1,0 +1,155 @@
+"""FocalLens: an open_clip CLIP whose image tower also reads an instruction.
+
+The instruction is encoded by a copy of CLIP's text tower (the *instruction tower*), and its
+pooled embedding enters the ViT as one extra token after the patch tokens. The original
+text tower stays frozen and embeds the expected answers (and, at serving time, text queries),
+so conditional image embeddings and text queries share one space.
+
+Why a gated token: any extra token changes every other token's attention (it sits in the
+softmax denominator even when its input is zero), so a zero-initialised projection alone does
+not make the model equal to its base CLIP at step 0. Each layer therefore scales the
+condition token's attention weight by a learned gate initialised to 0: at initialisation the
+condition is invisible and the conditional embedding is exactly the base image embedding,
+and training opens the gates as far as the condition helps.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from open_clip.model import CLIP
+from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+from torch import nn
+
+
+class InstructionTower(nn.Module):
+    """A trainable copy of a CLIP's text tower: instruction tokens -> condition vector."""
+
+    def __init__(self, clip: CLIP) -> None:
+        super().__init__()
+        visual, clip.visual = clip.visual, None  # copy the text side only
+        try:
+            text_side = copy.deepcopy(clip)
+        finally:
+            clip.visual = visual
+        for unused in ("logit_scale", "logit_bias"):
+            if getattr(text_side, unused, None) is not None:
+                delattr(text_side, unused)
+        self.text = text_side
+        self.text.requires_grad_(True)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """L2-normalised pooled instruction embedding, shape (B, C)."""
+        return self.text.encode_text(tokens, normalize=True)
+
+
+class ConditionToken(nn.Module):
+    """Turns a condition vector into the extra ViT token and owns the per-layer gates."""
+
+    def __init__(self, condition_dim: int, width: int, layers: int) -> None:
+        super().__init__()
+        self.projection = nn.Linear(condition_dim, width)
+        nn.init.zeros_(self.projection.weight)
+        nn.init.zeros_(self.projection.bias)
+        self.position = nn.Parameter(torch.randn(width) * width**-0.5)
+        self.gates = nn.Parameter(torch.zeros(layers))
+
+    def forward(self, condition: torch.Tensor) -> torch.Tensor:
+        """(B, C) -> (B, 1, width), before the ViT's pre-norm."""
+        return (self.projection(condition) + self.position).unsqueeze(1)
+
+
+def gated_attention(attn: nn.MultiheadAttention, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """Self-attention where the last token's attention weight is multiplied by `gate`.
+
+    Equivalent to adding log(gate) to that key's logits, but differentiable at gate = 0.
+    """
+    batch, length, width = x.shape
+    heads = attn.num_heads
+    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
+    q, k, v = qkv.reshape(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+    logits = (q * (width // heads) ** -0.5) @ k.transpose(-2, -1)
+    weights = (logits - logits.amax(dim=-1, keepdim=True)).exp()
+    weights = torch.cat([weights[..., :-1], weights[..., -1:] * gate], dim=-1)
+    weights = weights / weights.sum(dim=-1, keepdim=True)
+    out = (weights @ v).transpose(1, 2).reshape(batch, length, width)
+    return attn.out_proj(out)
+
+
+def gated_block(block: ResidualAttentionBlock, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """open_clip's residual block with `gated_attention` in place of its attention."""
+    x = x + block.ls_1(gated_attention(block.attn, block.ln_1(x), gate))
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def text_embedding_dim(clip: CLIP) -> int:
+    """Width of the text tower's pooled output, which is the condition's dimension C."""
+    projection = clip.text_projection
+    if projection is None:
+        return clip.transformer.width
+    return projection.out_features if isinstance(projection, nn.Linear) else projection.shape[-1]
+
+
+class FocalLensCLIP(nn.Module):
+    """Conditional CLIP: `encode_image(pixels, condition)` under an encoded instruction."""
+
+    def __init__(self, clip: CLIP) -> None:
+        super().__init__()
+        visual = clip.visual
+        if not isinstance(visual, VisionTransformer) or visual.attn_pool is not None:
+            raise ValueError("FocalLens needs an open_clip ViT image tower without attention pooling")
+        if not all(isinstance(b, ResidualAttentionBlock) for b in visual.transformer.resblocks):
+            raise ValueError("FocalLens supports open_clip's standard ResidualAttentionBlock ViTs")
+        if not visual.transformer.batch_first:
+            raise ValueError("FocalLens expects a batch-first ViT (open_clip >= 2.24)")
+        self.clip = clip
+        self.instruction_tower = InstructionTower(clip)
+        self.condition_token = ConditionToken(
+            text_embedding_dim(clip), visual.transformer.width, len(visual.transformer.resblocks)
+        )
+
+    @property
+    def condition_dim(self) -> int:
+        return self.condition_token.projection.in_features
+
+    def answer_tower_parameters(self) -> list[nn.Parameter]:
+        """The frozen text tower: everything of `clip` that is not the image tower or the scale."""
+        return [p for n, p in self.clip.named_parameters() if not n.startswith(("visual.", "logit_"))]
+
+    def freeze_answer_tower(self) -> None:
+        for parameter in self.answer_tower_parameters():
+            parameter.requires_grad_(False)
+
+    def encode_instruction(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.instruction_tower(tokens)
+
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """The frozen answer tower: embeds answers during training and text queries when serving."""
+        return self.clip.encode_text(tokens, normalize=normalize)
+
+    def encode_image(self, pixels: torch.Tensor, condition: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        visual = self.clip.visual
+        x = visual._embeds(pixels)
+        condition_token = visual.ln_pre(self.condition_token(condition).to(x.dtype))
+        x = torch.cat([x, condition_token], dim=1)
+        gates = self.condition_token.gates.clamp(min=0)
+        for index, block in enumerate(visual.transformer.resblocks):
+            x = gated_block(block, x, gates[index])
+        pooled, _ = visual._pool(x[:, :-1])
+        if visual.proj is not None:
+            pooled = pooled @ visual.proj
+        return F.normalize(pooled, dim=-1) if normalize else pooled
+
+    def forward(
+        self, pixels: torch.Tensor, instruction_tokens: torch.Tensor, answer_tokens: torch.Tensor
+    ) -> dict[str, Any]:
+        """The output dict the FocalLens loss takes (answer ids are added by the loop)."""
+        condition = self.encode_instruction(instruction_tokens)
+        return {
+            "image_features": self.encode_image(pixels, condition),
+            "text_features": self.encode_text(answer_tokens),
+            "logit_scale": self.clip.logit_scale.exp(),
+        }
