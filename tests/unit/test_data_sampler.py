@@ -74,10 +74,11 @@ def test_distributed_ranks_get_disjoint_equal_shares():
 
 def test_distributed_without_drop_last_pads_ranks_to_equal_length():
     image_ids = ids_per_image(5, 2)  # 10 items -> 3 batches of 4 (last one short)
-    shares = [
-        list(GroupedInstructionBatchSampler(image_ids, 4, 2, drop_last=False, num_replicas=2, rank=r))
+    samplers = [
+        GroupedInstructionBatchSampler(image_ids, 4, 2, drop_last=False, num_replicas=2, rank=r)
         for r in range(2)
     ]
+    shares = [list(sampler) for sampler in samplers]
     assert [len(share) for share in shares] == [2, 2]
     covered = {i for share in shares for batch in share for i in batch}
     assert covered == set(range(10))

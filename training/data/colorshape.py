@@ -135,7 +135,8 @@ class ColorShapeGenerator:
         self.image_size = image_size
 
     def sample(self, index: int) -> ColorShapeSample:
-        """Index cycles through all colour x shape pairs, so any 30 consecutive are balanced."""
+        """Index cycles through the colour x shape pairs, so that any 30 consecutive indices
+        hold each pair once and small evaluation sets stay balanced."""
         rng = np.random.default_rng([self.seed, index, _SINGLE_STREAM])
         colour = COLOR_NAMES[index % len(COLOR_NAMES)]
         shape = SHAPES[(index // len(COLOR_NAMES)) % len(SHAPES)]
@@ -176,8 +177,8 @@ class ColorShapeGenerator:
         centre = rng.uniform(max(sides) / 2, size - max(sides) / 2)
         boxes = []
         for i, side in enumerate(sides):
-            lower_half = (i == 0) == subject_first
-            along = int(rng.integers(0, half - side + 1)) + (0 if lower_half else size - half)
+            near_origin = (i == 0) == subject_first  # left or top half
+            along = int(rng.integers(0, half - side + 1)) + (0 if near_origin else size - half)
             jitter = rng.uniform(-0.1, 0.1) * side
             across = int(np.clip(round(centre - side / 2 + jitter), 0, size - side))
             x, y = (along, across) if relation in ("left of", "right of") else (across, along)

@@ -67,7 +67,7 @@ class ReplaceWord:
         self.matcher = PhraseMatcher(groups)
         antonyms = {normalise(k): normalise(v) for k, v in (antonyms or {}).items()}
         self.alternatives: dict[str, list[str]] = {}
-        for group, phrases in groups.items():
+        for phrases in groups.values():
             keys = list(dict.fromkeys(normalise(p) for p in phrases))
             for key in keys:
                 siblings = [k for k in keys if k != key]

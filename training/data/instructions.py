@@ -54,7 +54,7 @@ def _record_triplets(record: object, root: Path) -> list[InstructionTriplet]:
         return []
     turns = [_turn(t) for t in conversations]
     triplets = []
-    for (speaker, question), (next_speaker, reply) in zip(turns, turns[1:]):
+    for (speaker, question), (next_speaker, reply) in zip(turns, turns[1:], strict=False):
         instruction, answer = strip_image_token(question), reply.strip()
         if speaker == "human" and next_speaker == "gpt" and instruction and answer:
             triplets.append(InstructionTriplet(root / image, instruction, answer, image))

@@ -2,12 +2,13 @@
 
 Putting k instructions of one image in a batch makes the contrastive loss separate the
 *conditions* of one image, not just different images. Each epoch, every image's items are
-shuffled and cut into chunks of ``instructions_per_image``; the chunks are shuffled and
-laid end to end (a chunk whose image is already in the batch being filled waits for the
-next batch), then cut into batches. When every image has a multiple of k items, each
-batch holds exactly ``batch_size // k`` images with k items each; otherwise an image's
-last, smaller chunk shifts later chunks, and a chunk may straddle two batches. Every item
-is used once per epoch either way, so ``__len__`` does not depend on the epoch.
+shuffled and cut into chunks of ``instructions_per_image``; the chunks are spread over the
+epoch in random order and laid end to end (a chunk whose image is already in the batch
+being filled waits for the next batch), then cut into batches. When every image has a
+multiple of k items, each batch holds ``batch_size // k`` images with k items each (an
+image repeats only if the epoch's tail leaves no other); otherwise an image's last,
+smaller chunk shifts later chunks, and a chunk may straddle two batches. Every item is
+used once per epoch either way, so ``__len__`` does not depend on the epoch.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class GroupedInstructionBatchSampler(Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
     ) -> None:
-        if instructions_per_image < 1 or batch_size % instructions_per_image:
+        if min(batch_size, instructions_per_image) < 1 or batch_size % instructions_per_image:
             raise ValueError(
                 f"batch_size ({batch_size}) must be a positive multiple of "
                 f"instructions_per_image ({instructions_per_image})"
@@ -68,8 +69,7 @@ class GroupedInstructionBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         batches = self._global_batches()
-        per_rank = len(self)
-        total = per_rank * self.num_replicas
+        total = len(self) * self.num_replicas
         if batches:
             batches = (batches * math.ceil(total / len(batches)))[:total]
         yield from batches[self.rank :: self.num_replicas]
@@ -80,15 +80,19 @@ class GroupedInstructionBatchSampler(Sampler[list[int]]):
         return [order[i : i + self.batch_size] for i in range(0, stop, self.batch_size)]
 
     def _shuffled_chunks(self) -> list[tuple[int, list[int]]]:
-        """(image, indices) chunks of at most k items, in a random order."""
+        """(image, indices) chunks of at most k items, in a random order where an image's
+        j-th of n chunks lies at a random point of the epoch's j-th n-th: siblings rarely
+        meet, and no image is biased toward the start or end of the epoch."""
         rng = random.Random(f"{self.seed}:{self.epoch}")  # str seeds hash stably across runs
         k = self.instructions_per_image
-        chunks = []
+        keyed = []
         for image, indices in enumerate(self._groups):
             shuffled = rng.sample(indices, len(indices))
-            chunks.extend((image, shuffled[i : i + k]) for i in range(0, len(shuffled), k))
-        rng.shuffle(chunks)
-        return chunks
+            chunks = [shuffled[i : i + k] for i in range(0, len(shuffled), k)]
+            for j, chunk in enumerate(chunks):
+                keyed.append(((j + rng.random()) / len(chunks), image, chunk))
+        keyed.sort(key=lambda item: item[:2])
+        return [(image, chunk) for _, image, chunk in keyed]
 
     def _pack(self, chunks: list[tuple[int, list[int]]]) -> list[int]:
         """Lay chunks end to end, holding back a chunk whose image is already in the batch

@@ -21,41 +21,46 @@ COLORSHAPE_WORD_GROUPS: dict[str, tuple[str, ...]] = {
     "shape": SHAPES,
     "relation": RELATIONS,
 }
-COLORSHAPE_ANTONYMS: dict[str, str] = {
-    "left of": "right of",
-    "right of": "left of",
-    "above": "below",
-    "below": "above",
-}
+
+
+def _phrases(text: str) -> tuple[str, ...]:
+    return tuple(phrase.strip() for phrase in text.split(","))
+
+
+def _both_ways(text: str) -> dict[str, str]:
+    """Pairs written "a/b, c/d", each usable in both directions."""
+    pairs = [tuple(word.strip() for word in pair.split("/")) for pair in text.split(",")]
+    return {k: v for a, b in pairs for k, v in ((a, b), (b, a))}
+
+
+COLORSHAPE_ANTONYMS: dict[str, str] = _both_ways("left of/right of, above/below")
 
 # A small default for real captions; every size and state word has an antonym because
 # their siblings are often synonyms. Only "gray" is listed, so "grey" never replaces it.
 ENGLISH_WORD_GROUPS: dict[str, tuple[str, ...]] = {
-    "colour": (
-        "red", "orange", "yellow", "green", "blue", "purple",
-        "pink", "brown", "black", "white", "gray",
+    "colour": _phrases("red, orange, yellow, green, blue, purple, pink, brown, black, white, gray"),
+    "size": _phrases("big, small, large, little, huge, tiny, tall, short, long"),
+    "state": _phrases("young, old, open, closed, empty, full, wet, dry"),
+    "count": _phrases("one, two, three, four, five"),
+    "object": _phrases(
+        "man, woman, boy, girl, child, dog, cat, horse, cow, sheep, bird, car, bus, truck, "
+        "train, bicycle, boat, airplane, table, chair, bed, couch, plate, cup, bowl, pizza, cake"
     ),
-    "size": ("big", "small", "large", "little", "huge", "tiny", "tall", "short", "long"),
-    "state": ("young", "old", "open", "closed", "empty", "full", "wet", "dry"),
-    "count": ("one", "two", "three", "four", "five"),
-    "object": (
-        "man", "woman", "boy", "girl", "child", "dog", "cat", "horse", "cow", "sheep",
-        "bird", "car", "bus", "truck", "train", "bicycle", "boat", "airplane", "table",
-        "chair", "bed", "couch", "plate", "cup", "bowl", "pizza", "cake",
-    ),
-    "relation": (
-        "on", "under", "above", "below", "left of", "right of", "next to",
-        "in front of", "behind", "inside", "outside", "on top of",
+    "relation": _phrases(
+        "on, under, above, below, left of, right of, next to, in front of, behind, inside, "
+        "outside, on top of"
     ),
 }
 ENGLISH_ANTONYMS: dict[str, str] = {
-    **COLORSHAPE_ANTONYMS,
-    "big": "small", "small": "big", "large": "small", "little": "big",
-    "huge": "tiny", "tiny": "huge", "tall": "short", "short": "tall", "long": "short",
-    "young": "old", "old": "young", "open": "closed", "closed": "open",
-    "empty": "full", "full": "empty", "wet": "dry", "dry": "wet",
-    "on": "under", "under": "on", "on top of": "under",
-    "in front of": "behind", "behind": "in front of", "inside": "outside", "outside": "inside",
+    **_both_ways(
+        "left of/right of, above/below, on/under, in front of/behind, inside/outside, "
+        "big/small, tall/short, huge/tiny, young/old, open/closed, empty/full, wet/dry"
+    ),
+    # one way only: the reverse direction is taken by a closer pair above
+    "large": "small",
+    "little": "big",
+    "long": "short",
+    "on top of": "under",
 }
 
 

@@ -57,6 +57,11 @@ class ConditionToken(nn.Module):
         self.position = nn.Parameter(torch.randn(width) * width**-0.5)
         self.gates = nn.Parameter(torch.zeros(layers))
 
+    def open_gates(self) -> torch.Tensor:
+        """Gates clamped at 0 in the forward pass, with the gradient passed straight through:
+        a plain clamp (or ReLU) has zero gradient at 0, so gates starting there would never open."""
+        return self.gates + (self.gates.clamp(min=0) - self.gates).detach()
+
     def forward(self, condition: torch.Tensor) -> torch.Tensor:
         """(B, C) -> (B, 1, width), before the ViT's pre-norm."""
         return (self.projection(condition) + self.position).unsqueeze(1)
@@ -135,7 +140,7 @@ class FocalLensCLIP(nn.Module):
         x = visual._embeds(pixels)
         condition_token = visual.ln_pre(self.condition_token(condition).to(x.dtype))
         x = torch.cat([x, condition_token], dim=1)
-        gates = self.condition_token.gates.clamp(min=0)
+        gates = self.condition_token.open_gates()
         for index, block in enumerate(visual.transformer.resblocks):
             x = gated_block(block, x, gates[index])
         pooled, _ = visual._pool(x[:, :-1])

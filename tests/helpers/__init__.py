@@ -1,0 +1,1 @@
+"""Shared test helpers: tiny models, exported repositories, live servers, images."""

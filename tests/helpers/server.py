@@ -1,0 +1,58 @@
+"""Run the real gateway (`focalserve serve`, uvicorn) as a subprocess on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_ready(url: str, process: subprocess.Popen, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready after {timeout_s} s")
+
+
+@contextmanager
+def running_gateway(repository: Path, log_file: Path, **settings: str) -> Iterator[str]:
+    """Start the gateway with FOCALSERVE_* settings; yields its base URL; always stops it."""
+    port = free_port()
+    env = {**os.environ, "FOCALSERVE_MODEL_REPOSITORY": str(repository), "FOCALSERVE_HOST": "127.0.0.1",
+           "FOCALSERVE_PORT": str(port)}
+    env.update({f"FOCALSERVE_{key.upper()}": value for key, value in settings.items()})
+    with open(log_file, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server", "serve", "--log-level", "warning"], env=env, stdout=log, stderr=log
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(url, process)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,15 @@
+"""A real gateway (uvicorn subprocess on 127.0.0.1) over the session's exported repository."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers.server import running_gateway
+
+
+@pytest.fixture(scope="session")
+def gateway_url(model_repository, tmp_path_factory):
+    log = tmp_path_factory.mktemp("logs") / "gateway.log"
+    with running_gateway(model_repository, log, max_inputs_per_request="16", max_instruction_chars="64",
+                         max_image_pixels="1000000") as url:
+        yield url
