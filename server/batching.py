@@ -49,6 +49,7 @@ class DynamicBatcher:
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_queue_size)
         self._on_batch = on_batch
         self._worker: asyncio.Task[None] | None = None
+        self._held: list[_Item] = []  # taken from the queue by the worker, not yet answered
         self.last_progress = time.monotonic()  # when a batch last completed, for readiness
 
     @property
@@ -69,10 +70,9 @@ class DynamicBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
             self._worker = None
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
-            if not item.future.done():
-                item.future.set_exception(BackendUnavailable(f"{self.name} is shutting down"))
+        waiting = [self._queue.get_nowait() for _ in range(self._queue.qsize())]
+        _fail(self._held + waiting, BackendUnavailable(f"{self.name} is shutting down"))
+        self._held = []
 
     async def submit(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """Queue one item (arrays without the batch dimension) and wait for its output row."""
@@ -90,7 +90,7 @@ class DynamicBatcher:
                 await self._execute(batch)
 
     async def _gather(self) -> list[_Item]:
-        batch = [await self._queue.get()]
+        batch = self._held = [await self._queue.get()]
         deadline = time.monotonic() + self._max_delay
         while len(batch) < self.max_batch_size:
             if self._queue.empty():
@@ -99,17 +99,19 @@ class DynamicBatcher:
                     break
                 try:
                     batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except TimeoutError:
+                except asyncio.TimeoutError:  # not the builtin before Python 3.11
                     break
             else:
                 batch.append(self._queue.get_nowait())
-        return [item for item in batch if not item.future.done()]  # drop cancelled callers
+        self._held = [item for item in batch if not item.future.done()]  # drop cancelled callers
+        return self._held
 
     async def _execute(self, batch: list[_Item]) -> None:
         try:
             outputs = await self._run(_stack(batch))
         except BackendUnavailable as error:
             _fail(batch, error)
+            return
         except Exception as error:
             if len(batch) == 1:
                 _fail(batch, error)
@@ -124,6 +126,7 @@ class DynamicBatcher:
         for item, row in zip(batch, outputs):
             if not item.future.done():
                 item.future.set_result(row)
+        self._held = []
 
 
 def _stack(batch: list[_Item]) -> dict[str, np.ndarray]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import warnings
 
 import numpy as np
 from open_clip.transform import image_transform
@@ -20,25 +19,28 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
     if len(data) > max_bytes:
         raise ImageTooLarge(f"the image is {len(data)} bytes; the limit is {max_bytes}")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageTooLarge(
-                    f"the image declares {width}x{height} pixels; the limit is {max_pixels} pixels"
-                )
-            image.load()
-            image = ImageOps.exif_transpose(image)
-            return image.convert("RGB")
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageTooLarge(f"the image declares {width}x{height} pixels; the limit is {max_pixels} pixels")
+        image.load()
+        return _to_rgb(ImageOps.exif_transpose(image))
     except ImageTooLarge:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+    except Image.DecompressionBombError as error:
         raise ImageTooLarge(f"the image is a decompression bomb: {error}") from None
     except Image.UnidentifiedImageError:
         raise InvalidImage("the data is not an image in a format the server reads") from None
     except Exception as error:  # PIL raises many types for corrupt data; all mean "not an image"
         raise InvalidImage(f"the image could not be decoded ({type(error).__name__}: {error})") from None
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB at 8 bits; 16/32-bit greyscale is scaled down, since PIL's convert would clip it to white."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        levels = np.asarray(image, dtype=np.int64).clip(0, 65535) >> 8
+        image = Image.fromarray(levels.astype(np.uint8), "L")
+    return image.convert("RGB")
 
 
 class ImagePreprocessor:
