@@ -95,7 +95,7 @@ class TwoObjectScene:
     relation: str
 
 
-def caption(sample: ColorShapeSample | TwoObjectScene) -> str:
+def caption(sample: ColorShapeSample | SceneObject | TwoObjectScene) -> str:
     """Plain caption: "a red circle" or "a red circle left of an orange square"."""
     if isinstance(sample, TwoObjectScene):
         first, second = sample.objects
