@@ -4,25 +4,30 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 
 from server.api.errors import install_error_handlers
-from server.api.routes import embed, health, models
+from server.api.routes import collections as collection_routes
+from server.api.routes import embed, health, models, search
 from server.backends.base import ModelBackend
 from server.backends.embedded import EmbeddedBackend
+from server.backends.triton import TritonBackend
 from server.config import Settings
 from server.engine import Engine
+from server.images import ImageDecoder
 from server.metrics import Metrics
+from server.search.service import CollectionService
 from server.state import Gateway
+from server.storage import Store
 
 
 def create_backend(settings: Settings) -> ModelBackend:
     if settings.backend == "embedded":
         return EmbeddedBackend(settings.model_repository, settings.families, settings.torch_threads)
-    raise NotImplementedError(f"backend {settings.backend!r} is not available yet")
+    return TritonBackend(settings.triton_url, settings.triton_protocol, settings.families, settings.triton_timeout_s,
+                         settings.triton_startup_timeout_s)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -35,13 +40,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await backend.start()
         engine = await Engine.load(backend, settings, metrics)
         engine.start()
-        pool = ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="decode")
-        app.state.gateway = Gateway(settings, metrics, backend, engine, pool)
+        images = ImageDecoder(settings.preprocess_workers, settings.max_image_bytes, settings.max_image_pixels)
+        store = Store(settings.data_dir)
+        collections = CollectionService(store, engine, images, settings.max_instruction_chars)
+        await collections.start()
+        app.state.gateway = Gateway(settings, metrics, backend, engine, images, collections)
         try:
             yield
         finally:
+            await collections.stop()
             await engine.stop()
-            pool.shutdown(wait=False, cancel_futures=True)
+            images.close()
+            store.close()
             await backend.close()
 
     app = FastAPI(
@@ -51,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app, settings.retry_after_s)
-    for module in (embed, models, health):
+    for module in (embed, search, collection_routes, models, health):
         app.include_router(module.router)
 
     @app.middleware("http")

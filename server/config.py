@@ -19,6 +19,8 @@ class Settings(BaseSettings):
     backend: Literal["embedded", "triton"] = Field("embedded", description="Where models run.")
     triton_url: str = Field("127.0.0.1:8001", description="Triton address (gRPC by default).")
     triton_protocol: Literal["grpc", "http"] = "grpc"
+    triton_timeout_s: float = Field(30.0, gt=0, description="Deadline of one Triton call.")
+    triton_startup_timeout_s: float = Field(120.0, gt=0, description="How long start-up waits for Triton.")
     families: list[str] = Field(default_factory=list, description="Families to load; empty = all.")
 
     max_batch_size: int = Field(64, ge=1, description="Upper bound; a model's own max_batch_size wins if lower.")

@@ -36,6 +36,14 @@ class UnknownModel(FocalServeError):
     status, code = 404, "unknown_model"
 
 
+class NotFound(FocalServeError):
+    status, code = 404, "not_found"
+
+
+class Conflict(FocalServeError):
+    status, code = 409, "conflict"
+
+
 class Overloaded(FocalServeError):
     """A queue is full: the client should retry after a pause rather than wait unboundedly."""
 

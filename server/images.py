@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from open_clip.transform import image_transform
@@ -58,3 +60,22 @@ class ImagePreprocessor:
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         return self._transform(image).numpy()
+
+
+class ImageDecoder:
+    """Decodes and preprocesses uploads on a thread pool, off the event loop."""
+
+    def __init__(self, workers: int, max_bytes: int, max_pixels: int) -> None:
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="decode")
+        self._max_bytes = max_bytes
+        self._max_pixels = max_pixels
+
+    async def prepare(self, preprocess: ImagePreprocessor, data: bytes) -> np.ndarray:
+        """Encoded bytes -> the model's float32 (3, S, S) input, or a 4xx error."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._prepare, preprocess, data)
+
+    def _prepare(self, preprocess: ImagePreprocessor, data: bytes) -> np.ndarray:
+        return preprocess(decode_image(data, self._max_bytes, self._max_pixels))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

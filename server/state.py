@@ -1,14 +1,15 @@
-"""What the app holds while it runs: settings, backend, engine, metrics and the decode pool."""
+"""What the app holds while it runs: settings, backend, engine, metrics, image decoding, collections."""
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from server.backends.base import ModelBackend
 from server.config import Settings
 from server.engine import Engine
+from server.images import ImageDecoder
 from server.metrics import Metrics
+from server.search.service import CollectionService
 
 
 @dataclass
@@ -17,4 +18,5 @@ class Gateway:
     metrics: Metrics
     backend: ModelBackend
     engine: Engine
-    decode_pool: ThreadPoolExecutor
+    images: ImageDecoder
+    collections: CollectionService

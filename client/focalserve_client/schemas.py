@@ -83,3 +83,102 @@ class ErrorDetail(_Schema):
 
 class ErrorResponse(_Schema):
     error: ErrorDetail
+
+
+# --- collections and search -------------------------------------------------------------
+
+IndexKind = Literal["flat", "hnsw", "ivfpq"]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+ITEM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 ._:@/+-]{0,255}$"
+
+
+class CollectionCreate(_Schema):
+    name: str = Field(pattern=NAME_PATTERN, description="Letters, digits, '.', '_', '-'; at most 128.")
+    model: str | None = Field(default=None, description="Model family; optional when one is loaded.")
+    index: IndexKind = Field(default="flat", description="Index type of the unconditional view (plain CLIP).")
+
+
+class ConditionInfo(_Schema):
+    instruction: str | None = Field(description="Normalised instruction; null for a CLIP collection's view.")
+    index: IndexKind
+    status: Literal["building", "ready", "failed"]
+    embedded: int = Field(description="Items embedded under this condition so far.")
+    total: int = Field(description="Items to embed when the build started or since.")
+    error: str | None = None
+
+
+class CollectionInfo(_Schema):
+    name: str
+    model: str
+    family: Literal["focallens", "clip"]
+    dim: int
+    items: int
+    conditions: list[ConditionInfo]
+
+
+class CollectionList(_Schema):
+    collections: list[CollectionInfo]
+
+
+class ItemIn(_Schema):
+    id: str = Field(pattern=ITEM_ID_PATTERN, description="Unique in the collection; re-adding replaces.")
+    image: str = Field(description="Base64-encoded image bytes.")
+    metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+
+
+class ItemsAdd(_Schema):
+    items: list[ItemIn] = Field(min_length=1)
+
+
+class ItemsAdded(_Schema):
+    added: int
+
+
+class ItemInfo(_Schema):
+    id: str
+    metadata: dict[str, str | int | float | bool | None]
+    image_sha256: str
+
+
+class ConditionCreate(_Schema):
+    instruction: str
+    index: IndexKind = "flat"
+
+
+class SearchQuery(_Schema):
+    image: str | None = Field(default=None, description="Base64 image, embedded under the condition.")
+    text: str | None = Field(default=None, description="Text, embedded by the family's text model.")
+    item_id: str | None = Field(default=None, description="A stored item; its stored vector is the query.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SearchQuery:
+        if sum(value is not None for value in (self.image, self.text, self.item_id)) != 1:
+            raise ValueError("the query needs exactly one of 'image', 'text' or 'item_id'")
+        return self
+
+
+class SearchRequest(_Schema):
+    collection: str = Field(pattern=NAME_PATTERN)
+    condition: str | None = Field(default=None, description="A registered instruction; null for CLIP collections.")
+    query: SearchQuery
+    k: int = Field(default=10, ge=1, le=1000)
+    filter: dict[str, str | int | float | bool | None] = Field(
+        default_factory=dict, description="Metadata equality on every key."
+    )
+
+
+class SearchResult(_Schema):
+    id: str
+    score: float
+    metadata: dict[str, str | int | float | bool | None]
+
+
+class SearchResponse(_Schema):
+    collection: str
+    condition: str | None
+    results: list[SearchResult]
+
+
+class ItemPage(_Schema):
+    items: list[ItemInfo]
+    next_after: str | None = Field(description="Pass as `after` for the next page; null on the last page.")

@@ -37,6 +37,13 @@ def wait_until_ready(url: str, process: subprocess.Popen, timeout_s: float = 90)
 @contextmanager
 def running_gateway(repository: Path, log_file: Path, **settings: str) -> Iterator[str]:
     """Start the gateway with FOCALSERVE_* settings; yields its base URL; always stops it."""
+    with gateway_process(repository, log_file, **settings) as (url, _):
+        yield url
+
+
+@contextmanager
+def gateway_process(repository: Path, log_file: Path, **settings: str) -> Iterator[tuple[str, subprocess.Popen]]:
+    """As `running_gateway`, also yielding the process (to signal or kill it)."""
     port = free_port()
     env = {**os.environ, "FOCALSERVE_MODEL_REPOSITORY": str(repository), "FOCALSERVE_HOST": "127.0.0.1",
            "FOCALSERVE_PORT": str(port)}
@@ -48,7 +55,7 @@ def running_gateway(repository: Path, log_file: Path, **settings: str) -> Iterat
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_ready(url, process)
-        yield url
+        yield url, process
     finally:
         process.terminate()
         try:

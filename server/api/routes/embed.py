@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,11 +13,11 @@ from starlette.datastructures import UploadFile
 
 from server.api.deps import GatewayDep
 from server.api.errors import describe_validation_errors
+from server.api.payloads import b64decode
 from server.api.responses import FastJSONResponse
 from server.conditions import normalise_instruction
 from server.engine import FamilyEngine
-from server.errors import FocalServeError, InvalidImage, InvalidRequest, TooManyInputs
-from server.images import decode_image
+from server.errors import FocalServeError, InvalidRequest, TooManyInputs
 from server.state import Gateway
 
 router = APIRouter(tags=["embed"])
@@ -98,7 +96,7 @@ def _parse_json(body: bytes) -> tuple[str | None, list[Item]]:
     except ValidationError as error:
         raise InvalidRequest(describe_validation_errors(error.errors())) from None
     items = [
-        Item(image=_at(index, _b64decode, entry.image) if entry.image is not None else None,
+        Item(image=_at(index, b64decode, entry.image, "image") if entry.image is not None else None,
              text=entry.text, instruction=entry.instruction)
         for index, entry in enumerate(payload.inputs)
     ]
@@ -120,28 +118,12 @@ async def _embed_item(gateway: Gateway, engine: FamilyEngine, index: int, item: 
     try:
         if item.text is not None:
             return await engine.embed_text(item.text)
-        pixels = await asyncio.get_running_loop().run_in_executor(
-            gateway.decode_pool, _prepare, gateway, engine, item.image
-        )
+        pixels = await gateway.images.prepare(engine.preprocess, item.image)
         return await engine.embed_image(pixels, item.instruction)
     except FocalServeError as error:
         if error.status < 500:
             error.message = f"inputs[{index}]: {error.message}"
         raise
-
-
-def _prepare(gateway: Gateway, engine: FamilyEngine, data: bytes) -> np.ndarray:
-    settings = gateway.settings
-    return engine.preprocess(decode_image(data, settings.max_image_bytes, settings.max_image_pixels))
-
-
-def _b64decode(text: str) -> bytes:
-    if text.startswith("data:") and "," in text:  # accept data URLs as browsers produce them
-        text = text.split(",", 1)[1]
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidImage("'image' is not valid base64") from None
 
 
 def _at(index: int, function, *args):

@@ -1,0 +1,204 @@
+"""Collections and POST /search on a real gateway serving the trained demo family."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.helpers.images import b64
+from tests.helpers.server import running_gateway
+from training.data import ColorShapeGenerator
+
+COLOUR = "what colour is the shape?"
+SHAPE = "which shape is this?"
+
+
+def png(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+SAMPLES = [ColorShapeGenerator(seed=77).sample(index) for index in range(120)]
+ITEMS = [{"id": f"item-{i}", "image": b64(png(s.image)), "metadata": {"colour": s.colour, "shape": s.shape,
+          "even": i % 2 == 0}} for i, s in enumerate(SAMPLES)]
+
+
+def wait_ready(client: httpx.Client, name: str, timeout_s: float = 120) -> list[dict]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        conditions = client.get(f"/collections/{name}/conditions").json()
+        if all(c["status"] == "ready" for c in conditions):
+            return conditions
+        assert not any(c["status"] == "failed" for c in conditions), conditions
+        time.sleep(0.2)
+    raise TimeoutError(f"conditions of {name} not ready")
+
+
+@pytest.fixture(scope="module")
+def demo_gateway(demo_repository, tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("data")
+    log = tmp_path_factory.mktemp("logs") / "gateway.log"
+    with running_gateway(demo_repository, log, data_dir=str(data_dir)) as url:
+        yield url, data_dir
+
+
+@pytest.fixture(scope="module")
+def products(demo_gateway):
+    url, _ = demo_gateway
+    with httpx.Client(base_url=url, timeout=60) as client:
+        assert client.post("/collections", json={"name": "products", "model": "demo"}).status_code == 201
+        for start in range(0, len(ITEMS), 40):
+            response = client.post("/collections/products/items", json={"items": ITEMS[start:start + 40]})
+            assert response.status_code == 201 and response.json() == {"added": 40}
+        for instruction, index in ((COLOUR, "flat"), (SHAPE, "hnsw")):
+            assert client.post("/collections/products/conditions",
+                               json={"instruction": instruction, "index": index}).status_code == 202
+        wait_ready(client, "products")
+    return url
+
+
+def search(url: str, **body) -> httpx.Response:
+    return httpx.post(f"{url}/search", json={"collection": "products", **body}, timeout=60)
+
+
+def precision(results: list[dict], key: str, value: str) -> float:
+    return np.mean([r["metadata"][key] == value for r in results])
+
+
+def test_neighbours_follow_the_condition(products):
+    query = next(s for s in SAMPLES if s.colour == "red" and s.shape == "circle")
+    image = b64(png(query.image))
+    by_colour = search(products, condition=COLOUR, query={"image": image}, k=5).json()["results"]
+    by_shape = search(products, condition=SHAPE, query={"image": image}, k=5).json()["results"]
+    assert precision(by_colour, "colour", "red") >= 0.8
+    assert precision(by_shape, "shape", "circle") >= 0.8
+    assert [r["id"] for r in by_colour] != [r["id"] for r in by_shape]
+
+
+def test_text_query_under_the_colour_condition(products):
+    results = search(products, condition=COLOUR, query={"text": "red"}, k=5).json()["results"]
+    assert precision(results, "colour", "red") >= 0.8
+
+
+def test_item_query_and_metadata_filter(products):
+    response = search(products, condition=COLOUR, query={"item_id": "item-0"}, k=10, filter={"even": True})
+    body = response.json()
+    assert body["condition"] == COLOUR and body["collection"] == "products"
+    ids = [r["id"] for r in body["results"]]
+    assert "item-0" not in ids and len(ids) == 10
+    assert all(r["metadata"]["even"] is True for r in body["results"])
+    scores = [r["score"] for r in body["results"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_collection_info_and_items(products):
+    info = httpx.get(f"{products}/collections/products").json()
+    assert info["items"] == 120 and info["family"] == "focallens" and info["dim"] == 64
+    assert {(c["instruction"], c["index"], c["status"], c["embedded"]) for c in info["conditions"]} == {
+        (COLOUR, "flat", "ready", 120), (SHAPE, "hnsw", "ready", 120)}
+    item = httpx.get(f"{products}/collections/products/items/item-3").json()
+    assert item["id"] == "item-3" and item["metadata"]["colour"] == SAMPLES[3].colour
+    image = httpx.get(f"{products}/collections/products/items/item-3/image")
+    assert image.headers["content-type"] == "image/png" and image.content == png(SAMPLES[3].image)
+    assert "products" in [c["name"] for c in httpx.get(f"{products}/collections").json()["collections"]]
+
+
+def test_new_and_replaced_and_deleted_items_follow_every_index(products):
+    client = httpx.Client(base_url=products, timeout=60)
+    red = next(s for s in SAMPLES if s.colour == "red")
+    added = client.post("/collections/products/items", json={"items": [
+        {"id": "late", "image": b64(png(red.image)), "metadata": {"colour": "red", "shape": red.shape}}]})
+    assert added.status_code == 201
+    for condition in (COLOUR, SHAPE):
+        found = search(products, condition=condition, query={"image": b64(png(red.image))}, k=3).json()["results"]
+        assert "late" in [r["id"] for r in found]
+    blue = next(s for s in SAMPLES if s.colour == "blue")
+    client.post("/collections/products/items", json={"items": [
+        {"id": "late", "image": b64(png(blue.image)), "metadata": {"colour": "blue"}}]})
+    assert client.get("/collections/products/items/late").json()["metadata"] == {"colour": "blue"}
+    assert client.delete("/collections/products/items/late").status_code == 204
+    assert client.get("/collections/products/items/late").status_code == 404
+    for condition in (COLOUR, SHAPE):
+        found = search(products, condition=condition, query={"image": b64(png(blue.image))}, k=20).json()["results"]
+        assert "late" not in [r["id"] for r in found]
+
+
+def test_a_new_condition_builds_from_stored_images(products):
+    client = httpx.Client(base_url=products, timeout=60)
+    response = client.post("/collections/products/conditions", json={"instruction": "What is the colour of the object?",
+                                                                      "index": "ivfpq"})
+    assert response.status_code == 202 and response.json()["instruction"] == "what is the colour of the object?"
+    conditions = wait_ready(client, "products")
+    assert {c["instruction"] for c in conditions} >= {"what is the colour of the object?"}
+    again = client.post("/collections/products/conditions", json={"instruction": "what is the colour of the object?",
+                                                                   "index": "ivfpq"})
+    assert again.status_code == 200
+
+
+BAD = [
+    ("unknown collection", {"collection": "nope", "condition": COLOUR, "query": {"text": "red"}}, 404),
+    ("unregistered condition", {"condition": "how old is it?", "query": {"text": "red"}}, 404),
+    ("k too large", {"condition": COLOUR, "query": {"text": "red"}, "k": 100000}, 422),
+    ("k zero", {"condition": COLOUR, "query": {"text": "red"}, "k": 0}, 422),
+    ("two query kinds", {"condition": COLOUR, "query": {"text": "red", "item_id": "item-1"}}, 422),
+    ("empty query", {"condition": COLOUR, "query": {}}, 422),
+    ("unknown item", {"condition": COLOUR, "query": {"item_id": "ghost"}}, 404),
+    ("bad collection name", {"collection": "../etc", "condition": COLOUR, "query": {"text": "red"}}, 422),
+    ("no condition on FocalLens", {"query": {"text": "red"}}, 422),
+    ("bad image", {"condition": COLOUR, "query": {"image": "@@@"}}, 422),
+]
+
+
+@pytest.mark.parametrize(("body", "status"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_searches_get_4xx_json(products, body, status):
+    response = httpx.post(f"{products}/search", json={"collection": "products", **body}, timeout=30)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["message"]
+
+
+def test_unregistered_condition_lists_the_registered_ones(products):
+    message = search(products, condition="how old is it?", query={"text": "x"}).json()["error"]["message"]
+    assert COLOUR in message and SHAPE in message
+
+
+@pytest.mark.parametrize(("method", "path", "body", "status"), [
+    ("post", "/collections", {"name": "products", "model": "demo"}, 409),
+    ("post", "/collections", {"name": "x", "model": "nope"}, 404),
+    ("post", "/collections", {"name": "../../etc", "model": "demo"}, 422),
+    ("post", "/collections", {"name": "a" * 200, "model": "demo"}, 422),
+    ("post", "/collections/products/items", {"items": [{"id": "../x", "image": "AAAA"}]}, 422),
+    ("post", "/collections/products/items", {"items": [{"id": "ok", "image": "not base64!"}]}, 422),
+    ("post", "/collections/products/items", {"items": [{"id": "ok", "image": b64(b"not an image")}]}, 422),
+    ("post", "/collections/ghost/items", {"items": [{"id": "ok", "image": ITEMS[0]["image"]}]}, 404),
+    ("get", "/collections/ghost", None, 404),
+    ("get", "/collections/products/items/..%2F..%2Fetc", None, 422),
+    ("delete", "/collections/products/items/ghost", None, 404),
+    ("post", "/collections/products/conditions", {"instruction": "   "}, 422),
+    ("post", "/collections/products/conditions", {"instruction": "x", "index": "lsh"}, 422),
+])
+def test_bad_collection_requests_get_4xx_json(products, method, path, body, status):
+    response = httpx.request(method, f"{products}{path}", json=body, timeout=30)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"]
+
+
+def test_everything_survives_a_restart(demo_repository, tmp_path):
+    data_dir = tmp_path / "data"
+    query = {"collection": "small", "condition": SHAPE, "query": {"image": ITEMS[5]["image"]}, "k": 10}
+    with running_gateway(demo_repository, tmp_path / "first.log", data_dir=str(data_dir)) as url:
+        client = httpx.Client(base_url=url, timeout=60)
+        client.post("/collections", json={"name": "small", "model": "demo"})
+        client.post("/collections/small/conditions", json={"instruction": SHAPE, "index": "hnsw"})
+        client.post("/collections/small/items", json={"items": ITEMS[:30]})
+        wait_ready(client, "small")
+        before = client.post("/search", json=query).json()
+        info_before = client.get("/collections/small").json()
+    with running_gateway(demo_repository, tmp_path / "second.log", data_dir=str(data_dir)) as url:
+        assert httpx.post(f"{url}/search", json=query, timeout=60).json() == before
+        assert httpx.get(f"{url}/collections/small").json() == info_before
+    assert len(before["results"]) == 10
