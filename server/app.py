@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from server.api.errors import install_error_handlers
 from server.api.routes import collections as collection_routes
 from server.api.routes import embed, health, models, search
+from server.api.routes import openai as openai_routes
 from server.backends.base import ModelBackend
 from server.backends.embedded import EmbeddedBackend
 from server.backends.triton import TritonBackend
@@ -61,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app, settings.retry_after_s)
-    for module in (embed, search, collection_routes, models, health):
+    for module in (embed, search, collection_routes, models, health, openai_routes):
         app.include_router(module.router)
 
     @app.middleware("http")

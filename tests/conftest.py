@@ -33,6 +33,6 @@ def model_repository(tmp_path_factory, focallens_model, clip_model) -> Path:
 def demo_repository() -> Path:
     """The trained demo family (`make demo-model`); `make test` builds it before running tests."""
     repository = Path(__file__).resolve().parent.parent / "model_repository"
-    if not (repository / "demo_image" / "config.pbtxt").is_file():
+    if not (repository / "demo_image" / "1" / "model.pt").is_file():
         pytest.fail("the demo family is missing: run `make demo-model` (make test does it first)")
     return repository

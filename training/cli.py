@@ -45,7 +45,7 @@ def add_train_command(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag or weights file")
     parser.add_argument("--init-checkpoint", type=Path, default=None, help="start from this checkpoint")
     parser.add_argument("--data", default="colorshape",
-                        help="colorshape | scenes | llava:FILE.json | captions:FILE.jsonl")
+                        help="colorshape | scenes | colorshape+scenes | llava:FILE.json | captions:FILE.jsonl")
     parser.add_argument("--image-root", type=Path, default=Path("."))
     parser.add_argument("--synthetic-size", type=int, default=4096, help="images in a synthetic dataset")
     parser.add_argument("--output-dir", type=Path, required=True, help="checkpoints and logs; resumes from here")
@@ -69,7 +69,7 @@ def _train(args: argparse.Namespace) -> None:
 
     kind, _, path = args.data.partition(":")
     data = DataSpec(kind, Path(path) if path else None, args.image_root, args.synthetic_size, args.seed)
-    recipe = create_recipe(args.recipe, ModelSpec(args.model, args.pretrained, args.init_checkpoint), data)
+    recipe = create_recipe(args.recipe, ModelSpec(args.model, args.pretrained, args.init_checkpoint), data, args.seed)
     config = TrainConfig(
         args.output_dir, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
         accum_steps=args.accum_steps, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,

@@ -23,6 +23,7 @@ from training.data import (
     COLORSHAPE_WORD_GROUPS,
     EVAL_PHRASINGS,
     SHAPES,
+    TRAIN_PHRASINGS,
     ColorShapeGenerator,
     SceneObject,
     rule_based_generator,
@@ -88,8 +89,11 @@ def mean_average_precision(embeddings: torch.Tensor, labels: list[str]) -> float
     return float(np.mean(precisions))
 
 
-def conditional_retrieval(encoder: Encoder, baseline: Encoder | None, n_images: int) -> dict[str, dict[str, float]]:
-    """Per condition: mAP of the unconditional embedding and of the conditional one (averaged over phrasings)."""
+def conditional_retrieval(
+    encoder: Encoder, baseline: Encoder | None, n_images: int
+) -> dict[str, dict[str, float]]:
+    """Per condition: mAP of the unconditional embedding and of the conditional one, averaged over
+    the phrasings seen in training and, separately, over held-out phrasings (on held-out images)."""
     generator = ColorShapeGenerator(seed=EVAL_SEED)
     samples = [generator.sample(index) for index in range(n_images)]
     images = [sample.image for sample in samples]
@@ -99,10 +103,11 @@ def conditional_retrieval(encoder: Encoder, baseline: Encoder | None, n_images: 
         labels = [answer(sample, condition) for sample in samples]
         row = {"unconditional": mean_average_precision(unconditional, labels)}
         if isinstance(encoder.model, FocalLensCLIP):
-            row["conditional"] = float(np.mean([
-                mean_average_precision(encoder.images(images, phrasing), labels)
-                for phrasing in EVAL_PHRASINGS[condition]
-            ]))
+            for key, phrasings in (("conditional", TRAIN_PHRASINGS), ("conditional_heldout_phrasing", EVAL_PHRASINGS)):
+                row[key] = float(np.mean([
+                    mean_average_precision(encoder.images(images, phrasing), labels)
+                    for phrasing in phrasings[condition]
+                ]))
         results[condition] = row
     return results
 

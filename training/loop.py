@@ -184,6 +184,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        self._last_lr = self.scheduler.get_last_lr()[0]  # the rate this step used
         self.scheduler.step()
         with torch.no_grad():
             self._logit_scale().clamp_(0, MAX_LOGIT_SCALE)
@@ -195,7 +196,7 @@ class Trainer:
     def _log(self, epoch: int, terms: dict[str, float]) -> None:
         if not self.dist.main or (self.step % self.config.log_every and self.step != self.total_steps):
             return
-        record = {"step": self.step, "epoch": epoch, "lr": self.scheduler.get_last_lr()[0],
+        record = {"step": self.step, "epoch": epoch, "lr": self._last_lr,
                   "loss": sum(terms.values()), **terms, "logit_scale": self._logit_scale().exp().item()}
         self.config.output_dir.mkdir(parents=True, exist_ok=True)
         with open(self.config.output_dir / "train_log.jsonl", "a") as log:

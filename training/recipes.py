@@ -17,7 +17,7 @@ from typing import Any
 import open_clip
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from training.data import (
     COLORSHAPE_ANTONYMS,
@@ -44,7 +44,7 @@ RECIPES = ("clip", "focallens", "fsc-clip")
 @dataclass(frozen=True)
 class DataSpec:
     """Where training data comes from: `colorshape`, `scenes` (two-object ColorShape),
-    `llava` (instruction JSON) or `captions` (JSONL)."""
+    `colorshape+scenes` (half each), `llava` (instruction JSON) or `captions` (JSONL)."""
 
     kind: str = "colorshape"
     path: Path | None = None
@@ -113,9 +113,14 @@ class Recipe:
             return ColorShapeCaptions(data.size, seed=data.seed)
         if data.kind == "scenes":
             return TwoObjectCaptions(data.size, seed=data.seed)
+        if data.kind == "colorshape+scenes":  # compositional data without forgetting single objects
+            half = data.size // 2
+            return ConcatDataset([ColorShapeCaptions(half, seed=data.seed), TwoObjectCaptions(half, seed=data.seed)])
         if data.kind == "captions" and data.path is not None:
             return CaptionDataset(read_caption_jsonl(data.path, data.image_root))
-        raise ValueError(f"recipe {self.name} reads colorshape, scenes or captions:FILE, not {data.kind!r}")
+        raise ValueError(
+            f"recipe {self.name} reads colorshape, scenes, colorshape+scenes or captions:FILE, not {data.kind!r}"
+        )
 
 
 class ClipRecipe(Recipe):
@@ -181,7 +186,7 @@ class FSCCLIPRecipe(Recipe):
     def __init__(self, model_spec: ModelSpec, data: DataSpec) -> None:
         super().__init__(model_spec, data)
         self._loss = FSCCLIPLoss()
-        synthetic = data.kind in ("colorshape", "scenes")
+        synthetic = data.kind in ("colorshape", "scenes", "colorshape+scenes")
         self.negatives = rule_based_generator(
             COLORSHAPE_WORD_GROUPS if synthetic else ENGLISH_WORD_GROUPS,
             COLORSHAPE_ANTONYMS if synthetic else ENGLISH_ANTONYMS,
@@ -222,7 +227,9 @@ class FSCCLIPRecipe(Recipe):
         })
 
 
-def create_recipe(name: str, model_spec: ModelSpec, data: DataSpec) -> Recipe:
+def create_recipe(name: str, model_spec: ModelSpec, data: DataSpec, seed: int = 0) -> Recipe:
+    """The recipe with its model built under `seed` (new parameters are initialised randomly)."""
+    torch.manual_seed(seed)
     recipes = {recipe.name: recipe for recipe in (ClipRecipe, FocalLensRecipe, FSCCLIPRecipe)}
     if name not in recipes:
         raise ValueError(f"unknown recipe {name!r}; expected one of {RECIPES}")

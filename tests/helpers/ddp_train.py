@@ -33,9 +33,15 @@ def record_into(directory: Path) -> None:
 
     def recording_fit(self):
         path = fit(self)
-        used = batches[: self.total_steps * self.config.accum_steps]  # the loader holds the whole epoch
-        record = {"rank": rank, "world_size": self.dist.world_size, "batches": used,
-                  "state_hash": state_hash(self.model), "step": self.step}
+        # the loader holds the whole epoch; training used only its first steps
+        used = batches[: self.total_steps * self.config.accum_steps]
+        record = {
+            "rank": rank,
+            "world_size": self.dist.world_size,
+            "batches": used,
+            "state_hash": state_hash(self.model),
+            "step": self.step,
+        }
         (directory / f"rank{rank}.json").write_text(json.dumps(record))
         return path
 

@@ -1,4 +1,4 @@
-"""`focalserve train | eval | export` as a user runs them (`python -m server ...`), and DDP under torchrun."""
+"""`focalserve train | eval | export` as a user runs them (`python -m server`), and torchrun DDP."""
 
 from __future__ import annotations
 
@@ -24,14 +24,31 @@ DDP_SCRIPT = REPOSITORY / "tests" / "helpers" / "ddp_train.py"
 TIMEOUT = 240
 # One intra-op thread per process: the tiny model gains nothing from more, and on a small
 # machine several processes' thread pools would fight for the cores.
-ENVIRONMENT = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "PYTHONHASHSEED": "0"}
-TRAIN_ARGS = ["--model", TINY, "--data", "colorshape", "--synthetic-size", "64", "--workers", "0",
-              "--warmup-steps", "1", "--no-amp"]
+ENVIRONMENT = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "GLOO_SOCKET_IFNAME": "lo",
+    "PYTHONHASHSEED": "0",
+}
+TRAIN_ARGS = [
+    "--model",
+    TINY,
+    "--data",
+    "colorshape",
+    "--synthetic-size",
+    "64",
+    "--workers",
+    "0",
+    "--warmup-steps",
+    "1",
+    "--no-amp",
+]
 
 
 def run(*command: str) -> subprocess.CompletedProcess:
-    done = subprocess.run(command, cwd=REPOSITORY, env=ENVIRONMENT, capture_output=True, text=True,
-                          timeout=TIMEOUT)
+    done = subprocess.run(
+        command, cwd=REPOSITORY, env=ENVIRONMENT, capture_output=True, text=True, timeout=TIMEOUT
+    )
     assert done.returncode == 0, f"{command} exited {done.returncode}:\n{done.stderr[-4000:]}"
     return done
 
@@ -49,51 +66,105 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def clip_checkpoint(tmp_path_factory) -> Path:
     output_dir = tmp_path_factory.mktemp("clip_run")
-    focalserve("train", "clip", *TRAIN_ARGS, "--batch-size", "16", "--max-steps", "2", "--output-dir", str(output_dir))
+    focalserve(
+        "train",
+        "clip",
+        *TRAIN_ARGS,
+        "--batch-size",
+        "16",
+        "--max-steps",
+        "2",
+        "--output-dir",
+        str(output_dir),
+    )
     return output_dir / "checkpoints" / "step_2.pt"
 
 
 @pytest.fixture(scope="module")
 def focallens_run(tmp_path_factory, clip_checkpoint) -> Path:
     output_dir = tmp_path_factory.mktemp("focallens_run")
-    done = focalserve("train", "focallens", *TRAIN_ARGS, "--init-checkpoint", str(clip_checkpoint),
-                      "--batch-size", "16", "--max-steps", "2", "--output-dir", str(output_dir))
+    done = focalserve(
+        "train",
+        "focallens",
+        *TRAIN_ARGS,
+        "--init-checkpoint",
+        str(clip_checkpoint),
+        "--batch-size",
+        "16",
+        "--max-steps",
+        "2",
+        "--output-dir",
+        str(output_dir),
+    )
     assert done.stdout.strip().splitlines()[-1] == str(output_dir / "checkpoints" / "step_2.pt")
     return output_dir
 
 
 def test_train_clip_writes_a_checkpoint_and_a_log(clip_checkpoint):
     state = torch.load(clip_checkpoint, weights_only=True)
-    assert (state["family"], state["recipe"], state["model_name"], state["step"]) == ("clip", "clip", TINY, 2)
+    assert (state["family"], state["recipe"], state["model_name"], state["step"]) == (
+        "clip",
+        "clip",
+        TINY,
+        2,
+    )
     assert (clip_checkpoint.parent / "latest.pt").exists()
-    records = [json.loads(line) for line in (clip_checkpoint.parents[1] / "train_log.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line)
+        for line in (clip_checkpoint.parents[1] / "train_log.jsonl").read_text().splitlines()
+    ]
     assert records[-1]["step"] == 2 and "contrastive_loss" in records[-1]
 
 
-def test_train_focallens_starts_from_the_clip_checkpoint_and_keeps_its_answer_tower(focallens_run, clip_checkpoint):
+def test_train_focallens_starts_from_the_clip_checkpoint_and_keeps_its_answer_tower(
+    focallens_run, clip_checkpoint
+):
     state = torch.load(focallens_run / "checkpoints" / "step_2.pt", weights_only=True)
     assert (state["family"], state["recipe"], state["step"]) == ("focallens", "focallens", 2)
-    weights, clip_weights = state["state_dict"], torch.load(clip_checkpoint, weights_only=True)["state_dict"]
+    weights, clip_weights = (
+        state["state_dict"],
+        torch.load(clip_checkpoint, weights_only=True)["state_dict"],
+    )
     assert any(key.startswith("condition_token.") for key in weights)
-    # the frozen answer tower is exactly the CLIP checkpoint's text tower; the image tower trained on
-    for key in ("token_embedding.weight", "positional_embedding", "text_projection", "ln_final.weight",
-                "transformer.resblocks.0.attn.in_proj_weight"):
+    # the frozen answer tower is exactly the CLIP checkpoint's text tower; the image tower trains
+    for key in (
+        "token_embedding.weight",
+        "positional_embedding",
+        "text_projection",
+        "ln_final.weight",
+        "transformer.resblocks.0.attn.in_proj_weight",
+    ):
         assert torch.equal(weights[f"clip.{key}"], clip_weights[key]), key
     assert not torch.equal(weights["clip.visual.conv1.weight"], clip_weights["visual.conv1.weight"])
 
 
-def test_eval_writes_results_for_the_focallens_checkpoint_with_a_clip_baseline(focallens_run, clip_checkpoint,
-                                                                                  tmp_path):
+def test_eval_writes_results_for_the_focallens_checkpoint_with_a_clip_baseline(
+    focallens_run, clip_checkpoint, tmp_path
+):
     output_dir = tmp_path / "eval"
-    focalserve("eval", "--family", "focallens", "--model", TINY,
-               "--checkpoint", str(focallens_run / "checkpoints" / "step_2.pt"),
-               "--baseline-checkpoint", str(clip_checkpoint), "--images", "30", "--output-dir", str(output_dir))
+    focalserve(
+        "eval",
+        "--family",
+        "focallens",
+        "--model",
+        TINY,
+        "--checkpoint",
+        str(focallens_run / "checkpoints" / "step_2.pt"),
+        "--baseline-checkpoint",
+        str(clip_checkpoint),
+        "--images",
+        "30",
+        "--output-dir",
+        str(output_dir),
+    )
     results = json.loads((output_dir / "results.json").read_text())
     assert set(results) == {"focallens"}
     retrieval = results["focallens"]["retrieval_map"]
     assert set(retrieval) == {"colour", "shape"}
     for row in retrieval.values():
-        assert set(row) == {"unconditional", "conditional"}
+        # "conditional" plus, possibly, variants of it (e.g. per set of phrasings)
+        assert {"unconditional", "conditional"} <= set(row)
+        assert all(kind == "unconditional" or kind.startswith("conditional") for kind in row)
         assert all(0.0 <= value <= 1.0 for value in row.values())
     assert (output_dir / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -101,24 +172,60 @@ def test_eval_writes_results_for_the_focallens_checkpoint_with_a_clip_baseline(f
 def test_export_writes_the_focallens_family_from_the_trained_checkpoint(focallens_run, tmp_path):
     checkpoint = focallens_run / "checkpoints" / "step_2.pt"
     repository = tmp_path / "repository"
-    focalserve("export", "--family", "focallens", "--model", TINY, "--checkpoint", str(checkpoint),
-               "--name", "x", "--repository", str(repository))
-    assert sorted(path.name for path in repository.iterdir()) == ["x_image", "x_instruction", "x_text"]
+    focalserve(
+        "export",
+        "--family",
+        "focallens",
+        "--model",
+        TINY,
+        "--checkpoint",
+        str(checkpoint),
+        "--name",
+        "x",
+        "--repository",
+        str(repository),
+    )
+    assert sorted(path.name for path in repository.iterdir()) == [
+        "x_image",
+        "x_instruction",
+        "x_text",
+    ]
     expected_hash = state_hash(load_family_model("focallens", TINY, checkpoint=checkpoint))
     for role in ("image", "instruction", "text"):
         directory = repository / f"x_{role}"
         assert (directory / "1" / "model.pt").stat().st_size > 0
         config = parse_pbtxt((directory / "config.pbtxt").read_text())
         assert config.name == f"x_{role}"
-        assert config.parameters["checkpoint_hash"].string_value == expected_hash  # the trained weights
+        assert (
+            config.parameters["checkpoint_hash"].string_value == expected_hash
+        )  # the trained weights
 
 
 def test_torchrun_trains_on_two_gloo_processes_with_disjoint_batches_and_equal_replicas(tmp_path):
     output_dir, records = tmp_path / "ddp_run", tmp_path / "records"
     records.mkdir()
-    run(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(free_port()), str(DDP_SCRIPT), str(records),
-        "train", "clip", *TRAIN_ARGS, "--batch-size", "8", "--max-steps", "2", "--output-dir", str(output_dir))
+    run(
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        str(DDP_SCRIPT),
+        str(records),
+        "train",
+        "clip",
+        *TRAIN_ARGS,
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "2",
+        "--output-dir",
+        str(output_dir),
+    )
 
     state = torch.load(output_dir / "checkpoints" / "step_2.pt", weights_only=True)
     assert state["step"] == 2

@@ -39,7 +39,10 @@ def one_thread():
 @pytest.fixture(scope="module")
 def recipes():
     torch.manual_seed(0)
-    return {name: create_recipe(name, ModelSpec(TINY), DataSpec("colorshape", size=32)) for name in LOSS_TERMS}
+    return {
+        name: create_recipe(name, ModelSpec(TINY), DataSpec("colorshape", size=32))
+        for name in LOSS_TERMS
+    }
 
 
 def first_batch(recipe, batch_size: int = 8) -> list[dict]:
@@ -57,6 +60,7 @@ def assert_ids_match_texts(ids: torch.Tensor, texts: list[str]) -> None:
 
 
 # --- collate -----------------------------------------------------------------------------
+
 
 def test_clip_collate_gives_pixels_tokens_and_shared_ids_for_identical_captions(recipes):
     recipe = recipes["clip"]
@@ -99,12 +103,19 @@ def test_fsc_clip_collate_gives_three_tokenised_negatives_per_caption_and_their_
     assert set(batch) == {"pixels", "captions", "negatives", "negative_mask"}
     assert batch["pixels"].shape == (8, 3, 32, 32)
     assert batch["captions"].shape == (8, CONTEXT_LENGTH)
-    assert batch["negatives"].shape == (8 * 3, CONTEXT_LENGTH) and batch["negatives"].dtype == torch.long
+    assert (
+        batch["negatives"].shape == (8 * 3, CONTEXT_LENGTH)
+        and batch["negatives"].dtype == torch.long
+    )
     assert batch["negative_mask"].shape == (8, 3) and batch["negative_mask"].dtype == torch.bool
     assert batch["negative_mask"].any()  # colour/shape captions always have some valid negative
     valid_negatives = batch["negatives"].reshape(8, 3, -1)[batch["negative_mask"]]
-    captions = batch["captions"].repeat_interleave(3, dim=0).reshape(8, 3, -1)[batch["negative_mask"]]
-    assert not (valid_negatives == captions).all(dim=-1).any()  # a valid negative differs from its caption
+    captions = (
+        batch["captions"].repeat_interleave(3, dim=0).reshape(8, 3, -1)[batch["negative_mask"]]
+    )
+    assert (
+        not (valid_negatives == captions).all(dim=-1).any()
+    )  # a valid negative differs from its caption
 
 
 def test_fsc_clip_negatives_are_the_same_for_the_same_batch(recipes):
@@ -112,7 +123,9 @@ def test_fsc_clip_negatives_are_the_same_for_the_same_batch(recipes):
     items = first_batch(recipe)
     first, second = recipe.collate(items), recipe.collate(items)
     torch.manual_seed(123)  # the global RNG plays no part
-    third = create_recipe("fsc-clip", ModelSpec(TINY), DataSpec("colorshape", size=32)).collate(items)
+    third = create_recipe("fsc-clip", ModelSpec(TINY), DataSpec("colorshape", size=32)).collate(
+        items
+    )
     for other in (second, third):
         assert torch.equal(first["negatives"], other["negatives"])
         assert torch.equal(first["negative_mask"], other["negative_mask"])
@@ -129,10 +142,17 @@ print(json.dumps([batch["negatives"].tolist(), batch["negative_mask"].tolist()])
 
 
 def test_fsc_clip_negatives_do_not_depend_on_the_process_hash_seed(recipes):
-    """DDP ranks and resumed runs are separate processes: string hashing must not change negatives."""
+    """DDP ranks and resumed runs are separate processes: str hashing must not change negatives."""
     environment = {**os.environ, "PYTHONHASHSEED": "12345", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-c", _NEGATIVES_SCRIPT], cwd=REPOSITORY, env=environment,
-                          capture_output=True, text=True, timeout=120, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", _NEGATIVES_SCRIPT],
+        cwd=REPOSITORY,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     negatives, mask = json.loads(done.stdout.strip().splitlines()[-1])
     recipe = recipes["fsc-clip"]
     dataset = recipe.dataset()
@@ -143,9 +163,12 @@ def test_fsc_clip_negatives_do_not_depend_on_the_process_hash_seed(recipes):
 
 # --- batch samplers ----------------------------------------------------------------------
 
+
 def test_focallens_batches_group_several_instructions_of_each_image(recipes, tmp_path):
     recipe = recipes["focallens"]
-    trainer = Trainer(recipe, TrainConfig(tmp_path, batch_size=16, max_steps=1, amp=False, progress=False))
+    trainer = Trainer(
+        recipe, TrainConfig(tmp_path, batch_size=16, max_steps=1, amp=False, progress=False)
+    )
     assert isinstance(trainer.sampler, GroupedInstructionBatchSampler)
     image_ids = trainer.dataset.image_ids
     k = recipe.instructions_per_image
@@ -159,11 +182,14 @@ def test_caption_recipes_use_the_loops_own_shuffling(recipes, tmp_path):
     for name in ("clip", "fsc-clip"):
         recipe = recipes[name]
         assert recipe.batch_sampler(recipe.dataset(), 8, 0, 1, 0) is None
-    trainer = Trainer(recipes["clip"], TrainConfig(tmp_path, batch_size=8, max_steps=1, amp=False, progress=False))
+    trainer = Trainer(
+        recipes["clip"], TrainConfig(tmp_path, batch_size=8, max_steps=1, amp=False, progress=False)
+    )
     assert isinstance(trainer.sampler, BatchSampler)
 
 
 # --- losses ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", list(LOSS_TERMS))
 def test_one_loss_call_returns_finite_named_terms_with_gradients(recipes, name):
@@ -178,7 +204,9 @@ def test_one_loss_call_returns_finite_named_terms_with_gradients(recipes, name):
     model.zero_grad(set_to_none=True)
     sum(terms.values()).backward()
     clip = getattr(model, "clip", model)
-    assert clip.visual.conv1.weight.grad is not None and clip.visual.conv1.weight.grad.abs().sum() > 0
+    assert (
+        clip.visual.conv1.weight.grad is not None and clip.visual.conv1.weight.grad.abs().sum() > 0
+    )
     assert clip.logit_scale.grad is not None
     if name == "focallens":
         assert all(p.grad is None for p in model.answer_tower_parameters())  # frozen
@@ -193,12 +221,17 @@ def test_focallens_names_its_new_parameters(recipes):
     prefixes = recipe.new_parameter_names()
     assert prefixes == ("condition_token.",)
     new = [name for name, _ in recipe.model.named_parameters() if name.startswith(prefixes)]
-    assert set(new) == {"condition_token.projection.weight", "condition_token.projection.bias",
-                        "condition_token.position", "condition_token.gates"}
+    assert set(new) == {
+        "condition_token.projection.weight",
+        "condition_token.projection.bias",
+        "condition_token.position",
+        "condition_token.gates",
+    }
     assert recipes["clip"].new_parameter_names() == recipes["fsc-clip"].new_parameter_names() == ()
 
 
 # --- errors ------------------------------------------------------------------------------
+
 
 def test_unknown_recipes_and_unsupported_data_are_refused(recipes):
     with pytest.raises(ValueError, match="unknown recipe"):
