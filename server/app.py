@@ -28,7 +28,7 @@ def create_backend(settings: Settings) -> ModelBackend:
     if settings.backend == "embedded":
         return EmbeddedBackend(settings.model_repository, settings.families, settings.torch_threads)
     return TritonBackend(settings.triton_url, settings.triton_protocol, settings.families, settings.triton_timeout_s,
-                         settings.triton_startup_timeout_s)
+                         settings.triton_startup_timeout_s, settings.triton_max_inflight)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -41,6 +41,7 @@ class DynamicBatcher:
         max_delay_ms: float,
         max_queue_size: int,
         on_batch: Callable[[int], None] | None = None,
+        max_inflight: int = 1,
     ) -> None:
         self.name = name
         self._run = run
@@ -49,7 +50,9 @@ class DynamicBatcher:
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_queue_size)
         self._on_batch = on_batch
         self._worker: asyncio.Task[None] | None = None
-        self._held: list[_Item] = []  # taken from the queue by the worker, not yet answered
+        self._held: list[_Item] = []  # the batch being gathered
+        self._slots = asyncio.Semaphore(max_inflight)  # batches running at once
+        self._inflight: dict[asyncio.Task[None], list[_Item]] = {}
         self.last_progress = time.monotonic()  # when a batch last completed, for readiness
 
     @property
@@ -70,8 +73,12 @@ class DynamicBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
             self._worker = None
+        running = [item for batch in self._inflight.values() for item in batch]
+        for task in list(self._inflight):
+            task.cancel()
+        await asyncio.gather(*self._inflight, return_exceptions=True)
         waiting = [self._queue.get_nowait() for _ in range(self._queue.qsize())]
-        _fail(self._held + waiting, BackendUnavailable(f"{self.name} is shutting down"))
+        _fail(self._held + running + waiting, BackendUnavailable(f"{self.name} is shutting down"))
         self._held = []
 
     async def submit(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -84,10 +91,22 @@ class DynamicBatcher:
         return await future
 
     async def _work(self) -> None:
+        """Gather a batch whenever a slot is free; up to `max_inflight` batches run at once
+        (1 for an in-process model; more for Triton, whose own scheduler overlaps them)."""
         while True:
+            await self._slots.acquire()
             batch = await self._gather()
-            if batch:
-                await self._execute(batch)
+            self._held = []
+            if not batch:
+                self._slots.release()
+                continue
+            task = asyncio.get_running_loop().create_task(self._execute(batch))
+            self._inflight[task] = batch
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._inflight.pop(task, None)
+        self._slots.release()
 
     async def _gather(self) -> list[_Item]:
         batch = self._held = [await self._queue.get()]
@@ -126,7 +145,6 @@ class DynamicBatcher:
         for item, row in zip(batch, outputs):
             if not item.future.done():
                 item.future.set_result(row)
-        self._held = []
 
 
 def _stack(batch: list[_Item]) -> dict[str, np.ndarray]:

@@ -9,25 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
-import unicodedata
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 import numpy as np
 
+from focalserve_client.instructions import normalise_instruction as normalised_text
+
 from server.errors import InvalidInstruction
 
-_WHITESPACE = re.compile(r"\s+")
-
-
 def normalise_instruction(instruction: str, max_chars: int, what: str = "instruction") -> str:
-    """NFKC, control characters dropped, whitespace folded, lowercased; length-checked."""
+    """The SDK's normalisation (one definition for both sides), plus the server's limits."""
     if len(instruction) > max_chars * 4:  # cheap early refusal before any unicode work
         raise InvalidInstruction(f"the {what} is longer than the limit of {max_chars} characters")
-    text = unicodedata.normalize("NFKC", instruction)
-    text = "".join(ch for ch in text if unicodedata.category(ch)[0] != "C" or ch.isspace())
-    text = _WHITESPACE.sub(" ", text).strip().lower()
+    text = normalised_text(instruction)
     if not text:
         raise InvalidInstruction(f"the {what} is empty")
     if len(text) > max_chars:

@@ -21,6 +21,7 @@ class Settings(BaseSettings):
     triton_protocol: Literal["grpc", "http"] = "grpc"
     triton_timeout_s: float = Field(30.0, gt=0, description="Deadline of one Triton call.")
     triton_startup_timeout_s: float = Field(120.0, gt=0, description="How long start-up waits for Triton.")
+    triton_max_inflight: int = Field(4, ge=1, description="Batches per model in flight to Triton at once.")
     families: list[str] = Field(default_factory=list, description="Families to load; empty = all.")
 
     max_batch_size: int = Field(64, ge=1, description="Upper bound; a model's own max_batch_size wins if lower.")

@@ -46,6 +46,7 @@ class FamilyEngine:
             max_delay_ms=settings.max_delay_ms,
             max_queue_size=settings.max_queue_size,
             on_batch=metrics.batch_size.labels(model.name).observe,
+            max_inflight=self._backend.max_inflight,
         )
 
     def tokenize(self, text: str) -> np.ndarray:

@@ -1,7 +1,5 @@
-"""How the gateway normalises an instruction, so a client can recognise its condition in a listing.
-
-The server applies the same steps (and its length limits) in `server.conditions`; a unit test
-checks that the two agree.
+"""How an instruction is normalised: the server uses this function (adding its length limits in
+`server.conditions`), so a client recognises its condition in a listing exactly as the server does.
 """
 
 from __future__ import annotations

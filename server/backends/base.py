@@ -10,6 +10,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 class ModelBackend(ABC):
     name: str
+    max_inflight: int = 1  # batches one model may have running at once
 
     @abstractmethod
     async def start(self) -> None:

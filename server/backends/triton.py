@@ -34,7 +34,9 @@ class TritonBackend(ModelBackend):
         families: list[str] | None = None,
         timeout_s: float = 30.0,
         startup_timeout_s: float = 120.0,
+        max_inflight: int = 4,
     ) -> None:
+        self.max_inflight = max_inflight
         self._url = url
         self._protocol = protocol
         self._families = set(families or [])

@@ -329,3 +329,28 @@ async def test_last_progress_advances_after_a_batch(make_batcher):
     await asyncio.wait_for(batcher.submit(item(1.0)), BOUND_S)
     assert batcher.last_progress > 0.0
     assert batcher.queue_depth == 0
+
+
+async def test_max_inflight_lets_several_batches_run_at_once():
+    """Triton overlaps batches of one model; the batcher must not serialise them."""
+    running, peak, release = 0, 0, asyncio.Event()
+
+    async def fake_run(inputs: dict[str, np.ndarray]) -> np.ndarray:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await release.wait()
+        running -= 1
+        return inputs["x"] * 2
+
+    batcher = DynamicBatcher("overlap", fake_run, max_batch_size=1, max_delay_ms=0, max_queue_size=16,
+                             max_inflight=3)
+    batcher.start()
+    tasks = [asyncio.create_task(batcher.submit({"x": np.array([i], np.float32)})) for i in range(5)]
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert peak == 3  # three in flight, the other two wait for a slot
+    release.set()
+    results = await asyncio.gather(*tasks)
+    assert [float(r[0]) for r in results] == [0, 2, 4, 6, 8]
+    await batcher.stop()
