@@ -110,13 +110,12 @@ class Recipe:
     def _caption_dataset(self) -> Dataset:
         data = self.data
         if data.kind == "colorshape":
-            return ColorShapeCaptions(data.size, seed=data.seed, attribute_captions=True)
+            return ColorShapeCaptions(data.size, seed=data.seed)
         if data.kind == "scenes":
             return TwoObjectCaptions(data.size, seed=data.seed)
         if data.kind == "colorshape+scenes":  # compositional data without forgetting single objects
             half = data.size // 2
-            return ConcatDataset([ColorShapeCaptions(half, seed=data.seed, attribute_captions=True),
-                                  TwoObjectCaptions(half, seed=data.seed)])
+            return ConcatDataset([ColorShapeCaptions(half, seed=data.seed), TwoObjectCaptions(half, seed=data.seed)])
         if data.kind == "captions" and data.path is not None:
             return CaptionDataset(read_caption_jsonl(data.path, data.image_root))
         raise ValueError(

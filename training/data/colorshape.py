@@ -187,31 +187,20 @@ class ColorShapeGenerator:
 
 
 class ColorShapeCaptions(Dataset):
-    """Single-object images with captions and integer labels (into COLOR_NAMES, SHAPES).
+    """Single-object images with captions and integer labels (into COLOR_NAMES, SHAPES)."""
 
-    With `attribute_captions`, a quarter of the captions name only the colour ("red") and a
-    quarter only the shape ("circle"): a text tower trained on full captions alone never sees
-    single words, and then embeds the answers FocalLens is trained against ("circle",
-    "diamond") almost alike.
-    """
-
-    def __init__(self, n: int, seed: int = 0, image_size: int = 32, attribute_captions: bool = False) -> None:
+    def __init__(self, n: int, seed: int = 0, image_size: int = 32) -> None:
         self.n = n
         self.generator = ColorShapeGenerator(seed, image_size)
-        self.attribute_captions = attribute_captions
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, index: int) -> dict:
         sample = self.generator.sample(_check_index(index, self.n))
-        text = caption(sample)
-        if self.attribute_captions:  # style by cycle, so every colour x shape pair gets every style
-            style = (index // (len(COLOR_NAMES) * len(SHAPES))) % 4
-            text = {1: sample.colour, 2: sample.shape}.get(style, text)
         return {
             "image": sample.image,
-            "caption": text,
+            "caption": caption(sample),
             "label_colour": COLOR_NAMES.index(sample.colour),
             "label_shape": SHAPES.index(sample.shape),
         }
