@@ -38,7 +38,7 @@ class Stage:
 
 STAGES = {
     "base": Stage("clip", DataSpec("colorshape", size=8192, seed=1), steps=400, lr=1e-3),
-    "focallens": Stage("focallens", DataSpec("colorshape", size=8192, seed=2), steps=400, lr=1e-3, init_from="base"),
+    "focallens": Stage("focallens", DataSpec("colorshape", size=8192, seed=2), steps=800, lr=1e-3, init_from="base"),
     "fsc-clip": Stage("fsc-clip", DataSpec("colorshape+scenes", size=4096, seed=3), steps=120, lr=5e-5,
                       init_from="base"),
 }

@@ -240,5 +240,5 @@ def test_unknown_recipes_and_unsupported_data_are_refused(recipes):
     with pytest.raises(ValueError, match="colorshape or llava"):
         focallens.dataset()
     clip = create_recipe("clip", ModelSpec(TINY), DataSpec("llava", size=8))
-    with pytest.raises(ValueError, match="colorshape, scenes or captions"):
+    with pytest.raises(ValueError, match=r"colorshape, scenes, colorshape\+scenes or captions"):
         clip.dataset()
