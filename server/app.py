@@ -7,8 +7,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 
 from server.api.errors import install_error_handlers
+from server.api.middleware import RequestLimits
 from server.api.routes import collections as collection_routes
 from server.api.routes import embed, health, models, search
 from server.api.routes import openai as openai_routes
@@ -41,7 +43,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await backend.start()
         engine = await Engine.load(backend, settings, metrics)
         engine.start()
-        images = ImageDecoder(settings.preprocess_workers, settings.max_image_bytes, settings.max_image_pixels)
+        images = ImageDecoder(
+            settings.preprocess_workers, settings.max_image_bytes, settings.max_image_pixels, settings.max_aspect_ratio
+        )
         store = Store(settings.data_dir)
         collections = CollectionService(store, engine, images, settings.max_instruction_chars)
         await collections.start()
@@ -62,6 +66,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app, settings.retry_after_s)
+    app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes, timeout_s=settings.request_timeout_s,
+                       retry_after_s=settings.retry_after_s)
+    if settings.cors_origins:  # off unless origins are named
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["authorization", "content-type"])
     for module in (embed, search, collection_routes, models, health, openai_routes):
         app.include_router(module.router)
 

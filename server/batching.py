@@ -42,6 +42,7 @@ class DynamicBatcher:
         max_queue_size: int,
         on_batch: Callable[[int], None] | None = None,
         max_inflight: int = 1,
+        on_reject: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self._run = run
@@ -49,10 +50,13 @@ class DynamicBatcher:
         self._max_delay = max_delay_ms / 1000
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_queue_size)
         self._on_batch = on_batch
+        self._on_reject = on_reject
         self._worker: asyncio.Task[None] | None = None
         self._held: list[_Item] = []  # the batch being gathered
         self._slots = asyncio.Semaphore(max_inflight)  # batches running at once
         self._inflight: dict[asyncio.Task[None], list[_Item]] = {}
+        self._started: dict[asyncio.Task[None], float] = {}  # when each running batch began
+        self._last_pickup = time.monotonic()  # when the worker last took an item from the queue
         self.last_progress = time.monotonic()  # when a batch last completed, for readiness
 
     @property
@@ -62,6 +66,14 @@ class DynamicBatcher:
     @property
     def running(self) -> bool:
         return self._worker is not None and not self._worker.done()
+
+    def stalled(self, timeout_s: float) -> bool:
+        """A batch has run, or items have waited unpicked, for longer than `timeout_s`:
+        the process is up but the model makes no progress (readiness must fail)."""
+        now = time.monotonic()
+        if any(now - started > timeout_s for started in self._started.values()):
+            return True
+        return not self._queue.empty() and now - self._last_pickup > timeout_s
 
     def start(self) -> None:
         if self._worker is None:
@@ -87,6 +99,8 @@ class DynamicBatcher:
         try:
             self._queue.put_nowait(_Item(inputs, future))
         except asyncio.QueueFull:
+            if self._on_reject is not None:
+                self._on_reject()
             raise Overloaded(f"{self.name}: queue full ({self._queue.maxsize} items)") from None
         return await future
 
@@ -102,14 +116,17 @@ class DynamicBatcher:
                 continue
             task = asyncio.get_running_loop().create_task(self._execute(batch))
             self._inflight[task] = batch
+            self._started[task] = time.monotonic()
             task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._inflight.pop(task, None)
+        self._started.pop(task, None)
         self._slots.release()
 
     async def _gather(self) -> list[_Item]:
         batch = self._held = [await self._queue.get()]
+        self._last_pickup = time.monotonic()
         deadline = time.monotonic() + self._max_delay
         while len(batch) < self.max_batch_size:
             if self._queue.empty():
@@ -118,7 +135,7 @@ class DynamicBatcher:
                     break
                 try:
                     batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-                except asyncio.TimeoutError:  # not the builtin before Python 3.11
+                except TimeoutError:
                     break
             else:
                 batch.append(self._queue.get_nowait())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 from importlib.metadata import entry_points
+from typing import get_origin
 
 from server.config import Settings
 
@@ -14,7 +15,7 @@ def add_serve_command(subcommands: argparse._SubParsersAction) -> None:
     parser = subcommands.add_parser("serve", help="run the HTTP gateway")
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        if name == "families":
+        if get_origin(field.annotation) is list:
             parser.add_argument(flag, nargs="*", default=None, help=field.description)
         else:
             parser.add_argument(flag, default=None, help=f"{field.description or ''} (env FOCALSERVE_{name.upper()})")

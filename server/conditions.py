@@ -13,10 +13,10 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 import numpy as np
-
 from focalserve_client.instructions import normalise_instruction as normalised_text
 
 from server.errors import InvalidInstruction
+
 
 def normalise_instruction(instruction: str, max_chars: int, what: str = "instruction") -> str:
     """The SDK's normalisation (one definition for both sides), plus the server's limits."""

@@ -27,9 +27,7 @@ class FamilyEngine:
         self.preprocess = ImagePreprocessor(spec)
         self._tokenizer = open_clip.get_tokenizer(spec.tokenizer, context_length=spec.context_length)
         self._backend = backend
-        self.batchers = {
-            role: self._batcher(model, settings, metrics) for role, model in spec.models.items()
-        }
+        self.batchers = {role: self._batcher(model, settings, metrics) for role, model in spec.models.items()}
         self._conditions = ConditionCache(
             settings.condition_cache_size,
             on_lookup=lambda hit: metrics.condition_cache.labels(spec.name, "hit" if hit else "miss").inc(),
@@ -47,6 +45,7 @@ class FamilyEngine:
             max_queue_size=settings.max_queue_size,
             on_batch=metrics.batch_size.labels(model.name).observe,
             max_inflight=self._backend.max_inflight,
+            on_reject=metrics.rejected.labels(model.name).inc,
         )
 
     def tokenize(self, text: str) -> np.ndarray:
@@ -73,7 +72,9 @@ class FamilyEngine:
         model = self.spec.models["image"]
         if self.spec.conditional:
             if instruction is None:
-                raise InvalidInstruction(f"model {self.spec.name} is a FocalLens family: each image needs an 'instruction'")
+                raise InvalidInstruction(
+                    f"model {self.spec.name} is a FocalLens family: each image needs an 'instruction'"
+                )
             inputs = {model.inputs[0]: pixels, model.inputs[1]: await self.condition(instruction)}
         else:
             if instruction is not None:

@@ -36,6 +36,14 @@ class UnknownModel(FocalServeError):
     status, code = 404, "unknown_model"
 
 
+class Unauthorized(FocalServeError):
+    status, code = 401, "unauthorized"
+
+
+class PayloadTooLarge(FocalServeError):
+    status, code = 413, "payload_too_large"
+
+
 class NotFound(FocalServeError):
     status, code = 404, "not_found"
 
@@ -48,6 +56,12 @@ class Overloaded(FocalServeError):
     """A queue is full: the client should retry after a pause rather than wait unboundedly."""
 
     status, code = 503, "overloaded"
+
+
+class DeadlineExceeded(FocalServeError):
+    """The request ran past `request_timeout_s`: the server is too busy to answer in time."""
+
+    status, code = 503, "deadline_exceeded"
 
 
 class BackendUnavailable(FocalServeError):

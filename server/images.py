@@ -14,8 +14,12 @@ from server.errors import ImageTooLarge, InvalidImage
 from server.repository import FamilySpec
 
 
-def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
-    """Bytes -> upright RGB image, or a 4xx error; the pixel check runs before decoding."""
+def decode_image(data: bytes, max_bytes: int, max_pixels: int, max_aspect_ratio: float = float("inf")) -> Image.Image:
+    """Bytes -> upright RGB image, or a 4xx error; the size checks run before decoding.
+
+    The aspect-ratio limit matters as much as the pixel limit: resizing the short side of a
+    1 x 100000 image to the model's size would allocate a huge intermediate image.
+    """
     if not data:
         raise InvalidImage("the image is empty (0 bytes)")
     if len(data) > max_bytes:
@@ -25,9 +29,12 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
         width, height = image.size
         if width * height > max_pixels:
             raise ImageTooLarge(f"the image declares {width}x{height} pixels; the limit is {max_pixels} pixels")
+        if max(width, height) > max_aspect_ratio * max(1, min(width, height)):
+            raise InvalidImage(f"the image is {width}x{height}; the longest side may be at most "
+                               f"{max_aspect_ratio:g} times the shortest")
         image.load()
         return _to_rgb(ImageOps.exif_transpose(image))
-    except ImageTooLarge:
+    except (ImageTooLarge, InvalidImage):
         raise
     except Image.DecompressionBombError as error:
         raise ImageTooLarge(f"the image is a decompression bomb: {error}") from None
@@ -65,17 +72,18 @@ class ImagePreprocessor:
 class ImageDecoder:
     """Decodes and preprocesses uploads on a thread pool, off the event loop."""
 
-    def __init__(self, workers: int, max_bytes: int, max_pixels: int) -> None:
+    def __init__(self, workers: int, max_bytes: int, max_pixels: int, max_aspect_ratio: float) -> None:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="decode")
         self._max_bytes = max_bytes
         self._max_pixels = max_pixels
+        self._max_aspect_ratio = max_aspect_ratio
 
     async def prepare(self, preprocess: ImagePreprocessor, data: bytes) -> np.ndarray:
         """Encoded bytes -> the model's float32 (3, S, S) input, or a 4xx error."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._prepare, preprocess, data)
 
     def _prepare(self, preprocess: ImagePreprocessor, data: bytes) -> np.ndarray:
-        return preprocess(decode_image(data, self._max_bytes, self._max_pixels))
+        return preprocess(decode_image(data, self._max_bytes, self._max_pixels, self._max_aspect_ratio))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -20,3 +20,6 @@ class Gateway:
     engine: Engine
     images: ImageDecoder
     collections: CollectionService
+
+    def __post_init__(self) -> None:
+        self.api_keys = self.settings.api_key_list()  # parsed once, not per request

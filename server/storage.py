@@ -127,7 +127,9 @@ class Store:
     def create_collection(self, name: str, model: str) -> bool:
         """False if it already exists."""
         with self._transaction() as db:
-            return db.execute("INSERT OR IGNORE INTO collections(name, model) VALUES (?, ?)", (name, model)).rowcount == 1
+            return (
+                db.execute("INSERT OR IGNORE INTO collections(name, model) VALUES (?, ?)", (name, model)).rowcount == 1
+            )
 
     def collection(self, name: str) -> Collection | None:
         rows = self._query("SELECT name, model FROM collections WHERE name = ?", (name,))
@@ -204,9 +206,7 @@ class Store:
 
     def matching_rowids(self, collection: str, equal: dict[str, Any]) -> np.ndarray:
         """Rowids of items whose metadata has every key equal to the given value."""
-        clauses = " AND ".join(
-            "json_extract(metadata, ?) IS ?" for _ in equal
-        )
+        clauses = " AND ".join("json_extract(metadata, ?) IS ?" for _ in equal)
         parameters: list[Any] = [collection]
         for key, value in equal.items():
             parameters += [f'$."{key}"', value]
@@ -218,16 +218,21 @@ class Store:
     def add_condition(self, collection: str, instruction: str | None, index_kind: str) -> tuple[Condition, bool]:
         """The condition and whether it was created now (False: it was registered before)."""
         with self._transaction() as db:
-            created = db.execute(
-                "INSERT OR IGNORE INTO conditions(collection, instruction, index_kind, status) "
-                "VALUES (?, ?, ?, 'building')", (collection, instruction, index_kind),
-            ).rowcount == 1
+            created = (
+                db.execute(
+                    "INSERT OR IGNORE INTO conditions(collection, instruction, index_kind, status) "
+                    "VALUES (?, ?, ?, 'building')",
+                    (collection, instruction, index_kind),
+                ).rowcount
+                == 1
+            )
         return next(c for c in self.conditions(collection) if c.instruction == instruction), created
 
     def conditions(self, collection: str) -> list[Condition]:
         rows = self._query(
             "SELECT rowid, collection, instruction, index_kind, status, error FROM conditions "
-            "WHERE collection = ? ORDER BY rowid", (collection,),
+            "WHERE collection = ? ORDER BY rowid",
+            (collection,),
         )
         return [Condition(*row) for row in rows]
 
@@ -269,7 +274,8 @@ class Store:
         """Items with no vector under `condition` yet (what a build or catch-up must embed)."""
         rows = self._query(
             "SELECT rowid, id, blob, metadata FROM items WHERE collection = ? AND rowid NOT IN "
-            "(SELECT item FROM vectors WHERE condition = ?) ORDER BY rowid LIMIT ?", (collection, condition, limit),
+            "(SELECT item FROM vectors WHERE condition = ?) ORDER BY rowid LIMIT ?",
+            (collection, condition, limit),
         )
         return [_item(row) for row in rows]
 

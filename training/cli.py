@@ -13,7 +13,9 @@ def add_export_command(subcommands: argparse._SubParsersAction) -> None:
     parser = subcommands.add_parser("export", help="export a model family into a Triton model repository")
     parser.add_argument("--family", choices=FAMILIES, required=True)
     parser.add_argument("--model", required=True, help="open_clip model config name, e.g. ViT-B-32")
-    parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag or weights file; 'none' for random")
+    parser.add_argument(
+        "--pretrained", default=None, help="open_clip pretrained tag or weights file; 'none' for random"
+    )
     parser.add_argument("--checkpoint", type=Path, default=None, help="a FocalServe or FSC-CLIP checkpoint file")
     parser.add_argument("--name", required=True, help="family name: models are NAME_image, NAME_text, ...")
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
@@ -30,9 +32,7 @@ def _export(args: argparse.Namespace) -> None:
     pretrained = None if args.pretrained in (None, "none") else args.pretrained
     model = load_family_model(args.family, args.model, pretrained, args.checkpoint)
     batching = default_batching(args.backend, args.max_batch_size)
-    for directory in export_family(
-        model, args.family, args.model, args.name, args.repository, args.backend, batching
-    ):
+    for directory in export_family(model, args.family, args.model, args.name, args.repository, args.backend, batching):
         print(directory)
 
 
@@ -44,8 +44,11 @@ def add_train_command(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, help="open_clip model config name, e.g. ViT-L-14-336")
     parser.add_argument("--pretrained", default=None, help="open_clip pretrained tag or weights file")
     parser.add_argument("--init-checkpoint", type=Path, default=None, help="start from this checkpoint")
-    parser.add_argument("--data", default="colorshape",
-                        help="colorshape | scenes | colorshape+scenes | llava:FILE.json | captions:FILE.jsonl")
+    parser.add_argument(
+        "--data",
+        default="colorshape",
+        help="colorshape | scenes | colorshape+scenes | llava:FILE.json | captions:FILE.jsonl",
+    )
     parser.add_argument("--image-root", type=Path, default=Path("."))
     parser.add_argument("--synthetic-size", type=int, default=4096, help="images in a synthetic dataset")
     parser.add_argument("--output-dir", type=Path, required=True, help="checkpoints and logs; resumes from here")
@@ -71,9 +74,18 @@ def _train(args: argparse.Namespace) -> None:
     data = DataSpec(kind, Path(path) if path else None, args.image_root, args.synthetic_size, args.seed)
     recipe = create_recipe(args.recipe, ModelSpec(args.model, args.pretrained, args.init_checkpoint), data, args.seed)
     config = TrainConfig(
-        args.output_dir, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
-        accum_steps=args.accum_steps, lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
-        amp=not args.no_amp, seed=args.seed, workers=args.workers, save_every=args.save_every,
+        args.output_dir,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        accum_steps=args.accum_steps,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_steps=args.warmup_steps,
+        amp=not args.no_amp,
+        seed=args.seed,
+        workers=args.workers,
+        save_every=args.save_every,
     )
     print(train(recipe, config))
 
@@ -84,8 +96,12 @@ def add_eval_command(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--family", choices=FAMILIES, required=True)
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--pretrained", default=None)
-    parser.add_argument("--baseline-checkpoint", type=Path, default=None,
-                        help="CLIP checkpoint whose embeddings give the unconditional rows")
+    parser.add_argument(
+        "--baseline-checkpoint",
+        type=Path,
+        default=None,
+        help="CLIP checkpoint whose embeddings give the unconditional rows",
+    )
     parser.add_argument("--images", type=int, default=600)
     parser.add_argument("--output-dir", type=Path, required=True)
     parser.set_defaults(handler=_eval)

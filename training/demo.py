@@ -39,32 +39,45 @@ class Stage:
 STAGES = {
     "base": Stage("clip", DataSpec("colorshape", size=8192, seed=1), steps=400, lr=1e-3),
     "focallens": Stage("focallens", DataSpec("colorshape", size=8192, seed=2), steps=800, lr=1e-3, init_from="base"),
-    "fsc-clip": Stage("fsc-clip", DataSpec("colorshape+scenes", size=4096, seed=3), steps=120, lr=5e-5,
-                      init_from="base"),
+    "fsc-clip": Stage(
+        "fsc-clip", DataSpec("colorshape+scenes", size=4096, seed=3), steps=120, lr=5e-5, init_from="base"
+    ),
 }
 
 
 def run_stage(name: str, stage: Stage, work_dir: Path, checkpoints: dict[str, Path]) -> Path:
     init = checkpoints[stage.init_from] if stage.init_from else None
     recipe = create_recipe(stage.recipe, ModelSpec(MODEL, checkpoint=init), stage.data)
-    config = TrainConfig(work_dir / name, max_steps=stage.steps, batch_size=128, lr=stage.lr,
-                         warmup_steps=min(50, stage.steps // 5), workers=0)
+    config = TrainConfig(
+        work_dir / name,
+        max_steps=stage.steps,
+        batch_size=128,
+        lr=stage.lr,
+        warmup_steps=min(50, stage.steps // 5),
+        workers=0,
+    )
     return train(recipe, config)
 
 
 def results_table(results: dict[str, dict]) -> str:
     """Markdown: retrieval mAP per condition (conditional models under training phrasings, and
     under held-out phrasings), compositionality and zero-shot accuracy."""
-    header = ("| model | colour mAP | shape mAP | colour mAP, held-out phrasings | shape mAP, held-out phrasings "
-              "| compositionality acc. | zero-shot acc. |")
+    header = (
+        "| model | colour mAP | shape mAP | colour mAP, held-out phrasings | shape mAP, held-out phrasings "
+        "| compositionality acc. | zero-shot acc. |"
+    )
     lines = [header, "|---|---|---|---|---|---|---|"]
     for label, metrics in results.items():
         retrieval = metrics["retrieval_map"]
         kind = "conditional" if "conditional" in retrieval["colour"] else "unconditional"
         cells = [f"{retrieval[c][kind]:.3f}" for c in ("colour", "shape")]
-        cells += [f"{retrieval[c].get('conditional_heldout_phrasing', float('nan')):.3f}".replace("nan", "-")
-                  for c in ("colour", "shape")]
-        cells += [f"{metrics[m]:.3f}" if m in metrics else "-" for m in ("compositionality_accuracy", "zero_shot_accuracy")]
+        cells += [
+            f"{retrieval[c].get('conditional_heldout_phrasing', float('nan')):.3f}".replace("nan", "-")
+            for c in ("colour", "shape")
+        ]
+        cells += [
+            f"{metrics[m]:.3f}" if m in metrics else "-" for m in ("compositionality_accuracy", "zero_shot_accuracy")
+        ]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -83,8 +96,10 @@ def main(argv: list[str] | None = None) -> None:
     for name, stage in STAGES.items():
         checkpoints[name] = run_stage(name, stage, args.work_dir, checkpoints)
 
-    models = {name: load_family_model("clip" if name != "focallens" else "focallens", MODEL, checkpoint=path)
-              for name, path in checkpoints.items()}
+    models = {
+        name: load_family_model("clip" if name != "focallens" else "focallens", MODEL, checkpoint=path)
+        for name, path in checkpoints.items()
+    }
     base = Encoder(models["base"], MODEL)
     results = {
         "base CLIP (unconditional)": evaluate(base),
@@ -98,8 +113,16 @@ def main(argv: list[str] | None = None) -> None:
     # files, and `make stack` exports a python-backend copy for the CPU tritonserver.
     export_family(models["focallens"], "focallens", MODEL, args.name, args.repository, "libtorch")
     print(table)
-    print(json.dumps({"results": str(json_path), "plot": str(plot_path), "repository": str(args.repository),
-                      "minutes": round((time.monotonic() - started) / 60, 1)}))
+    print(
+        json.dumps(
+            {
+                "results": str(json_path),
+                "plot": str(plot_path),
+                "repository": str(args.repository),
+                "minutes": round((time.monotonic() - started) / 60, 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -166,7 +166,7 @@ def write_report(results: dict[str, dict[str, object]], output_dir: Path) -> tup
             for condition, row in metrics["retrieval_map"].items() for kind, value in row.items()]
     labels = sorted({bar[0] for bar in bars}, key=[bar[0] for bar in bars].index)
     for offset, condition in enumerate(EVAL_PHRASINGS):
-        values = [next((v for l, c, v in bars if l == label and c == condition), 0.0) for label in labels]
+        values = [next((v for b, c, v in bars if b == label and c == condition), 0.0) for label in labels]
         retrieval.bar(np.arange(len(labels)) + 0.4 * offset, values, width=0.4, label=condition)
     retrieval.set_xticks(np.arange(len(labels)) + 0.2, labels, fontsize=7)
     retrieval.set_ylabel("retrieval mAP"), retrieval.set_ylim(0, 1), retrieval.legend()

@@ -84,8 +84,11 @@ def parameter_groups(model: nn.Module, config: TrainConfig, new_prefixes: tuple[
         decay = parameter.ndim >= 2 and "embedding" not in name and "logit_scale" not in name
         groups.setdefault((decay, name.startswith(new_prefixes)), []).append(parameter)
     return [
-        {"params": params, "weight_decay": config.weight_decay if decay else 0.0,
-         "lr": config.lr * (config.new_parameter_lr_scale if new else 1.0)}
+        {
+            "params": params,
+            "weight_decay": config.weight_decay if decay else 0.0,
+            "lr": config.lr * (config.new_parameter_lr_scale if new else 1.0),
+        }
         for (decay, new), params in groups.items()
     ]
 
@@ -114,7 +117,9 @@ class Trainer:
         self.sampler = self._batch_sampler()
         self.steps_per_epoch = len(self.sampler) // config.accum_steps
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{len(self.dataset)} examples make no full step of {config.batch_size} x {config.accum_steps}")
+            raise ValueError(
+                f"{len(self.dataset)} examples make no full step of {config.batch_size} x {config.accum_steps}"
+            )
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
         self.optimizer = torch.optim.AdamW(
             parameter_groups(self.model, config, recipe.new_parameter_names()), betas=config.betas, eps=config.eps
@@ -140,15 +145,25 @@ class Trainer:
         sampler = self.sampler.sampler if isinstance(self.sampler, BatchSampler) else self.sampler
         sampler.set_epoch(epoch)
         batches = list(self.sampler)[: self.steps_per_epoch * self.config.accum_steps]
-        batches = batches[skip_steps * self.config.accum_steps:]
-        return DataLoader(self.dataset, batch_sampler=batches, collate_fn=self.recipe.collate,
-                          num_workers=self.config.workers, worker_init_fn=_single_threaded)
+        batches = batches[skip_steps * self.config.accum_steps :]
+        return DataLoader(
+            self.dataset,
+            batch_sampler=batches,
+            collate_fn=self.recipe.collate,
+            num_workers=self.config.workers,
+            worker_init_fn=_single_threaded,
+        )
 
     def fit(self) -> Path:
         """Train to `total_steps`, resuming from the latest checkpoint if there is one."""
         self._resume()
-        progress = tqdm(total=self.total_steps, initial=self.step, disable=not (self.config.progress and self.dist.main),
-                        desc=f"train {self.recipe.name}", dynamic_ncols=True)
+        progress = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            disable=not (self.config.progress and self.dist.main),
+            desc=f"train {self.recipe.name}",
+            dynamic_ncols=True,
+        )
         while self.step < self.total_steps:
             epoch, done_in_epoch = divmod(self.step, self.steps_per_epoch)
             micro_batches: list[dict[str, Any]] = []
@@ -196,8 +211,14 @@ class Trainer:
     def _log(self, epoch: int, terms: dict[str, float]) -> None:
         if not self.dist.main or (self.step % self.config.log_every and self.step != self.total_steps):
             return
-        record = {"step": self.step, "epoch": epoch, "lr": self._last_lr,
-                  "loss": sum(terms.values()), **terms, "logit_scale": self._logit_scale().exp().item()}
+        record = {
+            "step": self.step,
+            "epoch": epoch,
+            "lr": self._last_lr,
+            "loss": sum(terms.values()),
+            **terms,
+            "logit_scale": self._logit_scale().exp().item(),
+        }
         self.config.output_dir.mkdir(parents=True, exist_ok=True)
         with open(self.config.output_dir / "train_log.jsonl", "a") as log:
             log.write(json.dumps(record) + "\n")
@@ -208,10 +229,16 @@ class Trainer:
         if self.dist.main:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
             state = {
-                "family": self.recipe.family, "recipe": self.recipe.name, "model_name": self.recipe.model_spec.name,
-                "state_dict": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "step": self.step,
-                "rng": torch.get_rng_state(), "config": {k: str(v) for k, v in asdict(self.config).items()},
+                "family": self.recipe.family,
+                "recipe": self.recipe.name,
+                "model_name": self.recipe.model_spec.name,
+                "state_dict": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "step": self.step,
+                "rng": torch.get_rng_state(),
+                "config": {k: str(v) for k, v in asdict(self.config).items()},
             }
             for target in (path, self.checkpoints / "latest.pt"):
                 temporary = target.with_suffix(".tmp")
@@ -240,7 +267,9 @@ def _single_threaded(worker_id: int) -> None:
 
 
 def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {key: value.to(device, non_blocking=True) if torch.is_tensor(value) else value for key, value in batch.items()}
+    return {
+        key: value.to(device, non_blocking=True) if torch.is_tensor(value) else value for key, value in batch.items()
+    }
 
 
 def train(recipe: Recipe, config: TrainConfig) -> Path:

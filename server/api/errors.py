@@ -20,6 +20,8 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     @app.exception_handler(FocalServeError)
     async def domain_error(request: Request, error: FocalServeError):
         headers = {"Retry-After": str(retry_after_s)} if error.status == 503 else None
+        if error.status == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
         return error_response(error.status, error.code, error.message, headers)
 
     @app.exception_handler(RequestValidationError)

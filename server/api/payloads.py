@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
+from typing import TypeVar
 
-from server.errors import InvalidImage
+from server.errors import FocalServeError, InvalidImage
+
+T = TypeVar("T")
 
 SIGNATURES = {
     b"\x89PNG\r\n\x1a\n": "image/png",
@@ -32,3 +36,12 @@ def sniff_image_type(data: bytes) -> str:
         if data.startswith(signature):
             return media_type
     return "application/octet-stream"
+
+
+def located(where: str, validate: Callable[..., T], *args: object) -> T:
+    """Run a validator, prefixing its error with the position of the input (`inputs[3]: ...`)."""
+    try:
+        return validate(*args)
+    except FocalServeError as error:
+        error.message = f"{where}: {error.message}"
+        raise

@@ -28,5 +28,5 @@ class ModelBackend(ABC):
     async def ready(self) -> bool:
         """Whether the backend can serve now."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 (optional hook: most backends hold nothing)
         """Release resources."""

@@ -102,7 +102,7 @@ class TritonBackend(ModelBackend):
             if _is_unavailable(error):
                 raise BackendUnavailable(f"Triton at {self._url} is unavailable: {error.message()}") from error
             raise
-        except (OSError, asyncio.TimeoutError) as error:  # the HTTP client's connection errors
+        except (TimeoutError, OSError) as error:  # the HTTP client's connection errors
             raise BackendUnavailable(f"Triton at {self._url} is unreachable: {error}") from error
         return result.as_numpy(output)
 

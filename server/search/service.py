@@ -21,8 +21,8 @@ import numpy as np
 
 from server.conditions import normalise_instruction
 from server.engine import Engine, FamilyEngine
-from server.images import ImageDecoder
 from server.errors import Conflict, FocalServeError, InvalidInstruction, InvalidRequest, NotFound
+from server.images import ImageDecoder
 from server.search.indexes import VectorIndex
 from server.storage import Collection, Condition, Item, NewItem, Store
 
@@ -151,7 +151,9 @@ class CollectionService:
         """Embed every item under every ready condition, commit, then index; returns how many."""
         collection = await self.collection(name)
         family = self.family_of(collection)
-        pixels = await asyncio.gather(*(self._at(i, self._images.prepare(family.preprocess, u.image)) for i, u in enumerate(uploads)))
+        pixels = await asyncio.gather(
+            *(self._at(i, self._images.prepare(family.preprocess, u.image)) for i, u in enumerate(uploads))
+        )
         vectors = await self._embed_under_ready(family, name, pixels, {})
         async with self._lock(name):
             # a condition may have finished building meanwhile: embed under it too before committing
@@ -174,7 +176,9 @@ class CollectionService:
         embedded = await asyncio.gather(*(self._embed_all(family, condition, pixels) for condition in todo))
         return {**done, **{condition.rowid: vectors for condition, vectors in zip(todo, embedded)}}
 
-    async def _embed_all(self, family: FamilyEngine, condition: Condition, pixels: list[np.ndarray]) -> list[np.ndarray]:
+    async def _embed_all(
+        self, family: FamilyEngine, condition: Condition, pixels: list[np.ndarray]
+    ) -> list[np.ndarray]:
         return list(await asyncio.gather(*(family.embed_image(p, condition.instruction) for p in pixels)))
 
     @staticmethod
@@ -220,7 +224,9 @@ class CollectionService:
         return condition, created
 
     async def _activate(self, collection: Collection, condition: Condition) -> None:
-        self._indexes[condition.rowid] = VectorIndex(self.family_of(collection).spec.embedding_dim, condition.index_kind)
+        self._indexes[condition.rowid] = VectorIndex(
+            self.family_of(collection).spec.embedding_dim, condition.index_kind
+        )
         self._start_build(collection, condition)
 
     def _start_build(self, collection: Collection, condition: Condition) -> None:
@@ -307,7 +313,9 @@ class CollectionService:
             text = normalise_instruction(query["text"], self._max_instruction_chars, "text")
             return await family.embed_text(text), None
         if query.get("image") is not None:
-            return await family.embed_image(await self._images.prepare(family.preprocess, query["image"]), condition.instruction), None
+            return await family.embed_image(
+                await self._images.prepare(family.preprocess, query["image"]), condition.instruction
+            ), None
         item = await self.item(collection.name, query["item_id"])
         vector = await asyncio.to_thread(self.store.vector, condition.rowid, item.rowid)
         if vector is None:

@@ -37,7 +37,9 @@ class LocalTriton:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"tritonserver exited with {self.process.returncode}; see {self.work_dir}/triton.log")
+                raise RuntimeError(
+                    f"tritonserver exited with {self.process.returncode}; see {self.work_dir}/triton.log"
+                )
             try:
                 if httpx.get(f"{self.http_url}/v2/health/ready", timeout=2).status_code == 200:
                     return

@@ -6,11 +6,11 @@ import io
 import json
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
-import tomllib
 from focalserve_client._images import as_image_list, encode_image
 from focalserve_client._transport import RetryPolicy, parse_retry_after
 from focalserve_client.errors import (

@@ -9,10 +9,9 @@ import torch
 from tritonclient.grpc import model_config_pb2 as pb
 
 from server.repository import families_from_configs, read_repository
+from tests.helpers.models import TINY
 from training.export import example_inputs, export_family, family_metadata, family_models
 from training.triton_config import parse_pbtxt
-
-from tests.helpers.models import TINY
 
 
 @pytest.mark.parametrize("family", ["focallens", "tinyclip"])

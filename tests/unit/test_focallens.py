@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 
@@ -31,7 +33,9 @@ def test_instruction_tower_starts_as_a_copy_of_the_text_tower():
     _, tokens = _inputs()
     with torch.no_grad():
         torch.testing.assert_close(model.encode_instruction(tokens), model.encode_text(tokens))
-    assert model.instruction_tower.text.token_embedding.weight.data_ptr() != model.clip.token_embedding.weight.data_ptr()
+    assert (
+        model.instruction_tower.text.token_embedding.weight.data_ptr() != model.clip.token_embedding.weight.data_ptr()
+    )
 
 
 def test_condition_projection_is_zero_initialised_and_gates_closed():
@@ -73,8 +77,16 @@ def test_fsc_clip_checkpoint_format_loads_into_both_families(tmp_path):
     source = create_base_clip(TINY)
     path = tmp_path / "fsc-clip.pt"
     state = {f"module.{k}": v for k, v in source.state_dict().items()}  # saved from DDP
-    torch.save({"epoch": 5, "name": "fsc-clip", "state_dict": state, "optimizer": {"state": {}, "param_groups": []},
-                "scaler": None}, path)
+    torch.save(
+        {
+            "epoch": 5,
+            "name": "fsc-clip",
+            "state_dict": state,
+            "optimizer": {"state": {}, "param_groups": []},
+            "scaler": None,
+        },
+        path,
+    )
     clip = load_family_model("clip", TINY, checkpoint=path)
     focallens = load_family_model("focallens", TINY, checkpoint=path)
     pixels, _ = _inputs(2)
@@ -103,5 +115,5 @@ def test_focallens_checkpoint_round_trips(tmp_path):
 def test_read_checkpoint_refuses_pickled_code(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"state_dict": {}, "hook": _inputs}, path)
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError):
         read_checkpoint(path)

@@ -151,10 +151,19 @@ class FocalLensCLIP(nn.Module):
     def forward(
         self, pixels: torch.Tensor, instruction_tokens: torch.Tensor, answer_tokens: torch.Tensor
     ) -> dict[str, Any]:
-        """The output dict the FocalLens loss takes (answer ids are added by the loop)."""
-        condition = self.encode_instruction(instruction_tokens)
+        """The output dict the FocalLens loss takes (answer ids are added by the loop).
+
+        Batches repeat instructions and answers (several phrasings per condition, shared
+        answers), so each distinct text is encoded once and gathered back per example.
+        """
+        condition = _per_distinct_row(self.encode_instruction, instruction_tokens)
         return {
             "image_features": self.encode_image(pixels, condition),
-            "text_features": self.encode_text(answer_tokens),
+            "text_features": _per_distinct_row(self.encode_text, answer_tokens),
             "logit_scale": self.clip.logit_scale.exp(),
         }
+
+
+def _per_distinct_row(encode, tokens: torch.Tensor) -> torch.Tensor:
+    distinct, index = torch.unique(tokens, dim=0, return_inverse=True)
+    return encode(distinct)[index]

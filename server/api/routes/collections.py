@@ -25,7 +25,7 @@ from focalserve_client.schemas import (
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from server.api.deps import GatewayDep
+from server.api.deps import GatewayDep, ReadAccess, WriteAccess
 from server.api.errors import describe_validation_errors
 from server.api.payloads import b64decode, sniff_image_type
 from server.api.responses import FastJSONResponse
@@ -33,7 +33,7 @@ from server.errors import InvalidRequest, TooManyInputs
 from server.search.service import CollectionService, ItemUpload
 from server.storage import Collection, Condition
 
-router = APIRouter(prefix="/collections", tags=["collections"])
+router = APIRouter(prefix="/collections", tags=["collections"], dependencies=[ReadAccess])
 ERRORS = {status: {"model": ErrorResponse} for status in (404, 409, 413, 422, 503)}
 CollectionName = Annotated[str, Path(pattern=NAME_PATTERN)]
 ItemId = Annotated[str, Path(pattern=ITEM_ID_PATTERN)]
@@ -77,7 +77,7 @@ def condition_info(service: CollectionService, condition: Condition, total: int)
     }
 
 
-@router.post("", status_code=201, response_model=CollectionInfo, responses=ERRORS)
+@router.post("", status_code=201, dependencies=[WriteAccess], response_model=CollectionInfo, responses=ERRORS)
 async def create_collection(body: CollectionCreate, gateway: GatewayDep) -> FastJSONResponse:
     """Create a collection bound to one model family."""
     service = gateway.collections
@@ -101,7 +101,7 @@ async def get_collection(name: CollectionName, gateway: GatewayDep) -> FastJSONR
     return FastJSONResponse(await collection_info(service, await service.collection(name)))
 
 
-@router.delete("/{name}", status_code=204, responses=ERRORS)
+@router.delete("/{name}", status_code=204, dependencies=[WriteAccess], responses=ERRORS)
 async def delete_collection(name: CollectionName, gateway: GatewayDep) -> Response:
     """Delete a collection with its items, vectors and indexes."""
     await gateway.collections.delete_collection(name)
@@ -109,11 +109,20 @@ async def delete_collection(name: CollectionName, gateway: GatewayDep) -> Respon
 
 
 @router.post(
-    "/{name}/items", status_code=201, response_model=ItemsAdded, responses=ERRORS,
-    openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/ItemsAdd"}},
-        "multipart/form-data": {"schema": MULTIPART_ITEM},
-    }}},
+    "/{name}/items",
+    status_code=201,
+    dependencies=[WriteAccess],
+    response_model=ItemsAdded,
+    responses=ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/ItemsAdd"}},
+                "multipart/form-data": {"schema": MULTIPART_ITEM},
+            },
+        }
+    },
 )
 async def add_items(name: CollectionName, request: Request, gateway: GatewayDep) -> FastJSONResponse:
     """Add (or replace) items; acknowledged only once committed and embedded under every ready condition."""
@@ -135,8 +144,10 @@ def _json_items(body: bytes) -> list[ItemUpload]:
         payload = ItemsAdd.model_validate_json(body)
     except ValidationError as error:
         raise InvalidRequest(describe_validation_errors(error.errors())) from None
-    return [ItemUpload(item.id, b64decode(item.image, f"items[{i}].image"), item.metadata)
-            for i, item in enumerate(payload.items)]
+    return [
+        ItemUpload(item.id, b64decode(item.image, f"items[{i}].image"), item.metadata)
+        for i, item in enumerate(payload.items)
+    ]
 
 
 async def _multipart_item(request: Request) -> ItemUpload:
@@ -161,10 +172,12 @@ async def list_items(
     await service.collection(name)
     after_rowid = int(after) if after.isdigit() else 0
     items = await asyncio.to_thread(service.store.items, name, after_rowid, limit)
-    return FastJSONResponse({
-        "items": [{"id": i.id, "metadata": i.metadata, "image_sha256": i.blob} for i in items],
-        "next_after": str(items[-1].rowid) if len(items) == limit else None,
-    })
+    return FastJSONResponse(
+        {
+            "items": [{"id": i.id, "metadata": i.metadata, "image_sha256": i.blob} for i in items],
+            "next_after": str(items[-1].rowid) if len(items) == limit else None,
+        }
+    )
 
 
 @router.get("/{name}/items/{item_id:path}/image", responses=ERRORS)
@@ -182,7 +195,7 @@ async def get_item(name: CollectionName, item_id: str, gateway: GatewayDep) -> F
     return FastJSONResponse({"id": item.id, "metadata": item.metadata, "image_sha256": item.blob})
 
 
-@router.delete("/{name}/items/{item_id:path}", status_code=204, responses=ERRORS)
+@router.delete("/{name}/items/{item_id:path}", status_code=204, dependencies=[WriteAccess], responses=ERRORS)
 async def delete_item(name: CollectionName, item_id: str, gateway: GatewayDep) -> Response:
     """Delete an item from the collection and from every condition's index."""
     await gateway.collections.delete_item(name, _checked_id(item_id))
@@ -197,7 +210,9 @@ def _checked_id(item_id: str) -> str:
         raise InvalidRequest(f"invalid item id {item_id[:80]!r}: letters, digits and ._:@/+- only") from None
 
 
-@router.post("/{name}/conditions", status_code=202, response_model=ConditionInfo, responses=ERRORS)
+@router.post(
+    "/{name}/conditions", status_code=202, dependencies=[WriteAccess], response_model=ConditionInfo, responses=ERRORS
+)
 async def add_condition(name: CollectionName, body: ConditionCreate, gateway: GatewayDep) -> FastJSONResponse:
     """Register an instruction: every item is embedded under it and indexed in the background."""
     service = gateway.collections

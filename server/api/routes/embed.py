@@ -11,16 +11,16 @@ from focalserve_client.schemas import EmbedRequest, EmbedResponse, ErrorResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from server.api.deps import GatewayDep
+from server.api.deps import GatewayDep, ReadAccess
 from server.api.errors import describe_validation_errors
-from server.api.payloads import b64decode
+from server.api.payloads import b64decode, located
 from server.api.responses import FastJSONResponse
 from server.conditions import normalise_instruction
 from server.engine import FamilyEngine
 from server.errors import FocalServeError, InvalidRequest, TooManyInputs
 from server.state import Gateway
 
-router = APIRouter(tags=["embed"])
+router = APIRouter(tags=["embed"], dependencies=[ReadAccess])
 
 ERRORS = {status: {"model": ErrorResponse} for status in (404, 413, 422, 503)}
 MULTIPART_SCHEMA = {
@@ -84,9 +84,13 @@ async def _parse(request: Request, gateway: Gateway) -> tuple[str | None, list[I
         raise TooManyInputs(f"{len(items)} inputs in one request; the limit is {limits.max_inputs_per_request}")
     for index, item in enumerate(items):
         if item.instruction is not None:
-            item.instruction = _at(index, normalise_instruction, item.instruction, limits.max_instruction_chars)
+            item.instruction = located(
+                f"inputs[{index}]", normalise_instruction, item.instruction, limits.max_instruction_chars
+            )
         if item.text is not None:
-            item.text = _at(index, normalise_instruction, item.text, limits.max_instruction_chars, "text")
+            item.text = located(
+                f"inputs[{index}]", normalise_instruction, item.text, limits.max_instruction_chars, "text"
+            )
     return model, items
 
 
@@ -96,8 +100,11 @@ def _parse_json(body: bytes) -> tuple[str | None, list[Item]]:
     except ValidationError as error:
         raise InvalidRequest(describe_validation_errors(error.errors())) from None
     items = [
-        Item(image=_at(index, b64decode, entry.image, "image") if entry.image is not None else None,
-             text=entry.text, instruction=entry.instruction)
+        Item(
+            image=located(f"inputs[{index}]", b64decode, entry.image, "image") if entry.image is not None else None,
+            text=entry.text,
+            instruction=entry.instruction,
+        )
         for index, entry in enumerate(payload.inputs)
     ]
     return payload.model, items
@@ -123,13 +130,4 @@ async def _embed_item(gateway: Gateway, engine: FamilyEngine, index: int, item: 
     except FocalServeError as error:
         if error.status < 500:
             error.message = f"inputs[{index}]: {error.message}"
-        raise
-
-
-def _at(index: int, function, *args):
-    """Run a validator, prefixing its error with the input's position."""
-    try:
-        return function(*args)
-    except FocalServeError as error:
-        error.message = f"inputs[{index}]: {error.message}"
         raise

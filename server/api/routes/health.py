@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response
 from focalserve_client.schemas import HealthResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from server.api.deps import GatewayDep
+from server.api.deps import GatewayDep, ReadAccess
 from server.api.responses import FastJSONResponse
 
 router = APIRouter(tags=["health"])
@@ -20,7 +20,7 @@ async def healthz() -> FastJSONResponse:
 
 @router.get("/readyz", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
 async def readyz(gateway: GatewayDep) -> FastJSONResponse:
-    """Models loaded, backend reachable and every batcher's worker running."""
+    """Models loaded, backend reachable, every batcher running and making progress."""
     detail = {}
     if not await gateway.backend.ready():
         detail["backend"] = f"{gateway.backend.name} backend not ready"
@@ -30,11 +30,13 @@ async def readyz(gateway: GatewayDep) -> FastJSONResponse:
         for batcher in family.batchers.values():
             if not batcher.running:
                 detail[batcher.name] = "batcher stopped"
+            elif batcher.stalled(gateway.settings.stall_timeout_s):
+                detail[batcher.name] = f"no progress for over {gateway.settings.stall_timeout_s:g} s"
     status = 503 if detail else 200
     return FastJSONResponse({"status": "not_ready" if detail else "ok", "detail": detail}, status_code=status)
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response, dependencies=[ReadAccess])
 async def metrics(gateway: GatewayDep) -> Response:
     """Prometheus exposition of the gateway's metrics."""
     for family in gateway.engine.families.values():

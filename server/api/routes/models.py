@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 from focalserve_client.schemas import ModelsResponse
 
-from server.api.deps import GatewayDep
+from server.api.deps import GatewayDep, ReadAccess
 from server.api.responses import FastJSONResponse
 
-router = APIRouter(tags=["models"])
+router = APIRouter(tags=["models"], dependencies=[ReadAccess])
 
 
 @router.get("/models", response_model=ModelsResponse)

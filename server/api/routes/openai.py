@@ -16,13 +16,12 @@ from fastapi import APIRouter
 from focalserve_client.schemas import ErrorResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from server.api.deps import GatewayDep
-from server.api.payloads import b64decode
+from server.api.deps import GatewayDep, ReadAccess
+from server.api.payloads import b64decode, located
 from server.api.responses import FastJSONResponse
 from server.conditions import normalise_instruction
 from server.engine import FamilyEngine
 from server.errors import (
-    FocalServeError,
     InvalidImage,
     InvalidInstruction,
     InvalidRequest,
@@ -30,7 +29,7 @@ from server.errors import (
 )
 from server.state import Gateway
 
-router = APIRouter(prefix="/v1", tags=["openai"])
+router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[ReadAccess])
 
 ERRORS = {status: {"model": ErrorResponse} for status in (404, 413, 422, 503)}
 
@@ -150,7 +149,7 @@ async def _embed_texts(
             f"{len(texts)} inputs in one request; the limit is {limits.max_inputs_per_request}"
         )
     normalised = [
-        _at(f"input[{i}]", normalise_instruction, text, limits.max_instruction_chars, "text")
+        located(f"input[{i}]", normalise_instruction, text, limits.max_instruction_chars, "text")
         for i, text in enumerate(texts)
     ]
     vectors = await asyncio.gather(*(engine.embed_text(text) for text in normalised))
@@ -231,12 +230,3 @@ def _encoded(vector: np.ndarray, encoding_format: str) -> np.ndarray | str:
 def _token_count(engine: FamilyEngine, text: str) -> int:
     """Tokens the text tower sees: start and end included, padding not, cut at its context."""
     return int(np.count_nonzero(engine.tokenize(text)))
-
-
-def _at(where: str, function, *args):
-    """Run a validator, prefixing its error with the input's position."""
-    try:
-        return function(*args)
-    except FocalServeError as error:
-        error.message = f"{where}: {error.message}"
-        raise

@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter
 from focalserve_client.schemas import ErrorResponse, SearchRequest, SearchResponse
 
-from server.api.deps import GatewayDep
+from server.api.deps import GatewayDep, ReadAccess
 from server.api.payloads import b64decode
 from server.api.responses import FastJSONResponse
 
-router = APIRouter(tags=["search"])
+router = APIRouter(tags=["search"], dependencies=[ReadAccess])
 
 
 @router.post("/search", response_model=SearchResponse,

@@ -1,0 +1,78 @@
+"""ASGI middleware for the limits every request obeys: body size and a deadline.
+
+Pure ASGI (not BaseHTTPMiddleware) so an oversized body is refused as it streams in, before it
+is buffered, whatever Content-Length claims.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class RequestLimits:
+    """Refuses bodies over `max_body_bytes` (413) and answers 503 when a request outlives its
+    deadline; health and metrics endpoints have no deadline, so probes never time out under load."""
+
+    UNTIMED = frozenset({"/healthz", "/readyz", "/metrics"})
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, timeout_s: float, retry_after_s: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.timeout_s = timeout_s
+        self.retry_after_s = retry_after_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            await self._error(send, 413, "payload_too_large", self._too_large_message())
+            return
+        started = False
+        received = 0
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        timeout = None if scope["path"] in self.UNTIMED else self.timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                await self.app(scope, counted_receive, tracked_send)
+        except _BodyTooLarge:
+            if not started:
+                await self._error(send, 413, "payload_too_large", self._too_large_message())
+        except TimeoutError:
+            if not started:
+                await self._error(send, 503, "deadline_exceeded",
+                                  f"the request took longer than {self.timeout_s:g} s; retry later",
+                                  [(b"retry-after", str(self.retry_after_s).encode())])
+
+    def _too_large_message(self) -> str:
+        return f"the request body is larger than the limit of {self.max_body_bytes} bytes"
+
+    @staticmethod
+    async def _error(send: Send, status: int, code: str, message: str,
+                     headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        body = orjson.dumps({"error": {"code": code, "message": message}})
+        await send({"type": "http.response.start", "status": status, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])]})
+        await send({"type": "http.response.body", "body": body})
