@@ -32,6 +32,8 @@ from training.data.colorshape import answer, caption
 from training.models import FocalLensCLIP
 
 EVAL_SEED = 10_000  # far from every training seed
+SHORT_KIND = {"unconditional": "unconditional", "conditional": "conditional",
+              "conditional_heldout_phrasing": "conditional,\nnew phrasings"}
 
 
 @dataclass
@@ -162,13 +164,13 @@ def write_report(results: dict[str, dict[str, object]], output_dir: Path) -> tup
     json_path, plot_path = output_dir / "results.json", output_dir / "results.png"
     json_path.write_text(json.dumps(results, indent=2))
     figure, (retrieval, accuracy) = plt.subplots(1, 2, figsize=(11, 4))
-    bars = [(f"{label}\n{kind}", condition, value) for label, metrics in results.items()
+    bars = [(f"{label.split(' (')[0]}\n{SHORT_KIND[kind]}", condition, value) for label, metrics in results.items()
             for condition, row in metrics["retrieval_map"].items() for kind, value in row.items()]
     labels = sorted({bar[0] for bar in bars}, key=[bar[0] for bar in bars].index)
     for offset, condition in enumerate(EVAL_PHRASINGS):
         values = [next((v for b, c, v in bars if b == label and c == condition), 0.0) for label in labels]
         retrieval.bar(np.arange(len(labels)) + 0.4 * offset, values, width=0.4, label=condition)
-    retrieval.set_xticks(np.arange(len(labels)) + 0.2, labels, fontsize=7)
+    retrieval.set_xticks(np.arange(len(labels)) + 0.2, labels, fontsize=7, rotation=30, ha="right")
     retrieval.set_ylabel("retrieval mAP"), retrieval.set_ylim(0, 1), retrieval.legend()
     retrieval.set_title("ColorShape retrieval per condition")
     scored = {label: m for label, m in results.items() if "zero_shot_accuracy" in m}

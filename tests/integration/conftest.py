@@ -11,5 +11,5 @@ from tests.helpers.server import running_gateway
 def gateway_url(model_repository, tmp_path_factory):
     log = tmp_path_factory.mktemp("logs") / "gateway.log"
     with running_gateway(model_repository, log, max_inputs_per_request="16", max_instruction_chars="64",
-                         max_image_pixels="1000000") as url:
+                         max_image_pixels="1000000", data_dir=str(tmp_path_factory.mktemp("data"))) as url:
         yield url

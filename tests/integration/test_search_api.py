@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 
 import httpx
@@ -218,3 +219,32 @@ def test_everything_survives_a_restart(demo_repository, tmp_path):
         assert httpx.post(f"{url}/search", json=query, timeout=60).json() == before
         assert httpx.get(f"{url}/collections/small").json() == info_before
     assert len(before["results"]) == 10
+
+
+def test_multipart_item_upload(products):
+    query = SAMPLES[7]
+    response = httpx.post(f"{products}/collections/products/items", files={"image": ("q.png", png(query.image),
+                                                                                      "image/png")},
+                          data={"id": "multipart-1", "metadata": json.dumps({"colour": query.colour})}, timeout=60)
+    assert response.status_code == 201 and response.json() == {"added": 1}
+    item = httpx.get(f"{products}/collections/products/items/multipart-1").json()
+    assert item["metadata"] == {"colour": query.colour}
+    bad = httpx.post(f"{products}/collections/products/items", files={"image": ("q.png", b"not an image", "image/png")},
+                     data={"id": "multipart-2"}, timeout=60)
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_image"
+    assert httpx.delete(f"{products}/collections/products/items/multipart-1").status_code == 204
+
+
+def test_a_plain_clip_collection_has_one_unconditional_view(gateway_url):
+    client = httpx.Client(base_url=gateway_url, timeout=60)
+    created = client.post("/collections", json={"name": "plain", "model": "tinyclip", "index": "hnsw"})
+    assert created.status_code == 201
+    assert [(c["instruction"], c["index"]) for c in created.json()["conditions"]] == [(None, "hnsw")]
+    client.post("/collections/plain/items", json={"items": ITEMS[:12]})
+    wait_ready(client, "plain")
+    found = client.post("/search", json={"collection": "plain", "query": {"item_id": "item-1"}, "k": 5}).json()
+    assert found["condition"] is None and len(found["results"]) == 5
+    refused = client.post("/search", json={"collection": "plain", "condition": COLOUR, "query": {"text": "red"}})
+    assert refused.status_code == 422
+    no_conditions = client.post("/collections/plain/conditions", json={"instruction": COLOUR})
+    assert no_conditions.status_code == 422

@@ -87,3 +87,12 @@ def test_killing_triton_gives_503_and_restarting_recovers(triton, triton_gateway
         assert time.monotonic() < deadline, "gateway did not become ready again"
         time.sleep(0.5)
     assert embed(triton_gateway, INPUTS).status_code == 200
+
+
+def test_the_http_protocol_gives_the_same_embeddings(triton, model_repository, gateway_url, tmp_path):
+    with running_gateway(model_repository, tmp_path / "gateway.log", backend="triton", triton_url=triton.http_url
+                         .removeprefix("http://"), triton_protocol="http", data_dir=str(tmp_path / "data")) as url:
+        via_http = embed(url, INPUTS).json()["data"]
+    in_process = embed(gateway_url, INPUTS).json()["data"]
+    for a, b in zip(via_http, in_process):
+        np.testing.assert_allclose(a["embedding"], b["embedding"], atol=1e-5)

@@ -168,3 +168,15 @@ def test_the_worker_still_serves_after_the_corpus(hardened_gateway):
     assert httpx.get(f"{url}/readyz").status_code == 200
     response = httpx.post(f"{url}/embed", json={"model": "tiny", "inputs": [{"text": "still alive"}]}, timeout=30)
     assert response.status_code == 200
+
+
+@pytest.mark.parametrize(("filename", "content_type", "data"), [
+    ("photo.jpg", "image/jpeg", b"this is plain text, not a JPEG"),
+    ("photo.png", "image/png", b""),
+    ("photo.png", "image/png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 32),
+])
+def test_non_image_bytes_with_an_image_content_type(hardened_gateway, filename, content_type, data):
+    url, _ = hardened_gateway
+    response = httpx.post(f"{url}/embed", files={"image": (filename, data, content_type)},
+                          data={"instruction": "x", "model": "tiny"}, timeout=30)
+    assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_image"

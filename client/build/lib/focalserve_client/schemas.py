@@ -1,0 +1,184 @@
+"""Request and response schemas of the FocalServe HTTP API.
+
+They live in the client package and the server imports them, so the two never disagree
+(DESIGN.md section 1). Limits that depend on the server's settings (input count,
+instruction length, image size) are enforced by the server, which reports them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EmbedInput(_Schema):
+    """One input: an image (optionally under an instruction), or a text."""
+
+    image: str | None = Field(default=None, description="Base64-encoded image bytes (PNG, JPEG, ...).")
+    instruction: str | None = Field(
+        default=None, description="The condition, e.g. 'what colour is the car?'. FocalLens families only."
+    )
+    text: str | None = Field(default=None, description="A text to embed (the query side of search).")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> EmbedInput:
+        if (self.image is None) == (self.text is None):
+            raise ValueError("each input needs exactly one of 'image' or 'text'")
+        if self.text is not None and self.instruction is not None:
+            raise ValueError("'instruction' conditions an image; a text input takes none")
+        return self
+
+
+class EmbedRequest(_Schema):
+    model: str | None = Field(default=None, description="Model family; optional when one is loaded.")
+    inputs: list[EmbedInput] = Field(min_length=1)
+
+
+class Embedding(_Schema):
+    index: int
+    embedding: list[float]
+    instruction: str | None = Field(description="The instruction as normalised by the server.")
+    space: str = Field(
+        description="family:checkpoint-hash:instruction-hash; only vectors of one space are comparable "
+        "(text embeddings carry 'text' and are comparable with every image space of their family)."
+    )
+
+
+class EmbedResponse(_Schema):
+    model: str
+    dim: int
+    data: list[Embedding]
+
+
+class ModelInfo(_Schema):
+    name: str
+    family: Literal["focallens", "clip"]
+    open_clip_model: str
+    embedding_dim: int
+    condition_dim: int
+    image_size: int
+    context_length: int
+    checkpoint_hash: str
+    requires_instruction: bool
+
+
+class ModelsResponse(_Schema):
+    models: list[ModelInfo]
+
+
+class HealthResponse(_Schema):
+    status: Literal["ok", "not_ready"]
+    detail: dict[str, str] = Field(default_factory=dict)
+
+
+class ErrorDetail(_Schema):
+    code: str
+    message: str
+
+
+class ErrorResponse(_Schema):
+    error: ErrorDetail
+
+
+# --- collections and search -------------------------------------------------------------
+
+IndexKind = Literal["flat", "hnsw", "ivfpq"]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+ITEM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 ._:@/+-]{0,255}$"
+
+
+class CollectionCreate(_Schema):
+    name: str = Field(pattern=NAME_PATTERN, description="Letters, digits, '.', '_', '-'; at most 128.")
+    model: str | None = Field(default=None, description="Model family; optional when one is loaded.")
+    index: IndexKind = Field(default="flat", description="Index type of the unconditional view (plain CLIP).")
+
+
+class ConditionInfo(_Schema):
+    instruction: str | None = Field(description="Normalised instruction; null for a CLIP collection's view.")
+    index: IndexKind
+    status: Literal["building", "ready", "failed"]
+    embedded: int = Field(description="Items embedded under this condition so far.")
+    total: int = Field(description="Items to embed when the build started or since.")
+    error: str | None = None
+
+
+class CollectionInfo(_Schema):
+    name: str
+    model: str
+    family: Literal["focallens", "clip"]
+    dim: int
+    items: int
+    conditions: list[ConditionInfo]
+
+
+class CollectionList(_Schema):
+    collections: list[CollectionInfo]
+
+
+class ItemIn(_Schema):
+    id: str = Field(pattern=ITEM_ID_PATTERN, description="Unique in the collection; re-adding replaces.")
+    image: str = Field(description="Base64-encoded image bytes.")
+    metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+
+
+class ItemsAdd(_Schema):
+    items: list[ItemIn] = Field(min_length=1)
+
+
+class ItemsAdded(_Schema):
+    added: int
+
+
+class ItemInfo(_Schema):
+    id: str
+    metadata: dict[str, str | int | float | bool | None]
+    image_sha256: str
+
+
+class ConditionCreate(_Schema):
+    instruction: str
+    index: IndexKind = "flat"
+
+
+class SearchQuery(_Schema):
+    image: str | None = Field(default=None, description="Base64 image, embedded under the condition.")
+    text: str | None = Field(default=None, description="Text, embedded by the family's text model.")
+    item_id: str | None = Field(default=None, description="A stored item; its stored vector is the query.")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SearchQuery:
+        if sum(value is not None for value in (self.image, self.text, self.item_id)) != 1:
+            raise ValueError("the query needs exactly one of 'image', 'text' or 'item_id'")
+        return self
+
+
+class SearchRequest(_Schema):
+    collection: str = Field(pattern=NAME_PATTERN)
+    condition: str | None = Field(default=None, description="A registered instruction; null for CLIP collections.")
+    query: SearchQuery
+    k: int = Field(default=10, ge=1, le=1000)
+    filter: dict[str, str | int | float | bool | None] = Field(
+        default_factory=dict, description="Metadata equality on every key."
+    )
+
+
+class SearchResult(_Schema):
+    id: str
+    score: float
+    metadata: dict[str, str | int | float | bool | None]
+
+
+class SearchResponse(_Schema):
+    collection: str
+    condition: str | None
+    results: list[SearchResult]
+
+
+class ItemPage(_Schema):
+    items: list[ItemInfo]
+    next_after: str | None = Field(description="Pass as `after` for the next page; null on the last page.")
