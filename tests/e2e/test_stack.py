@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 
 from tests.helpers.images import b64, shape_png
-from tests.helpers.server import free_port, running_gateway
+from tests.helpers.server import free_port, running_gateway, wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 INPUTS = [{"image": b64(shape_png()), "instruction": "what colour is the shape?"}, {"text": "red"}]
@@ -28,16 +27,7 @@ def test_make_stack_serves_the_same_embeddings_as_make_serve(demo_repository, tm
                                  start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert stack.poll() is None, (tmp_path / "stack.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "make stack did not become ready"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(1)
+        wait_until_ready(f"{url}/readyz", stack, 240, what=f"make stack (log: {tmp_path}/stack.log)", interval_s=1)
         via_triton = httpx.post(f"{url}/embed", json={"inputs": INPUTS}, timeout=60).json()["data"]
     finally:
         os.killpg(stack.pid, signal.SIGTERM)

@@ -20,18 +20,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_until_ready(url: str, process: subprocess.Popen, timeout_s: float = 90) -> None:
+def wait_until_ready(
+    probe_url: str, process: subprocess.Popen, timeout_s: float = 90, what: str = "server", interval_s: float = 0.2
+) -> None:
+    """Poll `probe_url` until it answers 200; fail at once if `process` exits meanwhile."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
+            raise RuntimeError(f"{what} exited with {process.returncode}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(probe_url, timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not ready after {timeout_s} s")
+        time.sleep(interval_s)
+    raise TimeoutError(f"{what} not ready after {timeout_s} s ({probe_url})")
 
 
 @contextmanager
@@ -54,7 +57,7 @@ def gateway_process(repository: Path, log_file: Path, **settings: str) -> Iterat
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until_ready(url, process)
+        wait_until_ready(f"{url}/readyz", process, what="gateway")
         yield url, process
     finally:
         process.terminate()

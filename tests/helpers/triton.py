@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
 from server.triton_local import TritonPorts, start_tritonserver
-from tests.helpers.server import free_port
+from tests.helpers.server import free_port, wait_until_ready
 
 
 @dataclass
@@ -34,19 +33,8 @@ class LocalTriton:
 
     def start(self, timeout_s: float = 180) -> None:
         self.process = start_tritonserver(self.repository, self.work_dir, self.ports, self.work_dir / "triton.log")
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"tritonserver exited with {self.process.returncode}; see {self.work_dir}/triton.log"
-                )
-            try:
-                if httpx.get(f"{self.http_url}/v2/health/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.5)
-        raise TimeoutError(f"tritonserver not ready after {timeout_s} s")
+        wait_until_ready(f"{self.http_url}/v2/health/ready", self.process, timeout_s,
+                         what=f"tritonserver (log: {self.work_dir}/triton.log)", interval_s=0.5)
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:

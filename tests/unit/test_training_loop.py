@@ -15,14 +15,7 @@ from training.loop import MAX_LOGIT_SCALE, TrainConfig, Trainer, parameter_group
 from training.models import load_family_model
 from training.recipes import DataSpec, ModelSpec, create_recipe
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine they spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_recipe(name: str, size: int = 64):
