@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 
 import numpy as np
 import pytest
 
 from server.batching import DynamicBatcher
 from server.errors import BackendUnavailable, Overloaded
+from tests.helpers.loop import wait_until
 
 POISON = -1.0
 # Upper bound for awaits that a correct batcher completes at once; it only keeps a bug from hanging.
@@ -55,15 +55,6 @@ def item(value: float) -> dict[str, np.ndarray]:
     return {"x": np.array([value, value + 0.5], dtype=np.float32)}
 
 
-async def wait_until(condition: Callable[[], bool], steps: int = 10_000) -> None:
-    """Yield to the loop until `condition` holds; bounded by steps, never by wall time."""
-    for _ in range(steps):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition not reached")
-
-
 def queue(batcher: DynamicBatcher, values: list[float]) -> list[asyncio.Task[np.ndarray]]:
     return [asyncio.create_task(batcher.submit(item(v))) for v in values]
 
@@ -72,12 +63,8 @@ def queue(batcher: DynamicBatcher, values: list[float]) -> list[asyncio.Task[np.
 async def make_batcher():
     made: list[DynamicBatcher] = []
 
-    def make(
-        run, *, max_batch_size=8, max_delay_ms=0.0, max_queue_size=100, on_batch=None, start=True
-    ):
-        batcher = DynamicBatcher(
-            "fake", run, max_batch_size, max_delay_ms, max_queue_size, on_batch
-        )
+    def make(run, *, max_batch_size=8, max_delay_ms=0.0, max_queue_size=100, on_batch=None, start=True):
+        batcher = DynamicBatcher("fake", run, max_batch_size, max_delay_ms, max_queue_size, on_batch)
         if start:
             batcher.start()
         made.append(batcher)
@@ -235,9 +222,7 @@ async def test_cancelled_caller_is_dropped_and_others_succeed(make_batcher):
 
     waiting[1].cancel()
     runner.gate.set()
-    results = await asyncio.wait_for(
-        asyncio.gather(*held, *waiting, return_exceptions=True), BOUND_S
-    )
+    results = await asyncio.wait_for(asyncio.gather(*held, *waiting, return_exceptions=True), BOUND_S)
 
     assert isinstance(results[2], asyncio.CancelledError)
     for value, result in zip([0.0, 1.0, 3.0], [results[0], results[1], results[3]], strict=True):
@@ -343,8 +328,7 @@ async def test_max_inflight_lets_several_batches_run_at_once():
         running -= 1
         return inputs["x"] * 2
 
-    batcher = DynamicBatcher("overlap", fake_run, max_batch_size=1, max_delay_ms=0, max_queue_size=16,
-                             max_inflight=3)
+    batcher = DynamicBatcher("overlap", fake_run, max_batch_size=1, max_delay_ms=0, max_queue_size=16, max_inflight=3)
     batcher.start()
     tasks = [asyncio.create_task(batcher.submit({"x": np.array([i], np.float32)})) for i in range(5)]
     for _ in range(50):

@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable
 
 import numpy as np
 import pytest
 
 from server.conditions import ConditionCache, instruction_hash, normalise_instruction
 from server.errors import InvalidInstruction
-
-
-async def wait_until(condition: Callable[[], bool], steps: int = 10_000) -> None:
-    """Yield to the loop until `condition` holds; bounded by steps, never by wall time."""
-    for _ in range(steps):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition not reached")
+from tests.helpers.loop import wait_until
 
 
 class CountingEncoder:
@@ -184,9 +175,7 @@ async def test_concurrent_misses_share_one_encode():
 async def test_concurrent_misses_for_different_instructions_encode_each():
     cache = ConditionCache(capacity=4)
     encode = CountingEncoder()
-    results = await asyncio.gather(
-        cache.get("a", encode), cache.get("b", encode), cache.get("a", encode)
-    )
+    results = await asyncio.gather(cache.get("a", encode), cache.get("b", encode), cache.get("a", encode))
 
     assert sorted(encode.calls) == ["a", "b"]
     np.testing.assert_array_equal(results[0], vector("a"))
