@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,12 +67,24 @@ def tritonserver_command(repository: Path, backend_dir: Path, ports: TritonPorts
 
 
 def tritonserver_env() -> dict[str, str]:
-    """The stub links the wheel's bundled libraries (libcudart among them) and needs this venv's Python."""
+    """The stub links the wheel's bundled libraries (libcudart among them) and needs this venv's Python.
+
+    The stub also links `libpython3.11.so` by name; without this interpreter's own library
+    directory first it can pick up the distribution's older libpython, whose C RLock lacks
+    what this interpreter's `multiprocessing` calls (PyTriton's stub fails exactly that way).
+    """
     libs = wheel_root().parent / "nvidia_pytriton.libs"
     env = dict(os.environ)
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(libs), env.get("LD_LIBRARY_PATH")]))
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(
+        filter(None, [python_libdir(), str(libs), env.get("LD_LIBRARY_PATH")])
+    )
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     return env
+
+
+def python_libdir() -> str:
+    """Where this interpreter's libpython lives ('' for a static build)."""
+    return sysconfig.get_config_var("LIBDIR") if sysconfig.get_config_var("Py_ENABLE_SHARED") else ""
 
 
 def start_tritonserver(repository: Path, work_dir: Path, ports: TritonPorts, log_file: Path) -> subprocess.Popen:

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from server.launch import free_port, running_gateway, wait_until_ready
 from tests.helpers.images import b64, shape_png
-from tests.helpers.server import free_port, running_gateway, wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 INPUTS = [{"image": b64(shape_png()), "instruction": "what colour is the shape?"}, {"text": "red"}]

@@ -33,8 +33,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from server.launch import free_port, running_gateway
 from tests.helpers.images import shape_png
-from tests.helpers.server import free_port, running_gateway
 from training.data import ColorShapeGenerator
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,8 +13,8 @@ import time
 
 import httpx
 
+from server.launch import gateway_process, running_gateway
 from tests.helpers.images import b64
-from tests.helpers.server import gateway_process, running_gateway
 from training.data import ColorShapeGenerator
 
 SHAPE = "which shape is this?"

@@ -10,8 +10,8 @@ import httpx
 import numpy as np
 import pytest
 
+from server.launch import running_gateway
 from tests.helpers.images import b64
-from tests.helpers.server import running_gateway
 from training.data import ColorShapeGenerator
 
 COLOUR = "what colour is the shape?"

@@ -9,9 +9,8 @@ import httpx
 import numpy as np
 import pytest
 
+from server.launch import LocalTriton, running_gateway
 from tests.helpers.images import b64, shape_png
-from tests.helpers.server import running_gateway
-from tests.helpers.triton import LocalTriton
 
 INPUTS = [
     {"image": b64(shape_png((200, 40, 40))), "instruction": "what colour is the shape?"},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers.server import running_gateway
+from server.launch import running_gateway
 
 API_KEY = "fs-test-key-8c1d7e"
 

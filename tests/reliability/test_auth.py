@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from server.launch import running_gateway
 from tests.helpers.images import b64, shape_png
-from tests.helpers.server import running_gateway
 from tests.reliability.conftest import API_KEY
 
 WRITES = [

@@ -11,9 +11,8 @@ import time
 import httpx
 import pytest
 
+from server.launch import LocalTriton, gateway_process, running_gateway
 from tests.helpers.images import b64, shape_png
-from tests.helpers.server import gateway_process, running_gateway
-from tests.helpers.triton import LocalTriton
 
 IMAGE = b64(shape_png())
 

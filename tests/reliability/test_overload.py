@@ -8,8 +8,8 @@ import time
 
 import httpx
 
+from server.launch import running_gateway
 from tests.helpers.images import b64, shape_png
-from tests.helpers.server import running_gateway
 
 IMAGES = [b64(shape_png((i * 9 % 255, 40, 200 - i))) for i in range(24)]
 
