@@ -6,6 +6,10 @@ STAMP  := $(VENV)/.installed
 REPO   ?= model_repository
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+DATA   ?= data
+# The browser tests drive Debian's Chromium; `make test` installs it when it is missing.
+CHROMIUM ?= /usr/bin/chromium
+SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: install serve stack test demo-model lint clean
 
@@ -26,8 +30,14 @@ $(REPO)/demo_image/1/model.pt: | $(STAMP)
 demo-model: $(STAMP)
 	$(BIN)/python -m training.demo --repository $(REPO) --force
 
-serve: $(REPO)/demo_image/1/model.pt
-	$(BIN)/focalserve serve --host $(HOST) --port $(PORT) --model-repository $(REPO)
+# The demo collection (ColorShape images, colour and shape conditions) is loaded through the
+# API once, and again whenever the demo model is rebuilt; the page is at http://HOST:PORT/ui
+$(DATA)/.demo-collection: $(REPO)/demo_image/1/model.pt
+	$(BIN)/python -m training.demo_collection --repository $(REPO) --data-dir $(DATA)
+	touch $@
+
+serve: $(REPO)/demo_image/1/model.pt $(DATA)/.demo-collection
+	$(BIN)/focalserve serve --host $(HOST) --port $(PORT) --model-repository $(REPO) --data-dir $(DATA)
 
 # `docker compose up` without Docker: tritonserver (CPU, python backend) + gateway as processes.
 DEMO_CHECKPOINT := runs/demo/focallens/checkpoints/latest.pt
@@ -37,7 +47,11 @@ stack: $(REPO)/demo_image/1/model.pt
 	HOST=$(HOST) PORT=$(PORT) deploy/stack.sh
 
 # The search tests run on the trained demo family, so the suite builds it first (once).
-test: $(REPO)/demo_image/1/model.pt
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium
+
+test: $(REPO)/demo_image/1/model.pt $(CHROMIUM)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

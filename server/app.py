@@ -14,6 +14,7 @@ from server.api.middleware import RequestLimits
 from server.api.routes import collections as collection_routes
 from server.api.routes import embed, health, models, search
 from server.api.routes import openai as openai_routes
+from server.api.routes.ui import install_ui
 from server.backends.base import ModelBackend
 from server.backends.embedded import EmbeddedBackend
 from server.backends.triton import TritonBackend
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_headers=["authorization", "content-type"])
     for module in (embed, search, collection_routes, models, health, openai_routes):
         app.include_router(module.router)
+    install_ui(app)
 
     @app.middleware("http")
     async def record_latency(request: Request, call_next):

@@ -1,0 +1,63 @@
+"""Headless Chromium (Debian's package, installed by `make test`) driven by Playwright."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from focalserve_client import Client
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from server.launch import running_gateway
+from training.demo_collection import load_demo_collection
+
+# Chromium's own calls home are refused by a closed network, many at a time: keep them off.
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+    "--disable-background-networking", "--disable-component-update",
+]
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-output" / "browser"
+
+
+def chromium_path() -> str:
+    path = os.environ.get("FOCALSERVE_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(path).is_file():
+        pytest.fail("Chromium is missing: `make test` installs Debian's chromium package first")
+    return path
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(20_000)
+    yield page
+    context.close()
+
+
+@pytest.fixture(scope="session")
+def demo_gateway(demo_repository, tmp_path_factory) -> Iterator[str]:
+    """The `make serve` setup on a small demo collection: ColorShape images, colour and shape conditions."""
+    logs = tmp_path_factory.mktemp("browser-logs")
+    data = tmp_path_factory.mktemp("browser-data")
+    with running_gateway(demo_repository, logs / "gateway.log", data_dir=str(data)) as url:
+        with Client(url) as client:
+            load_demo_collection(client, count=150)
+        yield url
+
+
+@pytest.fixture(scope="session")
+def screenshots() -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    return SCREENSHOTS
