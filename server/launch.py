@@ -7,6 +7,7 @@ readiness logic lives here once.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -102,8 +103,12 @@ class LocalTriton:
                          what=f"tritonserver (log: {self.work_dir}/triton.log)", interval_s=0.5)
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
+        """SIGKILL to the whole process group: tritonserver and its python-backend stubs."""
+        if self.process is not None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self.process.wait(timeout=30)
 
     def stop(self) -> None:

@@ -88,10 +88,13 @@ def python_libdir() -> str:
 
 
 def start_tritonserver(repository: Path, work_dir: Path, ports: TritonPorts, log_file: Path) -> subprocess.Popen:
+    """In a session of its own: killing its process group also ends the python-backend stubs,
+    which a killed tritonserver would otherwise leave running."""
     backend_dir = prepare_backend_dir(work_dir / "backends")
     with open(log_file, "ab") as log:
         return subprocess.Popen(
-            tritonserver_command(repository, backend_dir, ports), env=tritonserver_env(), stdout=log, stderr=log
+            tritonserver_command(repository, backend_dir, ports), env=tritonserver_env(), stdout=log, stderr=log,
+            start_new_session=True,
         )
 
 

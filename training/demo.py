@@ -54,7 +54,9 @@ def run_stage(name: str, stage: Stage, work_dir: Path, checkpoints: dict[str, Pa
         batch_size=128,
         lr=stage.lr,
         warmup_steps=min(50, stage.steps // 5),
-        workers=0,
+        # One worker renders the next batch while the step runs: ~30% faster on 2 cores, and
+        # bit-identical weights, since every sample is a pure function of (seed, index).
+        workers=1,
     )
     return train(recipe, config)
 
