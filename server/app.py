@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from server.api.errors import install_error_handlers
-from server.api.middleware import RequestLimits
+from server.api.middleware import RecordLatency, RequestLimits
 from server.api.routes import collections as collection_routes
 from server.api.routes import embed, health, models, search
 from server.api.routes import openai as openai_routes
@@ -76,14 +75,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router)
     install_ui(app)
 
-    @app.middleware("http")
-    async def record_latency(request: Request, call_next):
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        metrics.request_latency.labels(
-            request.method, getattr(route, "path", "unmatched"), str(response.status_code)
-        ).observe(time.perf_counter() - start)
-        return response
+    def observe_latency(method: str, route: str, status: str, seconds: float) -> None:
+        metrics.request_latency.labels(method, route, status).observe(seconds)
+
+    app.add_middleware(RecordLatency, observe=observe_latency)
 
     return app

@@ -2,7 +2,9 @@
 
 Each submitted item carries a future. A worker task takes the first waiting item, then keeps
 gathering until `max_batch_size` items or `max_delay_ms` have passed, stacks the inputs, makes
-one backend call and completes the futures. The queue is bounded: a full queue refuses new
+one backend call and completes the futures. The delay is only paid under concurrency: a lone
+item with nothing else waiting, right after a batch of one, goes at once, so a single client
+sees the model's latency, not the batching window. The queue is bounded: a full queue refuses new
 items at once (503 + Retry-After upstream) instead of letting latency grow without limit.
 """
 
@@ -57,6 +59,7 @@ class DynamicBatcher:
         self._inflight: dict[asyncio.Task[None], list[_Item]] = {}
         self._started: dict[asyncio.Task[None], float] = {}  # when each running batch began
         self._last_pickup = time.monotonic()  # when the worker last took an item from the queue
+        self._concurrent = False  # did the last batch hold more than one item?
         self.last_progress = time.monotonic()  # when a batch last completed, for readiness
 
     @property
@@ -127,7 +130,8 @@ class DynamicBatcher:
     async def _gather(self) -> list[_Item]:
         batch = self._held = [await self._queue.get()]
         self._last_pickup = time.monotonic()
-        deadline = time.monotonic() + self._max_delay
+        alone = self._queue.empty() and not self._concurrent
+        deadline = time.monotonic() + (0.0 if alone else self._max_delay)
         while len(batch) < self.max_batch_size:
             if self._queue.empty():
                 remaining = deadline - time.monotonic()
@@ -139,6 +143,7 @@ class DynamicBatcher:
                     break
             else:
                 batch.append(self._queue.get_nowait())
+        self._concurrent = len(batch) > 1
         self._held = [item for item in batch if not item.future.done()]  # drop cancelled callers
         return self._held
 

@@ -11,7 +11,8 @@ from server.errors import Unauthorized
 from server.state import Gateway
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
+    """Async on purpose: FastAPI runs a plain `def` dependency in a worker thread, a thread hop per request."""
     return request.app.state.gateway
 
 
@@ -28,13 +29,13 @@ def _check_key(request: Request, keys: list[str]) -> None:
         raise Unauthorized("the API key is not valid")
 
 
-def require_write_key(request: Request, gateway: GatewayDep) -> None:
+async def require_write_key(request: Request, gateway: GatewayDep) -> None:
     """Writes (collections, items, conditions) need a key whenever keys are configured."""
     if keys := gateway.api_keys:
         _check_key(request, keys)
 
 
-def require_read_key(request: Request, gateway: GatewayDep) -> None:
+async def require_read_key(request: Request, gateway: GatewayDep) -> None:
     """Reads need a key only with `auth_all`."""
     if (keys := gateway.api_keys) and gateway.settings.auth_all:
         _check_key(request, keys)

@@ -7,6 +7,8 @@ is buffered, whatever Content-Length claims.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -76,3 +78,35 @@ class RequestLimits:
         await send({"type": "http.response.start", "status": status, "headers": [
             (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])]})
         await send({"type": "http.response.body", "body": body})
+
+
+class RecordLatency:
+    """Observes each request's latency by route template and status.
+
+    Pure ASGI: `@app.middleware("http")` (BaseHTTPMiddleware) wraps every request in an extra
+    task group and body stream, which profiling showed as a measurable share of a small request.
+    """
+
+    def __init__(self, app: ASGIApp, observe: Callable[[str, str, str, float], None]) -> None:
+        self.app = app
+        self.observe = observe
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # what the client sees if the app raises before answering
+
+        async def status_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, status_send)
+        finally:
+            route = scope.get("route")
+            self.observe(scope["method"], getattr(route, "path", "unmatched"), str(status),
+                         time.perf_counter() - start)

@@ -123,13 +123,28 @@ async def test_rows_are_stacked_along_a_new_batch_dimension(make_batcher):
     assert runner.calls[0].dtype == np.float32
 
 
-async def test_lone_item_goes_through_alone_after_max_delay(make_batcher):
+async def test_a_lone_item_goes_at_once_instead_of_waiting_for_max_delay(make_batcher):
     runner = FakeBatchRunner()
-    batcher = make_batcher(runner, max_batch_size=8, max_delay_ms=1.0)
+    # A delay far beyond BOUND_S: one client alone must see the model's latency, not the window.
+    batcher = make_batcher(runner, max_batch_size=8, max_delay_ms=600_000)
     result = await asyncio.wait_for(batcher.submit(item(3.0)), BOUND_S)
 
     np.testing.assert_array_equal(result, item(3.0)["x"] * 2)
     assert runner.sizes == [1]
+
+
+async def test_under_concurrency_a_lone_item_waits_to_be_batched(make_batcher):
+    runner = FakeBatchRunner()
+    batcher = make_batcher(runner, max_batch_size=2, max_delay_ms=600_000)
+    await asyncio.wait_for(asyncio.gather(*queue(batcher, [0.0, 1.0])), BOUND_S)  # a batch of two: load
+    (lone,) = queue(batcher, [2.0])
+    await wait_until(lambda: batcher.queue_depth == 1)
+    await wait_until(lambda: batcher.queue_depth == 0)  # taken, and held while the batch fills
+    assert runner.sizes == [2]
+
+    (second,) = queue(batcher, [3.0])
+    await asyncio.wait_for(asyncio.gather(lone, second), BOUND_S)
+    assert runner.sizes == [2, 2]
 
 
 async def test_full_batch_does_not_wait_for_max_delay(make_batcher):
@@ -272,14 +287,14 @@ async def test_stop_fails_queued_items_and_stops_the_worker(make_batcher):
 async def test_stop_fails_items_the_worker_already_took(make_batcher, stage):
     """An item taken off the queue but not answered must not leave its caller waiting forever."""
     runner = FakeBatchRunner(hold=stage == "running")
-    # In "gathering" the worker holds the item while waiting (a long time) for the batch to fill.
+    # In "gathering" the worker holds two items while waiting (a long time) for the batch to fill.
     delay_ms = 600_000 if stage == "gathering" else 0
     batcher = make_batcher(runner, max_batch_size=8, max_delay_ms=delay_ms)
-    (task,) = queue(batcher, [1.0])
+    tasks = queue(batcher, [1.0] if stage == "running" else [1.0, 2.0])
     if stage == "running":
         await runner.entered.wait()
     else:
-        await wait_until(lambda: batcher.queue_depth == 1)  # submitted ...
+        await wait_until(lambda: batcher.queue_depth == 2)  # submitted ...
         await wait_until(lambda: batcher.queue_depth == 0)  # ... and taken by the worker
         assert not runner.calls
 
@@ -287,11 +302,13 @@ async def test_stop_fails_items_the_worker_already_took(make_batcher, stage):
 
     assert not batcher.running
     try:
-        await wait_until(task.done, steps=100)  # stop() itself must answer the caller
-        with pytest.raises(BackendUnavailable):
-            task.result()
+        for task in tasks:
+            await wait_until(task.done, steps=100)  # stop() itself must answer the caller
+            with pytest.raises(BackendUnavailable):
+                task.result()
     finally:
-        task.cancel()
+        for task in tasks:
+            task.cancel()
 
 
 async def test_start_is_idempotent_and_stop_without_start_is_harmless(make_batcher):
