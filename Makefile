@@ -11,7 +11,7 @@ DATA   ?= data
 CHROMIUM ?= /usr/bin/chromium
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: install serve stack test demo-model lint clean
+.PHONY: install serve stack test bench demo-model lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,8 +54,13 @@ $(CHROMIUM):
 test: $(REPO)/demo_image/1/model.pt $(CHROMIUM)
 	$(BIN)/python -m pytest -q
 
+# Serving (5 systems x 2 models x 3 concurrencies) and FAISS (100k, 1M): ~15 min on 2 CPU cores;
+# rewrites the tables in benchmarks/RESULTS.md. Loopback only; every server is stopped on exit.
+bench: $(REPO)/demo_image/1/model.pt
+	$(BIN)/python -m benchmarks
+
 lint: $(STAMP)
-	$(BIN)/ruff check server training client tests
+	$(BIN)/ruff check server training client tests benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache

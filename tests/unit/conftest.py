@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faiss
 import pytest
 import torch
 
@@ -13,3 +14,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_faiss_thread():
+    """OpenMP spin-waits badly when the two CI cores are shared with another job."""
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(threads)

@@ -21,14 +21,7 @@ CONFIGS = {
     "ivfpq-untrained": ("ivfpq", IndexParams(train_min_vectors=10 * N)),
 }
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_faiss_thread():
-    """OpenMP spin-waits badly when the two CI cores are shared with another job."""
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
 
 def clustered(n: int, seed: int, dim: int = DIM, clusters: int = 40) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""FocalServe benchmarks: serving throughput/latency and FAISS search (`make bench`)."""

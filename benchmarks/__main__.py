@@ -1,0 +1,66 @@
+"""`make bench`: the serving and FAISS benchmarks, then RESULTS.md's generated sections rewritten.
+
+    .venv/bin/python -m benchmarks [--parts serving faiss] [--seconds S] [--faiss-sizes N ...]
+
+RESULTS.md keeps its prose; only the text between `<!-- generated:NAME -->` and
+`<!-- /generated:NAME -->` is replaced, so the tables always come from the last full run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import shlex
+import sys
+from pathlib import Path
+
+from benchmarks import faiss_bench, serving
+
+RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def replace_generated(text: str, name: str, content: str) -> str:
+    """The text with section `name` holding `content`; a missing marker pair is an error, not a silent skip."""
+    pattern = re.compile(rf"(<!-- generated:{name} -->\n).*?(<!-- /generated:{name} -->)", re.DOTALL)
+    if not pattern.search(text):
+        raise KeyError(f"RESULTS.md has no generated:{name} section")
+    return pattern.sub(lambda match: match.group(1) + content + "\n" + match.group(2), text)
+
+
+def replace_all(text: str, tables: dict[str, str]) -> str:
+    for name, table in tables.items():
+        text = replace_generated(text, name, table)
+    return text
+
+
+def run_section(command: str, machine: dict) -> str:
+    gpu = machine.get("gpu") or "none"
+    return (f"Command: `{command}`\n\nMachine: {machine['cpu']}, {machine['cores']} cores, GPU: {gpu}; "
+            f"Python {machine['python']}, torch {machine['torch']}, faiss {machine['faiss']}; "
+            f"commit {machine['commit']}.")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", nargs="+", choices=["serving", "faiss"], default=["serving", "faiss"],
+                        help="what to run; only its sections of RESULTS.md are rewritten")
+    parser.add_argument("--seconds", type=float, default=5.0, help="timed part of each serving measurement")
+    parser.add_argument("--faiss-sizes", nargs="+", default=["100000", "1000000"])
+    args = parser.parse_args(argv)
+    text = RESULTS_MD.read_text()
+    if "serving" in args.parts:
+        served = asyncio.run(serving.run(serving.parse_args(["--seconds", str(args.seconds)])))
+        command = shlex.join(["python", "-m", "benchmarks", *sys.argv[1:]])
+        text = replace_generated(text, "run", run_section(command, served["machine"]))
+        text = replace_all(text, served["tables"])
+    if "faiss" in args.parts:
+        searched = faiss_bench.main(["--sizes", *args.faiss_sizes])
+        text = replace_generated(text, "faiss_run", run_section(searched["command"], searched["machine"]))
+        text = replace_all(text, searched["tables"])
+    RESULTS_MD.write_text(text)
+    print(f"updated {RESULTS_MD}")
+
+
+if __name__ == "__main__":
+    main()

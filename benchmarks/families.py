@@ -1,0 +1,86 @@
+"""The model families the serving benchmark runs, exported in both repository flavours.
+
+Every system under test must run the same weights, or the comparison says nothing: the
+embedded backend, the raw forward, PyTriton and the naive server read the libtorch-flavour
+repository, Triton reads the python-backend one, and both hold the same TorchScript weights
+(checked through the checkpoint hash the export writes into every config).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from server.repository import FamilySpec, families_from_configs, read_repository
+from training.export import export_family
+from training.models import load_family_model
+from training.triton_config import Backend
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK_DIR = Path(__file__).resolve().parent / ".work"
+DEMO_CHECKPOINT = ROOT / "runs" / "demo" / "focallens" / "checkpoints" / "latest.pt"
+RANDOM_SEED = 0  # random weights, but the same ones on every run, so exports can be reused
+
+
+@dataclass(frozen=True)
+class BenchFamily:
+    """One model family: where each repository flavour lives, and its metadata."""
+
+    name: str
+    spec: FamilySpec
+    libtorch_repository: Path  # embedded backend, raw forward, PyTriton, naive server
+    python_repository: Path  # tritonserver's python backend
+
+
+@dataclass(frozen=True)
+class FamilySource:
+    """How to build a family: an open_clip architecture and optionally a trained checkpoint."""
+
+    open_clip_model: str
+    checkpoint: Path | None
+    committed_repository: Path | None  # a libtorch-flavour repository that already exists
+
+    def load(self) -> torch.nn.Module:
+        torch.manual_seed(RANDOM_SEED)  # only matters without a checkpoint (random init)
+        return load_family_model("focallens", self.open_clip_model, checkpoint=self.checkpoint)
+
+
+SOURCES: dict[str, FamilySource] = {
+    "demo": FamilySource("focalserve-tiny", DEMO_CHECKPOINT, ROOT / "model_repository"),
+    "vitb32": FamilySource("ViT-B-32", None, None),  # open_clip has no weights offline: random ones
+}
+
+
+def prepare_family(name: str, work_dir: Path = WORK_DIR) -> BenchFamily:
+    """Export what is missing (once; later runs reuse it) and check both flavours hold the same weights."""
+    source = SOURCES[name]
+    flavours: dict[Backend, Path] = {
+        "libtorch": source.committed_repository or work_dir / name / "libtorch",
+        "python": work_dir / name / "python",
+    }
+    if source.committed_repository is not None and _read_family(name, source.committed_repository) is None:
+        raise RuntimeError(f"family {name} is missing from {source.committed_repository}: run `make demo-model`")
+    missing = [backend for backend, repository in flavours.items() if _read_family(name, repository) is None]
+    if missing:
+        model = source.load()
+        for backend in missing:
+            export_family(model, "focallens", source.open_clip_model, name, flavours[backend], backend)
+    libtorch, python = (_read_family(name, flavours[backend]) for backend in ("libtorch", "python"))
+    if libtorch is None or python is None or libtorch.checkpoint_hash != python.checkpoint_hash:
+        raise RuntimeError(
+            f"family {name}: the repositories {flavours['libtorch']} and {flavours['python']} do not hold the same "
+            "weights; delete the work copy (or run `make demo-model` for the committed demo) and rerun"
+        )
+    return BenchFamily(name, libtorch, flavours["libtorch"], flavours["python"])
+
+
+def _read_family(name: str, repository: Path) -> FamilySpec | None:
+    """The family's spec if the repository holds all of its models with their weights, else None."""
+    if not repository.is_dir():
+        return None
+    spec = families_from_configs(read_repository(repository)).get(name)
+    if spec is None or not all((repository / m.name / "1" / "model.pt").is_file() for m in spec.models.values()):
+        return None
+    return spec

@@ -1,0 +1,62 @@
+"""A family's exported TorchScript models run in-process, with open_clip's preprocessing and tokenizer.
+
+The raw-forward measurement, the PyTriton server and the naive server all run the exported
+files the gateway serves, through this one loader, so their outputs are comparable with the
+gateway's and none of them gets a faster or slower copy of the model.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+from PIL import Image
+
+from server.images import ImagePreprocessor
+from server.repository import families_from_configs, read_repository
+
+
+class ScriptedFamily:
+    """The image and instruction models of one FocalLens family, loaded from a model repository."""
+
+    def __init__(self, repository: Path, name: str) -> None:
+        self.spec = families_from_configs(read_repository(repository))[name]
+        self.image_model = _load(repository, self.spec.models["image"].name)
+        self.instruction_model = _load(repository, self.spec.models["instruction"].name)
+        self.preprocess = ImagePreprocessor(self.spec)  # open_clip's eval transform with the family's metadata
+        self._tokenizer = open_clip.get_tokenizer(self.spec.tokenizer, context_length=self.spec.context_length)
+
+    def pixels(self, images: Sequence[bytes]) -> torch.Tensor:
+        """Encoded images -> the image model's (N, 3, S, S) input: PIL decode, then open_clip's transform."""
+        return torch.from_numpy(np.stack([self.preprocess(_decode(data)) for data in images]))
+
+    def conditions(self, instructions: Sequence[str]) -> torch.Tensor:
+        """Instructions -> (N, C) conditions; each distinct instruction goes through the model once."""
+        distinct, rows = np.unique(np.asarray(instructions, dtype=object), return_inverse=True)
+        with torch.inference_mode():
+            encoded = self.instruction_model(self._tokenizer([str(text) for text in distinct]))
+        return encoded[torch.from_numpy(rows.reshape(-1))]
+
+    def embed(self, pixels: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) pixels under (N, C) conditions -> (N, D) L2-normalised embeddings."""
+        with torch.inference_mode():
+            return self.image_model(pixels, conditions)
+
+    def embed_requests(self, images: Sequence[bytes], instructions: Sequence[str]) -> np.ndarray:
+        """What one /embed call does for its pairs: decode, preprocess, encode instructions, image forward."""
+        return self.embed(self.pixels(images), self.conditions(instructions)).numpy()
+
+
+def _load(repository: Path, model: str) -> torch.jit.ScriptModule:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript's deprecation notice
+        return torch.jit.load(str(repository / model / "1" / "model.pt"), map_location="cpu").eval()
+
+
+def _decode(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data)).convert("RGB")
