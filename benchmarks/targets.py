@@ -55,7 +55,7 @@ async def gateway_embedded(family: BenchFamily, logs: Path, max_batch_size: int)
     """(b) the gateway with its embedded backend (TorchScript in-process)."""
     settings = _gateway_settings(family, logs, max_batch_size)
     with running_gateway(family.libtorch_repository, logs / "gateway-embedded.log", **settings) as url:
-        async with _gateway_target("gateway-embedded", url, family) as target:
+        async with _gateway_target("gateway-embedded", url, family.name) as target:
             yield target
 
 

@@ -1,0 +1,28 @@
+"""The serving benchmark's harness end to end at a tiny scale: it must measure, not count errors.
+
+Numbers are not checked (performance lives in benchmarks/RESULTS.md); this only keeps the
+harness from rotting: real gateway, real naive server, every request answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import benchmarks.report
+from benchmarks import serving
+
+
+def test_the_serving_benchmark_measures_every_system_without_errors(tmp_path, monkeypatch, demo_repository):
+    monkeypatch.setattr(benchmarks.report, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(serving, "FIGURES_DIR", tmp_path)
+    args = serving.parse_args(["--models", "demo", "--systems", "raw", "gateway-embedded", "naive",
+                               "--concurrency", "2", "--seconds", "0.5", "--max-requests", "40"])
+    payload = asyncio.run(serving.run(args))
+
+    rows = payload["measurements"]
+    assert {(row["system"], row["variant"]) for row in rows} >= {("gateway-embedded", None), ("naive", None)}
+    assert len(rows) == 2 + len(serving.VARIANTS)  # the gateway's request variants ran too
+    for row in rows:
+        assert row["errors"] == 0 and row["requests"] > 0, row
+    assert payload["families"]["demo"]["raw"]["images_per_s"] > 0
+    assert (tmp_path / "serving.json").is_file() and (tmp_path / "serving_throughput.png").is_file()
