@@ -29,8 +29,10 @@ def chromium_path() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """Module-scoped on purpose: Playwright's sync API runs an event loop while it is open, and
+    every asyncio test after it would find that loop running."""
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_FLAGS)
         yield browser
@@ -46,7 +48,7 @@ def page(browser: Browser) -> Iterator[Page]:
     context.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def demo_gateway(demo_repository, tmp_path_factory) -> Iterator[str]:
     """The `make serve` setup on a small demo collection: ColorShape images, colour and shape conditions."""
     logs = tmp_path_factory.mktemp("browser-logs")
@@ -57,7 +59,7 @@ def demo_gateway(demo_repository, tmp_path_factory) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def screenshots() -> Path:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     return SCREENSHOTS
