@@ -54,8 +54,8 @@ def run_stage(name: str, stage: Stage, work_dir: Path, checkpoints: dict[str, Pa
         batch_size=128,
         lr=stage.lr,
         warmup_steps=min(50, stage.steps // 5),
-        # One worker renders the next batch while the step runs: ~30% faster on 2 cores, and
-        # bit-identical weights, since every sample is a pure function of (seed, index).
+        # One worker renders the next batch while the step runs: 8.6 instead of 10.0 min for the
+        # whole demo on 2 cores, and bit-identical weights (every sample is a function of its index).
         workers=1,
     )
     return train(recipe, config)
