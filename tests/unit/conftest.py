@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import faiss
 import pytest
 import torch
 
 
+def _one_thread(get: Callable[[], int], set_: Callable[[int], None]) -> Iterator[None]:
+    """Run with one thread, then give back what was there."""
+    threads = get()
+    set_(1)
+    yield
+    set_(threads)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine they spin."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    yield from _one_thread(torch.get_num_threads, torch.set_num_threads)
 
 
 @pytest.fixture(scope="module")
 def one_faiss_thread():
     """OpenMP spin-waits badly when the two CI cores are shared with another job."""
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    yield
-    faiss.omp_set_num_threads(threads)
+    yield from _one_thread(faiss.omp_get_max_threads, faiss.omp_set_num_threads)
