@@ -96,10 +96,7 @@ async function loadCollections() {
   const { collections } = await (await api("/collections")).json();
   const select = $("collection");
   const previous = select.value;
-  select.replaceChildren(...collections.map((c) => {
-    const option = new Option(`${c.name} (${c.items} images, ${c.model})`, c.name);
-    return option;
-  }));
+  select.replaceChildren(...collections.map((c) => new Option(`${c.name} (${c.items} images, ${c.model})`, c.name)));
   if (!collections.length) {
     showStatus("No collection yet: create one with the API or `focalserve index add`, then reload.");
     renderConditions([]);
