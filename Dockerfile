@@ -18,6 +18,8 @@ COPY client/ client/
 COPY pyproject.toml README.md ./
 COPY server/ server/
 COPY training/ training/
+COPY family/ family/
+COPY devtools/ devtools/
 RUN pip install ./client ".[training]"
 
 FROM python:${PYTHON_VERSION}-slim AS runtime

@@ -25,15 +25,15 @@ install: $(STAMP)
 
 # The demo family is built once; delete model_repository/demo_* to rebuild it.
 $(REPO)/demo_image/1/model.pt: | $(STAMP)
-	$(BIN)/python -m training.demo --repository $(REPO)
+	$(BIN)/python -m focalserve_training.demo --repository $(REPO)
 
 demo-model: $(STAMP)
-	$(BIN)/python -m training.demo --repository $(REPO) --force
+	$(BIN)/python -m focalserve_training.demo --repository $(REPO) --force
 
 # The demo collection (ColorShape images, colour and shape conditions) is loaded through the
 # API once, and again whenever the demo model is rebuilt; the page is at http://HOST:PORT/ui
 $(DATA)/.demo-collection: $(REPO)/demo_image/1/model.pt
-	$(BIN)/python -m training.demo_collection --repository $(REPO) --data-dir $(DATA)
+	$(BIN)/python -m focalserve_devtools.demo_collection --repository $(REPO) --data-dir $(DATA)
 	touch $@
 
 serve: $(REPO)/demo_image/1/model.pt $(DATA)/.demo-collection
@@ -60,7 +60,7 @@ bench: $(REPO)/demo_image/1/model.pt
 	$(BIN)/python -m benchmarks
 
 lint: $(STAMP)
-	$(BIN)/ruff check server training client tests benchmarks
+	$(BIN)/ruff check server training family devtools client tests benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache

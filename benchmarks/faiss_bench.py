@@ -1,6 +1,6 @@
 """FAISS benchmark: the index kinds at scale, and /search end to end against FAISS called directly.
 
-Part `indexes` builds flat, HNSW and IVF-PQ through `server.search.indexes.VectorIndex` with the
+Part `indexes` builds flat, HNSW and IVF-PQ through `focalserve_server.search.indexes.VectorIndex` with the
 gateway's own `IndexParams`, so it measures what the gateway runs, on synthetic vectors: a
 mixture of Gaussian clusters on the unit sphere (clusters give IVF lists and HNSW neighbourhoods
 something to find; uniform noise would make every method look equally bad). Vectors go in
@@ -31,16 +31,16 @@ from typing import Any
 
 import faiss
 import numpy as np
-from focalserve_client import Client
 
 from benchmarks.clients import search_json
 from benchmarks.loadgen import run_load
 from benchmarks.report import machine, markdown_table, percentiles_ms, save_json
 from benchmarks.targets import http_session
-from server.launch import running_gateway
-from server.search.indexes import INDEX_KINDS, Hit, IndexKind, IndexParams, VectorIndex, recall_at_k
-from server.search.service import BUILD_CHUNK
-from training.data import COLOR_NAMES, ColorShapeGenerator
+from focalserve_client import Client
+from focalserve_devtools.launch import running_gateway
+from focalserve_server.search.indexes import INDEX_KINDS, Hit, IndexKind, IndexParams, VectorIndex, recall_at_k
+from focalserve_server.search.service import BUILD_CHUNK
+from focalserve_training.data import COLOR_NAMES, ColorShapeGenerator
 
 WORK_DIR = Path(__file__).parent / ".work"
 QUERY_KINDS = ("item_id", "text")

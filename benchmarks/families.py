@@ -13,10 +13,9 @@ from pathlib import Path
 
 import torch
 
-from server.repository import FamilySpec, families_from_configs, read_repository
-from training.export import export_family
-from training.models import load_family_model
-from training.triton_config import Backend
+from focalserve_family import Backend, FamilySpec, families_from_configs, read_repository
+from focalserve_training.export import export_family
+from focalserve_training.models import load_family_model
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK_DIR = Path(__file__).resolve().parent / ".work"

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
-from focalserve_client.schemas import EmbedRequest
 
 from benchmarks.scripted import ScriptedFamily
+from focalserve_client.schemas import EmbedRequest
 
 
 def create_app(family: ScriptedFamily) -> FastAPI:

@@ -4,7 +4,7 @@ Each batch does the work the gateway does per request: decode the image bytes, o
 preprocessing, instruction -> condition (once per distinct instruction in the batch; there is
 no cache across batches), image forward. Clients speak Triton's protocol.
 
-Run it as its own process, with `server.triton_local.tritonserver_env()`: PyTriton's python
+Run it as its own process, with `focalserve_devtools.triton_local.tritonserver_env()`: PyTriton's python
 backend stub otherwise loads the distribution's older libpython and fails with
 "'_thread.RLock' object has no attribute '_recursion_count'".
 

@@ -17,8 +17,8 @@ import open_clip
 import torch
 from PIL import Image
 
-from server.images import ImagePreprocessor
-from server.repository import families_from_configs, read_repository
+from focalserve_family import families_from_configs, read_repository
+from focalserve_server.images import ImagePreprocessor
 
 
 class ScriptedFamily:

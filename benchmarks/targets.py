@@ -26,8 +26,8 @@ from benchmarks.clients import REQUEST_TIMEOUT_S, embed_json, triton_infer
 from benchmarks.families import BenchFamily
 from benchmarks.loadgen import Send
 from benchmarks.workload import Workload
-from server.launch import LocalTriton, free_port, running_gateway, wait_until_ready
-from server.triton_local import TritonPorts, tritonserver_env
+from focalserve_devtools.launch import LocalTriton, free_port, running_gateway, wait_until_ready
+from focalserve_devtools.triton_local import TritonPorts, tritonserver_env
 
 STOP_TIMEOUT_S = 30.0
 DEFAULT_MAX_BATCH_SIZE = 64  # the gateway's own default; used when no raw sweep chose a size

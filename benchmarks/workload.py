@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 
 from PIL import Image
 
-from training.data import ColorShapeGenerator
-from training.data.colorshape import TRAIN_PHRASINGS
+from focalserve_training.data import ColorShapeGenerator
+from focalserve_training.data.colorshape import TRAIN_PHRASINGS
 
 PHRASINGS: tuple[str, ...] = TRAIN_PHRASINGS["colour"] + TRAIN_PHRASINGS["shape"]
 InstructionFor = Callable[[int], str]  # request number -> its instruction

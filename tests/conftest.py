@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from focalserve_training.export import export_family
 from tests.helpers.models import TINY, tiny_clip, tiny_focallens
-from training.export import export_family
 
 
 @pytest.fixture(scope="session")

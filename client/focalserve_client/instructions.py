@@ -1,5 +1,5 @@
 """How an instruction is normalised: the server uses this function (adding its length limits in
-`server.conditions`), so a client recognises its condition in a listing exactly as the server does.
+`focalserve_server.conditions`), so a client recognises its condition in a listing exactly as the server does.
 """
 
 from __future__ import annotations

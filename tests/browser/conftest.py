@@ -8,11 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from focalserve_client import Client
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from server.launch import running_gateway
-from training.demo_collection import load_demo_collection
+from focalserve_client import Client
+from focalserve_devtools.demo_collection import load_demo_collection
+from focalserve_devtools.launch import running_gateway
 
 # Chromium's own calls home are refused by a closed network, many at a time: keep them off.
 CHROMIUM_FLAGS = [

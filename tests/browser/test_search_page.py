@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from focalserve_client import Client
 from playwright.sync_api import Page, expect
 
-from server.launch import running_gateway
-from training.data import ColorShapeGenerator
-from training.demo_collection import CONDITIONS, demo_items
+from focalserve_client import Client
+from focalserve_devtools.demo_collection import CONDITIONS, demo_items
+from focalserve_devtools.launch import running_gateway
+from focalserve_training.data import ColorShapeGenerator
 
 COLOUR, SHAPE = CONDITIONS
 K = 8

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from server.launch import free_port, running_gateway, wait_until_ready
+from focalserve_devtools.launch import free_port, running_gateway, wait_until_ready
 from tests.helpers.images import b64, shape_png
 
 ROOT = Path(__file__).resolve().parents[2]

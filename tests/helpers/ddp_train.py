@@ -12,13 +12,9 @@ import os
 import sys
 from pathlib import Path
 
-# Run as a file, this folder comes first on sys.path, where tests/helpers/server.py would
-# shadow the `server` package: put the repository root there instead.
-sys.path[0] = str(Path(__file__).resolve().parents[2])
-
-from server.cli import main  # noqa: E402
-from training import loop  # noqa: E402
-from training.models.factory import state_hash  # noqa: E402
+from focalserve_server.cli import main
+from focalserve_training import loop
+from focalserve_training.models.factory import state_hash
 
 
 def record_into(directory: Path) -> None:

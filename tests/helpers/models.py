@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from training.models import FocalLensCLIP, load_family_model
+from focalserve_training.models import FocalLensCLIP, load_family_model
 
 TINY = "focalserve-tiny"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.launch import running_gateway
+from focalserve_devtools.launch import running_gateway
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,12 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
+from PIL import Image
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
 from focalserve_client import (
     AsyncClient,
     Client,
@@ -27,15 +33,9 @@ from focalserve_client import (
     ServerError,
     TimeoutError,
 )
-from PIL import Image
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route
-
-from server.launch import free_port, running_gateway
+from focalserve_devtools.launch import free_port, running_gateway
+from focalserve_training.data import ColorShapeGenerator
 from tests.helpers.images import shape_png
-from training.data import ColorShapeGenerator
 
 ROOT = Path(__file__).resolve().parents[2]
 COLOUR = "what colour is the shape?"

@@ -13,9 +13,9 @@ import time
 
 import httpx
 
-from server.launch import gateway_process, running_gateway
+from focalserve_devtools.launch import gateway_process, running_gateway
+from focalserve_training.data import ColorShapeGenerator
 from tests.helpers.images import b64
-from training.data import ColorShapeGenerator
 
 SHAPE = "which shape is this?"
 
@@ -36,7 +36,7 @@ def test_bulk_ingest_cli_is_resumable(demo_repository, tmp_path):
     (tmp_path / "meta.jsonl").write_text("\n".join(
         json.dumps({"file": f"img {i}.png", "colour": generator.sample(i).colour}) for i in range(0, 24, 2)))
     with running_gateway(demo_repository, tmp_path / "gateway.log", data_dir=str(tmp_path / "data")) as url:
-        command = [sys.executable, "-m", "server", "index", "add", "--collection", "folder", "--model", "demo",
+        command = [sys.executable, "-m", "focalserve_server", "index", "add", "--collection", "folder", "--model", "demo",
                    "--images", str(folder), "--metadata", str(tmp_path / "meta.jsonl"), "--url", url,
                    "--batch-size", "5"]
         first = subprocess.run(command, capture_output=True, text=True, timeout=300)

@@ -8,10 +8,10 @@ import httpx
 import numpy as np
 import openai
 import pytest
-from focalserve_client import Client
 from openai import OpenAI, omit
 from openai.types import CreateEmbeddingResponse
 
+from focalserve_client import Client
 from tests.helpers.images import b64, shape_png
 
 RED = shape_png((220, 30, 30))

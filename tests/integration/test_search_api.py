@@ -10,9 +10,9 @@ import httpx
 import numpy as np
 import pytest
 
-from server.launch import running_gateway
+from focalserve_devtools.launch import running_gateway
+from focalserve_training.data import ColorShapeGenerator
 from tests.helpers.images import b64
-from training.data import ColorShapeGenerator
 
 COLOUR = "what colour is the shape?"
 SHAPE = "which shape is this?"

@@ -1,4 +1,4 @@
-"""`focalserve train | eval | export` as a user runs them (`python -m server`), and torchrun DDP."""
+"""`focalserve train | eval | export` as a user runs them (`python -m focalserve_server`), and torchrun DDP."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from focalserve_family import parse_pbtxt
+from focalserve_training.models import load_family_model
+from focalserve_training.models.factory import state_hash
 from tests.helpers.models import TINY
-from training.models import load_family_model
-from training.models.factory import state_hash
-from training.triton_config import parse_pbtxt
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ def run(*command: str) -> subprocess.CompletedProcess:
 
 
 def focalserve(*arguments: str) -> subprocess.CompletedProcess:
-    return run(sys.executable, "-m", "server", *arguments)
+    return run(sys.executable, "-m", "focalserve_server", *arguments)
 
 
 def free_port() -> int:

@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from server.launch import LocalTriton, running_gateway
+from focalserve_devtools.launch import LocalTriton, running_gateway
 from tests.helpers.images import b64, shape_png
 
 INPUTS = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.launch import running_gateway
+from focalserve_devtools.launch import running_gateway
 
 API_KEY = "fs-test-key-8c1d7e"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from server.launch import running_gateway
+from focalserve_devtools.launch import running_gateway
 from tests.helpers.images import b64, shape_png
 from tests.reliability.conftest import API_KEY
 

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from server.launch import LocalTriton, gateway_process, running_gateway
+from focalserve_devtools.launch import LocalTriton, gateway_process, running_gateway
 from tests.helpers.images import b64, shape_png
 
 IMAGE = b64(shape_png())

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from server.errors import ImageTooLarge, InvalidImage
-from server.images import decode_image
+from focalserve_server.errors import ImageTooLarge, InvalidImage
+from focalserve_server.images import decode_image
 
 
 def seed_png() -> bytes:

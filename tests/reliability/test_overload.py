@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from server.launch import running_gateway
+from focalserve_devtools.launch import running_gateway
 from tests.helpers.images import b64, shape_png
 
 IMAGES = [b64(shape_png((i * 9 % 255, 40, 200 - i))) for i in range(24)]

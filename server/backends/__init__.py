@@ -1,5 +1,0 @@
-"""Model backends: one job, `infer(model, inputs) -> output` (DESIGN.md section 5)."""
-
-from server.backends.base import ModelBackend
-
-__all__ = ["ModelBackend"]

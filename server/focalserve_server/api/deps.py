@@ -1,0 +1,45 @@
+"""Dependency aliases for routes, and the API-key checks."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from focalserve_server.errors import Unauthorized
+from focalserve_server.state import Gateway
+
+
+async def get_gateway(request: Request) -> Gateway:
+    """Async on purpose: FastAPI runs a plain `def` dependency in a worker thread, a thread hop per request."""
+    return request.app.state.gateway
+
+
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+
+
+def _check_key(request: Request, keys: list[str]) -> None:
+    """Bearer key against every configured key, in constant time; the key is never logged."""
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not presented:
+        raise Unauthorized("this endpoint needs an API key: send 'Authorization: Bearer <key>'")
+    matches = [hmac.compare_digest(presented.encode(), key.encode()) for key in keys]
+    if not any(matches):
+        raise Unauthorized("the API key is not valid")
+
+
+async def require_write_key(request: Request, gateway: GatewayDep) -> None:
+    """Writes (collections, items, conditions) need a key whenever keys are configured."""
+    if keys := gateway.api_keys:
+        _check_key(request, keys)
+
+
+async def require_read_key(request: Request, gateway: GatewayDep) -> None:
+    """Reads need a key only with `auth_all`."""
+    if (keys := gateway.api_keys) and gateway.settings.auth_all:
+        _check_key(request, keys)
+
+
+WriteAccess = Depends(require_write_key)
+ReadAccess = Depends(require_read_key)

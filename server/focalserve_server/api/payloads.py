@@ -1,0 +1,47 @@
+"""Decoding what clients send: base64 images (plain or data URLs), and naming image types."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from typing import TypeVar
+
+from focalserve_server.errors import FocalServeError, InvalidImage
+
+T = TypeVar("T")
+
+SIGNATURES = {
+    b"\x89PNG\r\n\x1a\n": "image/png",
+    b"\xff\xd8\xff": "image/jpeg",
+    b"GIF8": "image/gif",
+    b"BM": "image/bmp",
+}
+
+
+def b64decode(text: str, field: str) -> bytes:
+    if text.startswith("data:") and "," in text:  # accept data URLs as browsers produce them
+        text = text.split(",", 1)[1]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidImage(f"'{field}' is not valid base64") from None
+
+
+def sniff_image_type(data: bytes) -> str:
+    """The media type of stored image bytes, from their signature (never from client input)."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    for signature, media_type in SIGNATURES.items():
+        if data.startswith(signature):
+            return media_type
+    return "application/octet-stream"
+
+
+def located(where: str, validate: Callable[..., T], *args: object) -> T:
+    """Run a validator, prefixing its error with the position of the input (`inputs[3]: ...`)."""
+    try:
+        return validate(*args)
+    except FocalServeError as error:
+        error.message = f"{where}: {error.message}"
+        raise

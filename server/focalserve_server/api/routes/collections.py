@@ -1,0 +1,229 @@
+"""Collections: create, list, delete; items; conditions (DESIGN.md section 3)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request, Response
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from focalserve_client.schemas import (
+    ITEM_ID_PATTERN,
+    NAME_PATTERN,
+    CollectionCreate,
+    CollectionInfo,
+    CollectionList,
+    ConditionCreate,
+    ConditionInfo,
+    ErrorResponse,
+    ItemIn,
+    ItemInfo,
+    ItemPage,
+    ItemsAdd,
+    ItemsAdded,
+)
+from focalserve_server.api.deps import GatewayDep, ReadAccess, WriteAccess
+from focalserve_server.api.errors import describe_validation_errors
+from focalserve_server.api.payloads import b64decode, sniff_image_type
+from focalserve_server.api.responses import FastJSONResponse
+from focalserve_server.errors import InvalidRequest, TooManyInputs
+from focalserve_server.search.service import CollectionService, ItemUpload
+from focalserve_server.storage import Collection, Condition
+
+router = APIRouter(prefix="/collections", tags=["collections"], dependencies=[ReadAccess])
+ERRORS = {status: {"model": ErrorResponse} for status in (404, 409, 413, 422, 503)}
+CollectionName = Annotated[str, Path(pattern=NAME_PATTERN)]
+ItemId = Annotated[str, Path(pattern=ITEM_ID_PATTERN)]
+MULTIPART_ITEM = {
+    "type": "object",
+    "required": ["id", "image"],
+    "properties": {
+        "id": {"type": "string"},
+        "image": {"type": "string", "format": "binary"},
+        "metadata": {"type": "string", "description": "A JSON object."},
+    },
+}
+
+
+async def collection_info(service: CollectionService, collection: Collection) -> dict:
+    spec = service.family_of(collection).spec
+    conditions = await service.conditions(collection.name)
+    total = await _count(service, collection.name)
+    return {
+        "name": collection.name,
+        "model": collection.model,
+        "family": spec.family,
+        "dim": spec.embedding_dim,
+        "items": total,
+        "conditions": [condition_info(service, c, total) for c in conditions],
+    }
+
+
+async def _count(service: CollectionService, name: str) -> int:
+    return await asyncio.to_thread(service.store.item_count, name)
+
+
+def condition_info(service: CollectionService, condition: Condition, total: int) -> dict:
+    return {
+        "instruction": condition.instruction,
+        "index": condition.index_kind,
+        "status": condition.status,
+        "embedded": service.index_size(condition.rowid),
+        "total": total,
+        "error": condition.error,
+    }
+
+
+@router.post("", status_code=201, dependencies=[WriteAccess], response_model=CollectionInfo, responses=ERRORS)
+async def create_collection(body: CollectionCreate, gateway: GatewayDep) -> FastJSONResponse:
+    """Create a collection bound to one model family."""
+    service = gateway.collections
+    collection = await service.create_collection(body.name, body.model, body.index)
+    return FastJSONResponse(await collection_info(service, collection), status_code=201)
+
+
+@router.get("", response_model=CollectionList)
+async def list_collections(gateway: GatewayDep) -> FastJSONResponse:
+    """All collections."""
+    service = gateway.collections
+    collections = await asyncio.to_thread(service.store.collections)
+    loaded = [c for c in collections if c.model in service.engine.families]
+    return FastJSONResponse({"collections": [await collection_info(service, c) for c in loaded]})
+
+
+@router.get("/{name}", response_model=CollectionInfo, responses=ERRORS)
+async def get_collection(name: CollectionName, gateway: GatewayDep) -> FastJSONResponse:
+    """One collection: item count, conditions, index types, dimension."""
+    service = gateway.collections
+    return FastJSONResponse(await collection_info(service, await service.collection(name)))
+
+
+@router.delete("/{name}", status_code=204, dependencies=[WriteAccess], responses=ERRORS)
+async def delete_collection(name: CollectionName, gateway: GatewayDep) -> Response:
+    """Delete a collection with its items, vectors and indexes."""
+    await gateway.collections.delete_collection(name)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/{name}/items",
+    status_code=201,
+    dependencies=[WriteAccess],
+    response_model=ItemsAdded,
+    responses=ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/ItemsAdd"}},
+                "multipart/form-data": {"schema": MULTIPART_ITEM},
+            },
+        }
+    },
+)
+async def add_items(name: CollectionName, request: Request, gateway: GatewayDep) -> FastJSONResponse:
+    """Add (or replace) items; acknowledged only once committed and embedded under every ready condition."""
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        uploads = [await _multipart_item(request)]
+    else:
+        uploads = _json_items(await request.body())
+    limit = gateway.settings.max_inputs_per_request
+    if len(uploads) > limit:
+        raise TooManyInputs(f"{len(uploads)} items in one request; the limit is {limit}")
+    if len({upload.id for upload in uploads}) != len(uploads):
+        raise InvalidRequest("an item id appears twice in one request")
+    added = await gateway.collections.add_items(name, uploads)
+    return FastJSONResponse({"added": added}, status_code=201)
+
+
+def _json_items(body: bytes) -> list[ItemUpload]:
+    try:
+        payload = ItemsAdd.model_validate_json(body)
+    except ValidationError as error:
+        raise InvalidRequest(describe_validation_errors(error.errors())) from None
+    return [
+        ItemUpload(item.id, b64decode(item.image, f"items[{i}].image"), item.metadata)
+        for i, item in enumerate(payload.items)
+    ]
+
+
+async def _multipart_item(request: Request) -> ItemUpload:
+    form = await request.form()
+    upload, metadata = form.get("image"), form.get("metadata") or "{}"
+    if not isinstance(upload, UploadFile) or isinstance(metadata, UploadFile):
+        raise InvalidRequest("multipart items need an 'image' file field, an 'id' and optional JSON 'metadata'")
+    try:
+        item = ItemIn(id=str(form.get("id") or ""), image="", metadata=json.loads(metadata))
+    except (ValidationError, ValueError) as error:
+        errors = error.errors() if isinstance(error, ValidationError) else [{"msg": f"metadata: {error}"}]
+        raise InvalidRequest(describe_validation_errors(errors)) from None
+    return ItemUpload(item.id, await upload.read(), item.metadata)
+
+
+@router.get("/{name}/items", response_model=ItemPage, responses=ERRORS)
+async def list_items(
+    name: CollectionName, gateway: GatewayDep, after: str = "", limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> FastJSONResponse:
+    """Items in insertion order, a page at a time (`after` = the previous page's `next_after`)."""
+    service = gateway.collections
+    await service.collection(name)
+    after_rowid = int(after) if after.isdigit() else 0
+    items = await asyncio.to_thread(service.store.items, name, after_rowid, limit)
+    return FastJSONResponse(
+        {
+            "items": [{"id": i.id, "metadata": i.metadata, "image_sha256": i.blob} for i in items],
+            "next_after": str(items[-1].rowid) if len(items) == limit else None,
+        }
+    )
+
+
+@router.get("/{name}/items/{item_id:path}/image", responses=ERRORS)
+async def get_item_image(name: CollectionName, item_id: str, gateway: GatewayDep) -> Response:
+    """The stored image bytes of an item."""
+    item = await gateway.collections.item(name, _checked_id(item_id))
+    data = await asyncio.to_thread(gateway.collections.store.read_blob, item.blob)
+    return Response(data, media_type=sniff_image_type(data), headers={"Cache-Control": "private, max-age=3600"})
+
+
+@router.get("/{name}/items/{item_id:path}", response_model=ItemInfo, responses=ERRORS)
+async def get_item(name: CollectionName, item_id: str, gateway: GatewayDep) -> FastJSONResponse:
+    """One item's metadata and image hash."""
+    item = await gateway.collections.item(name, _checked_id(item_id))
+    return FastJSONResponse({"id": item.id, "metadata": item.metadata, "image_sha256": item.blob})
+
+
+@router.delete("/{name}/items/{item_id:path}", status_code=204, dependencies=[WriteAccess], responses=ERRORS)
+async def delete_item(name: CollectionName, item_id: str, gateway: GatewayDep) -> Response:
+    """Delete an item from the collection and from every condition's index."""
+    await gateway.collections.delete_item(name, _checked_id(item_id))
+    return Response(status_code=204)
+
+
+def _checked_id(item_id: str) -> str:
+    """Ids may hold '/', so routes take the rest of the path; the pattern still applies."""
+    try:
+        return ItemIn(id=item_id, image="").id
+    except ValidationError:
+        raise InvalidRequest(f"invalid item id {item_id[:80]!r}: letters, digits and ._:@/+- only") from None
+
+
+@router.post(
+    "/{name}/conditions", status_code=202, dependencies=[WriteAccess], response_model=ConditionInfo, responses=ERRORS
+)
+async def add_condition(name: CollectionName, body: ConditionCreate, gateway: GatewayDep) -> FastJSONResponse:
+    """Register an instruction: every item is embedded under it and indexed in the background."""
+    service = gateway.collections
+    condition, created = await service.add_condition(name, body.instruction, body.index)
+    total = await _count(service, name)
+    return FastJSONResponse(condition_info(service, condition, total), status_code=202 if created else 200)
+
+
+@router.get("/{name}/conditions", response_model=list[ConditionInfo], responses=ERRORS)
+async def list_conditions(name: CollectionName, gateway: GatewayDep) -> FastJSONResponse:
+    """Registered conditions with their build progress."""
+    service = gateway.collections
+    total = await _count(service, name)
+    return FastJSONResponse([condition_info(service, c, total) for c in await service.conditions(name)])

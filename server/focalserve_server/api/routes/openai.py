@@ -1,0 +1,232 @@
+"""POST /v1/embeddings: OpenAI's embeddings API, plus the `messages` form vLLM uses for
+instruction-conditioned multimodal embedders (one image under one instruction).
+
+The request and response shapes are OpenAI's, not ours, so they are declared here rather than
+in the shared schema module; errors keep the gateway's `{"error": {"code", "message"}}` body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Annotated, Literal
+
+import numpy as np
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from focalserve_client.schemas import ErrorResponse
+from focalserve_server.api.deps import GatewayDep, ReadAccess
+from focalserve_server.api.payloads import b64decode, located
+from focalserve_server.api.responses import FastJSONResponse
+from focalserve_server.conditions import normalise_instruction
+from focalserve_server.engine import FamilyEngine
+from focalserve_server.errors import (
+    InvalidImage,
+    InvalidInstruction,
+    InvalidRequest,
+    TooManyInputs,
+)
+from focalserve_server.state import Gateway
+
+router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[ReadAccess])
+
+ERRORS = {status: {"model": ErrorResponse} for status in (404, 413, 422, 503)}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ImageURL(_Strict):
+    url: str = Field(description="A data URL: data:image/png;base64,... (remote URLs are refused).")
+    detail: str | None = Field(default=None, description="Accepted for compatibility; ignored.")
+
+
+class ImagePart(_Strict):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class EmbeddingMessage(_Strict):
+    role: Literal["system", "user"]
+    content: str | list[Annotated[ImagePart | TextPart, Field(discriminator="type")]]
+
+
+class OpenAIEmbeddingRequest(_Strict):
+    model: str | None = Field(
+        default=None, description="Model family; optional when one is loaded."
+    )
+    input: str | list[str] | None = Field(default=None, description="Text(s) to embed.")
+    messages: list[EmbeddingMessage] | None = Field(
+        default=None,
+        description="One image part (a data URL) and, for FocalLens families, one text part: the "
+        "instruction. A text part alone embeds that text.",
+    )
+    encoding_format: Literal["float", "base64"] = Field(
+        default="float", description="base64: the little-endian float32 bytes of each vector."
+    )
+    dimensions: int | None = Field(
+        default=None, description="Must equal the model's dimension if given."
+    )
+    user: str | None = Field(default=None, description="Accepted for compatibility; ignored.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_token_ids(cls, data: object) -> object:
+        if isinstance(data, dict) and isinstance(data.get("input"), list):
+            if any(isinstance(entry, (int, list)) for entry in data["input"]):
+                raise ValueError("token ids are not supported as 'input': send strings")
+        return data
+
+    @model_validator(mode="after")
+    def _one_form(self) -> OpenAIEmbeddingRequest:
+        if (self.input is None) == (self.messages is None):
+            raise ValueError(
+                "send exactly one of 'input' (texts) or 'messages' (an image and its instruction)"
+            )
+        if self.input is not None and not self.input:
+            raise ValueError("'input' holds no text")
+        return self
+
+
+class OpenAIEmbedding(_Strict):
+    object: Literal["embedding"]
+    index: int
+    embedding: list[float] | str = Field(description="Floats, or base64 of little-endian float32.")
+
+
+class OpenAIUsage(_Strict):
+    prompt_tokens: int = Field(
+        description="Tokens of the texts and instructions; images count none."
+    )
+    total_tokens: int
+
+
+class OpenAIEmbeddingResponse(_Strict):
+    object: Literal["list"]
+    data: list[OpenAIEmbedding]
+    model: str
+    usage: OpenAIUsage
+
+
+@router.post("/embeddings", response_model=OpenAIEmbeddingResponse, responses=ERRORS)
+async def create_embeddings(body: OpenAIEmbeddingRequest, gateway: GatewayDep) -> FastJSONResponse:
+    """OpenAI-compatible embeddings of texts (`input`) or of an image under an instruction."""
+    engine = gateway.engine.family(body.model)
+    if body.dimensions is not None and body.dimensions != engine.spec.embedding_dim:
+        raise InvalidRequest(
+            f"'dimensions' is {body.dimensions}; "
+            f"model {engine.spec.name} embeds in {engine.spec.embedding_dim}"
+        )
+    if body.messages is not None:
+        vectors, tokens = await _embed_messages(gateway, engine, body.messages)
+    else:
+        vectors, tokens = await _embed_texts(
+            gateway, engine, [body.input] if isinstance(body.input, str) else body.input
+        )
+    data = [
+        {"object": "embedding", "index": index, "embedding": _encoded(vector, body.encoding_format)}
+        for index, vector in enumerate(vectors)
+    ]
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return FastJSONResponse(
+        {"object": "list", "data": data, "model": engine.spec.name, "usage": usage}
+    )
+
+
+async def _embed_texts(
+    gateway: Gateway, engine: FamilyEngine, texts: list[str]
+) -> tuple[list[np.ndarray], int]:
+    limits = gateway.settings
+    if len(texts) > limits.max_inputs_per_request:
+        raise TooManyInputs(
+            f"{len(texts)} inputs in one request; the limit is {limits.max_inputs_per_request}"
+        )
+    normalised = [
+        located(f"input[{i}]", normalise_instruction, text, limits.max_instruction_chars, "text")
+        for i, text in enumerate(texts)
+    ]
+    vectors = await asyncio.gather(*(engine.embed_text(text) for text in normalised))
+    return list(vectors), sum(_token_count(engine, text) for text in normalised)
+
+
+async def _embed_messages(
+    gateway: Gateway, engine: FamilyEngine, messages: list[EmbeddingMessage]
+) -> tuple[list[np.ndarray], int]:
+    images, texts = _parts(messages)
+    if len(images) > 1 or len(texts) > 1:
+        raise InvalidRequest(
+            "'messages' may hold one image part and one text part (the instruction); "
+            f"got {len(images)} images and {len(texts)} texts"
+        )
+    if not images and not texts:
+        raise InvalidRequest("'messages' holds no image and no text")
+    if not images:
+        return await _embed_texts(gateway, engine, texts)
+    instruction = texts[0] if texts else None
+    if engine.spec.conditional and instruction is None:
+        raise InvalidInstruction(
+            f"model {engine.spec.name} is a FocalLens family: the message needs a text "
+            "part, the instruction, beside the image"
+        )
+    if not engine.spec.conditional and instruction is not None:
+        raise InvalidInstruction(
+            f"model {engine.spec.name} is a plain CLIP family: an image message takes no "
+            "text part (instruction)"
+        )
+    if instruction is not None:
+        instruction = normalise_instruction(instruction, gateway.settings.max_instruction_chars)
+    pixels = await gateway.images.prepare(engine.preprocess, _data_url_bytes(images[0]))
+    vector = await engine.embed_image(pixels, instruction)
+    return [vector], (_token_count(engine, instruction) if instruction is not None else 0)
+
+
+def _parts(messages: list[EmbeddingMessage]) -> tuple[list[str], list[str]]:
+    """(image URLs, texts) in message order."""
+    images, texts = [], []
+    for message in messages:
+        content = (
+            [TextPart(type="text", text=message.content)]
+            if isinstance(message.content, str)
+            else message.content
+        )
+        for part in content:
+            if isinstance(part, ImagePart):
+                images.append(part.image_url.url)
+            else:
+                texts.append(part.text)
+    return images, texts
+
+
+def _data_url_bytes(url: str) -> bytes:
+    if url.startswith(("http://", "https://")):
+        raise InvalidImage(
+            "remote image URLs are not fetched: send the image inline as "
+            "data:image/<type>;base64,<data>"
+        )
+    header, _, _ = url.partition(",")
+    if not url.startswith("data:") or not header.endswith(";base64"):
+        raise InvalidImage(
+            "image_url.url must be a base64 data URL: data:image/<type>;base64,<data>"
+        )
+    return b64decode(url, "image_url.url")
+
+
+def _encoded(vector: np.ndarray, encoding_format: str) -> np.ndarray | str:
+    vector = np.asarray(vector, dtype="<f4")
+    return (
+        base64.b64encode(vector.tobytes()).decode("ascii")
+        if encoding_format == "base64"
+        else vector
+    )
+
+
+def _token_count(engine: FamilyEngine, text: str) -> int:
+    """Tokens the text tower sees: start and end included, padding not, cut at its context."""
+    return int(np.count_nonzero(engine.tokenize(text)))

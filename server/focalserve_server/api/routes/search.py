@@ -1,0 +1,27 @@
+"""POST /search: a query against one collection under one condition."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from focalserve_client.schemas import ErrorResponse, SearchRequest, SearchResponse
+from focalserve_server.api.deps import GatewayDep, ReadAccess
+from focalserve_server.api.payloads import b64decode
+from focalserve_server.api.responses import FastJSONResponse
+
+router = APIRouter(tags=["search"], dependencies=[ReadAccess])
+
+
+@router.post("/search", response_model=SearchResponse,
+             responses={status: {"model": ErrorResponse} for status in (404, 413, 422, 503)})
+async def search(body: SearchRequest, gateway: GatewayDep) -> FastJSONResponse:
+    """Top-k items of a collection for an image, text or stored item, under one condition."""
+    query = body.query.model_dump()
+    if body.query.image is not None:
+        query["image"] = b64decode(body.query.image, "query.image")
+    condition, hits = await gateway.collections.search(body.collection, body.condition, query, body.k, body.filter)
+    return FastJSONResponse({
+        "collection": body.collection,
+        "condition": condition.instruction,
+        "results": [{"id": hit.id, "score": hit.score, "metadata": hit.metadata} for hit in hits],
+    })

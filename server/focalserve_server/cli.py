@@ -1,0 +1,47 @@
+"""The `focalserve` command. Subcommands come from the `focalserve.commands` entry points,
+so that training's commands (export, train, eval) plug in without the server importing them."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from importlib.metadata import entry_points
+from typing import get_origin
+
+from focalserve_server.config import Settings
+
+
+def add_serve_command(subcommands: argparse._SubParsersAction) -> None:
+    parser = subcommands.add_parser("serve", help="run the HTTP gateway")
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if get_origin(field.annotation) is list:
+            parser.add_argument(flag, nargs="*", default=None, help=field.description)
+        else:
+            parser.add_argument(flag, default=None, help=f"{field.description or ''} (env FOCALSERVE_{name.upper()})")
+    parser.add_argument("--log-level", default="info")
+    parser.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from focalserve_server.app import create_app
+
+    overrides = {name: getattr(args, name) for name in Settings.model_fields if getattr(args, name) is not None}
+    settings = Settings(**overrides)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="focalserve", description=__doc__)
+    subcommands = parser.add_subparsers(dest="command", required=True)
+    for entry in sorted(entry_points(group="focalserve.commands"), key=lambda e: e.name):
+        entry.load()(subcommands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.handler(args)

@@ -1,0 +1,25 @@
+"""What the app holds while it runs: settings, backend, engine, metrics, image decoding, collections."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from focalserve_server.backends.base import ModelBackend
+from focalserve_server.config import Settings
+from focalserve_server.engine import Engine
+from focalserve_server.images import ImageDecoder
+from focalserve_server.metrics import Metrics
+from focalserve_server.search.service import CollectionService
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    metrics: Metrics
+    backend: ModelBackend
+    engine: Engine
+    images: ImageDecoder
+    collections: CollectionService
+
+    def __post_init__(self) -> None:
+        self.api_keys = self.settings.api_key_list()  # parsed once, not per request

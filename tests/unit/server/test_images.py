@@ -1,0 +1,256 @@
+"""Decoding untrusted image bytes, and open_clip preprocessing from a family's metadata."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from PIL import Image
+
+from focalserve_family import FamilyMetadata
+from focalserve_server.errors import ImageTooLarge, InvalidImage
+from focalserve_server.images import ImagePreprocessor, decode_image
+
+MAX_BYTES = 1 << 20
+MAX_PIXELS = 10_000_000
+RED, BLUE = (255, 0, 0), (0, 0, 255)
+EXIF_ORIENTATION = 0x0112
+
+
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def decode(data: bytes, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    return decode_image(data, max_bytes=max_bytes, max_pixels=max_pixels)
+
+
+def noise(width: int, height: int) -> Image.Image:
+    pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def blank_bilevel_png(width: int, height: int) -> bytes:
+    """A complete, valid 1-bit PNG; all-zero rows deflate to almost nothing, whatever the size."""
+    compressor = zlib.compressobj(9)
+    row = bytes(1 + (width + 7) // 8)  # filter byte + packed bits
+    idat = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1 bit, greyscale
+    chunks = _chunk(b"IHDR", header) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + chunks
+
+
+def assert_close(pixel, expected, tolerance=8):
+    assert all(abs(a - b) <= tolerance for a, b in zip(pixel, expected, strict=True)), (
+        pixel,
+        expected,
+    )
+
+
+# --- refusals ----------------------------------------------------------------------------
+
+
+def test_empty_data_is_invalid():
+    with pytest.raises(InvalidImage, match="empty") as caught:
+        decode(b"")
+    assert caught.value.status == 422
+    assert caught.value.code == "invalid_image"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        np.random.default_rng(1).bytes(4096),
+        b"GIF89a not really",
+        b"\x89PNG\r\n\x1a\n",  # a PNG signature and nothing else
+        b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+    ],
+    ids=["random", "fake-gif", "png-signature-only", "svg"],
+)
+def test_non_image_bytes_are_invalid(data):
+    with pytest.raises(InvalidImage):
+        decode(data)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_truncated_image_is_invalid(fmt):
+    data = encode(noise(64, 64), fmt)
+    assert decode(data).size == (64, 64)
+    with pytest.raises(InvalidImage, match="could not be decoded"):
+        decode(data[: len(data) // 2])
+
+
+def test_more_bytes_than_the_limit_is_too_large():
+    data = encode(noise(16, 16), "PNG")
+    assert decode(data, max_bytes=len(data)).size == (16, 16)  # the limit itself is allowed
+    with pytest.raises(ImageTooLarge, match=f"the limit is {len(data) - 1}") as caught:
+        decode(data, max_bytes=len(data) - 1)
+    assert caught.value.status == 413
+    assert caught.value.code == "image_too_large"
+
+
+@pytest.fixture(scope="module")
+def bomb_png() -> bytes:
+    return blank_bilevel_png(20_000, 20_000)
+
+
+def test_decompression_bomb_is_refused(bomb_png):
+    assert len(bomb_png) < 100_000  # 400 million pixels in a few tens of KB
+    with pytest.raises(ImageTooLarge) as caught:
+        decode(bomb_png)
+    assert caught.value.status == 413
+
+
+def test_pixel_limit_is_checked_before_decoding():
+    data = blank_bilevel_png(5_000, 5_000)  # 25 Mpx: over our limit, under PIL's own bomb guard
+    with pytest.raises(ImageTooLarge, match="5000x5000 pixels; the limit is 10000000"):
+        decode(data)
+    # Cut in half, decoding would fail; the refusal for size must come first, from the header.
+    with pytest.raises(ImageTooLarge):
+        decode(data[: len(data) // 2])
+
+
+def test_pixel_limit_boundary():
+    data = encode(noise(100, 100), "PNG")
+    assert decode(data, max_pixels=10_000).size == (100, 100)
+    with pytest.raises(ImageTooLarge):
+        decode(data, max_pixels=9_999)
+
+
+# --- modes and formats to RGB ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("image", "fmt", "expected"),
+    [
+        (Image.new("RGB", (12, 8), RED), "PNG", RED),
+        (Image.new("L", (12, 8), 100), "PNG", (100, 100, 100)),
+        (Image.new("LA", (12, 8), (100, 255)), "PNG", (100, 100, 100)),
+        (Image.new("1", (12, 8), 1), "PNG", (255, 255, 255)),
+        (Image.new("RGBA", (12, 8), (255, 0, 0, 255)), "PNG", RED),
+        (Image.new("RGB", (12, 8), RED).convert("P"), "PNG", RED),
+        (Image.new("L", (12, 8), 100), "JPEG", (100, 100, 100)),
+        (Image.new("RGB", (12, 8), RED), "JPEG", RED),
+        (Image.new("CMYK", (12, 8), (0, 255, 255, 0)), "JPEG", RED),
+        (Image.new("RGB", (12, 8), RED), "WEBP", RED),
+        (Image.new("RGB", (12, 8), RED), "BMP", RED),
+        (Image.new("RGB", (12, 8), RED), "TIFF", RED),
+    ],
+    ids=[
+        "rgb",
+        "grey",
+        "grey-alpha",
+        "bilevel",
+        "rgba",
+        "palette",
+        "grey-jpeg",
+        "rgb-jpeg",
+        "cmyk-jpeg",
+        "webp",
+        "bmp",
+        "tiff",
+    ],
+)
+def test_decodes_to_rgb(image, fmt, expected):
+    decoded = decode(encode(image, fmt))
+    assert decoded.mode == "RGB"
+    assert decoded.size == (12, 8)
+    assert_close(decoded.getpixel((6, 4)), expected)
+
+
+def test_transparent_rgba_decodes_to_rgb():
+    decoded = decode(encode(Image.new("RGBA", (12, 8), (0, 0, 255, 0)), "PNG"))
+    assert decoded.mode == "RGB"
+    assert decoded.size == (12, 8)
+
+
+@pytest.mark.parametrize(("level16", "level8"), [(0, 0), (65535, 255), (32896, 128), (16448, 64)])
+def test_16_bit_greyscale_png_keeps_its_brightness(level16, level8):
+    """16-bit levels scale to 8-bit ones (divide by 257), rather than saturating at 255."""
+    image = Image.fromarray(np.full((8, 12), level16, dtype=np.uint16))
+    data = encode(image, "PNG")
+    assert Image.open(io.BytesIO(data)).mode == "I;16"
+    decoded = decode(data)
+    assert decoded.mode == "RGB"
+    assert decoded.size == (12, 8)
+    assert_close(decoded.getpixel((6, 4)), (level8,) * 3, tolerance=1)
+
+
+def test_exif_orientation_is_applied():
+    image = Image.new("RGB", (20, 10), BLUE)
+    image.paste(RED, (0, 0, 10, 10))  # left half red
+    exif = Image.Exif()
+    exif[EXIF_ORIENTATION] = 6  # stored on its side: display rotated 90 degrees clockwise
+    decoded = decode(encode(image, "JPEG", exif=exif, quality=95))
+
+    assert decoded.mode == "RGB"
+    assert decoded.size == (10, 20)
+    assert_close(decoded.getpixel((5, 3)), RED, tolerance=40)  # the left half is now on top
+    assert_close(decoded.getpixel((5, 16)), BLUE, tolerance=40)
+
+
+def test_animated_gif_decodes_its_first_frame():
+    frames = [Image.new("RGB", (12, 8), RED), Image.new("RGB", (12, 8), BLUE)]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 2
+
+    decoded = decode(data)
+    assert decoded.mode == "RGB"
+    assert decoded.size == (12, 8)
+    assert decoded.getpixel((6, 4)) == RED
+
+
+# --- preprocessing -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def spec() -> FamilyMetadata:
+    return FamilyMetadata(
+        name="tiny",
+        family="clip",
+        open_clip_model="tiny",
+        image_size=32,
+        image_mean=OPENAI_DATASET_MEAN,
+        image_std=OPENAI_DATASET_STD,
+        interpolation="bicubic",
+        resize_mode="shortest",
+        tokenizer="tiny",
+        context_length=16,
+        embedding_dim=8,
+        condition_dim=8,
+        checkpoint_hash="0" * 12,
+    )
+
+
+@pytest.mark.parametrize("size", [(32, 32), (64, 48), (17, 90), (1, 1)])
+def test_preprocessor_output_shape_and_dtype(spec, size):
+    pixels = ImagePreprocessor(spec)(noise(*size))
+    assert pixels.shape == (3, 32, 32)
+    assert pixels.dtype == np.float32
+    assert np.isfinite(pixels).all()
+
+
+def test_preprocessor_normalises_with_the_family_mean_and_std(spec):
+    colour = (200, 100, 50)
+    pixels = ImagePreprocessor(spec)(Image.new("RGB", (48, 40), colour))
+    mean, std = np.array(OPENAI_DATASET_MEAN), np.array(OPENAI_DATASET_STD)
+    expected = (np.array(colour) / 255 - mean) / std
+    for channel in range(3):
+        np.testing.assert_allclose(pixels[channel], expected[channel], atol=1e-2)
+
+
+def test_preprocessor_accepts_decoded_uploads(spec):
+    decoded = decode(encode(Image.new("RGBA", (40, 30), (10, 20, 30, 128)), "PNG"))
+    pixels = ImagePreprocessor(spec)(decoded)
+    assert pixels.shape == (3, 32, 32)
+    assert pixels.dtype == np.float32

@@ -1,0 +1,62 @@
+"""Export: TorchScript equals eager, configs parse with Triton's protobuf, the gateway reads them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tritonclient.grpc import model_config_pb2 as pb
+
+from focalserve_family import families_from_configs, model_specs, parse_pbtxt, read_repository
+from focalserve_training.export import example_inputs, export_family, family_metadata, role_modules
+from tests.helpers.models import TINY
+
+
+@pytest.mark.parametrize("family", ["focallens", "tinyclip"])
+@pytest.mark.parametrize("batch", [1, 7])
+def test_exported_models_equal_eager_outputs(model_repository, focallens_model, clip_model, family, batch):
+    model = focallens_model if family == "focallens" else clip_model
+    name = "tiny" if family == "focallens" else "tinyclip"
+    metadata = family_metadata(model, "focallens" if family == "focallens" else "clip", name, TINY)
+    modules = role_modules(model)
+    for role, spec in model_specs(metadata, max_batch_size=64).items():
+        script = torch.jit.load(str(model_repository / spec.name / "1" / "model.pt"))
+        inputs = example_inputs(spec.inputs, batch)
+        with torch.no_grad():
+            torch.testing.assert_close(script(*inputs), modules[role](*inputs), atol=1e-5, rtol=0)
+
+
+def test_every_config_parses_with_tritons_protobuf(model_repository):
+    configs = sorted(model_repository.glob("*/config.pbtxt"))
+    assert {path.parent.name for path in configs} == {
+        "tiny_image", "tiny_instruction", "tiny_text", "tinyclip_image", "tinyclip_text"}
+    for path in configs:
+        config = parse_pbtxt(path.read_text())
+        assert config.name == path.parent.name
+        assert config.max_batch_size > 0
+        assert config.HasField("dynamic_batching")
+        assert config.backend == "python"
+        assert (path.parent / "1" / "model.py").is_file()
+
+
+def test_libtorch_flavour_targets_gpus_with_preferred_batch_sizes(tmp_path: Path, clip_model):
+    export_family(clip_model, "clip", TINY, "gpu", tmp_path, "libtorch")
+    config = parse_pbtxt((tmp_path / "gpu_image" / "config.pbtxt").read_text())
+    assert config.backend == "pytorch"
+    assert config.instance_group[0].kind == pb.ModelInstanceGroup.KIND_GPU
+    assert list(config.dynamic_batching.preferred_batch_size) == [16, 32, 64]
+    assert not (tmp_path / "gpu_image" / "1" / "model.py").exists()
+    assert (tmp_path / "gpu_image" / "1" / "model.pt").is_file()
+
+
+def test_the_gateway_reads_the_family_that_export_wrote(model_repository, focallens_model):
+    families = families_from_configs(read_repository(model_repository))
+    tiny, tinyclip = families["tiny"], families["tinyclip"]
+    assert tiny.conditional and not tinyclip.conditional
+    assert tiny.models["image"].input_names == ("PIXELS", "CONDITION")
+    assert tiny.models["instruction"].output.name == "CONDITION"
+    assert tinyclip.models.keys() == {"image", "text"}
+    assert (tiny.image_size, tiny.context_length, tiny.embedding_dim, tiny.condition_dim) == (32, 16, 64, 64)
+    assert tiny.image_mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
+    assert tiny.checkpoint_hash != tinyclip.checkpoint_hash

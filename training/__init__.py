@@ -1,4 +1,0 @@
-"""FocalServe training: conditional models on open_clip, losses, data, loop, evaluation, export.
-
-Nothing here imports the server; the server only reads what `training.export` writes.
-"""

@@ -1,0 +1,174 @@
+"""Export a model family into a Triton model repository (docs/design.md section 2).
+
+`NAME_image`, `NAME_instruction` (FocalLens only) and `NAME_text`, each a TorchScript
+`1/model.pt` plus a `config.pbtxt` whose parameters carry the family's metadata.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import open_clip
+import torch
+from open_clip.model import CLIP
+from torch import nn
+
+from focalserve_family import (
+    Backend,
+    BatchingPolicy,
+    FamilyKind,
+    FamilyMetadata,
+    ModelSpec,
+    Role,
+    TensorSpec,
+    default_batching,
+    model_config,
+    model_specs,
+    to_pbtxt,
+)
+from focalserve_training.models import FocalLensCLIP
+from focalserve_training.models.factory import state_hash
+
+PYTHON_BACKEND_MODEL = Path(__file__).resolve().parent / "templates" / "model.py"
+
+
+class ImageEncoder(nn.Module):
+    """PIXELS -> L2-normalised EMBEDDING (plain CLIP)."""
+
+    def __init__(self, clip: CLIP) -> None:
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, PIXELS: torch.Tensor) -> torch.Tensor:  # noqa: N803 (Triton tensor name)
+        return self.clip.encode_image(PIXELS, normalize=True)
+
+
+class ConditionalImageEncoder(nn.Module):
+    """(PIXELS, CONDITION) -> L2-normalised conditional EMBEDDING (FocalLens)."""
+
+    def __init__(self, model: FocalLensCLIP) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, PIXELS: torch.Tensor, CONDITION: torch.Tensor) -> torch.Tensor:  # noqa: N803
+        return self.model.encode_image(PIXELS, CONDITION)
+
+
+class InstructionEncoder(nn.Module):
+    """TOKENS -> CONDITION (FocalLens instruction tower)."""
+
+    def __init__(self, model: FocalLensCLIP) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, TOKENS: torch.Tensor) -> torch.Tensor:  # noqa: N803
+        return self.model.encode_instruction(TOKENS)
+
+
+class TextEncoder(nn.Module):
+    """TOKENS -> L2-normalised EMBEDDING (the answer / query text tower)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, TOKENS: torch.Tensor) -> torch.Tensor:  # noqa: N803
+        return self.model.encode_text(TOKENS, normalize=True)
+
+
+def family_metadata(model: nn.Module, family: FamilyKind, name: str, model_name: str) -> FamilyMetadata:
+    clip = model.clip if isinstance(model, FocalLensCLIP) else model
+    preprocess = open_clip.get_model_preprocess_cfg(clip)
+    size = preprocess["size"]
+    image_size = size if isinstance(size, int) else size[0]
+    context_length = int(clip.context_length)
+    tokens = open_clip.get_tokenizer(model_name, context_length=context_length)(["probe"])
+    with torch.inference_mode():
+        embedding_dim = int(clip.encode_text(tokens).shape[-1])
+    return FamilyMetadata(
+        family=family,
+        name=name,
+        open_clip_model=model_name,
+        image_size=int(image_size),
+        image_mean=tuple(preprocess["mean"]),
+        image_std=tuple(preprocess["std"]),
+        interpolation=preprocess.get("interpolation", "bicubic"),
+        resize_mode=preprocess.get("resize_mode", "shortest"),
+        tokenizer=model_name,
+        context_length=context_length,
+        embedding_dim=embedding_dim,
+        condition_dim=model.condition_dim if isinstance(model, FocalLensCLIP) else 0,
+        checkpoint_hash=state_hash(model),
+    )
+
+
+def role_modules(model: nn.Module) -> dict[Role, nn.Module]:
+    """The module each Triton model of the family runs (tensor names as in `model_specs`)."""
+    if isinstance(model, FocalLensCLIP):
+        return {
+            "image": ConditionalImageEncoder(model),
+            "instruction": InstructionEncoder(model),
+            "text": TextEncoder(model),
+        }
+    return {"image": ImageEncoder(model), "text": TextEncoder(model)}
+
+
+def example_inputs(specs: tuple[TensorSpec, ...], batch: int = 2) -> tuple[torch.Tensor, ...]:
+    generator = torch.Generator().manual_seed(0)
+    examples = []
+    for spec in specs:
+        shape = (batch, *spec.dims)
+        if spec.dtype == "int64":
+            examples.append(torch.randint(1, 1000, shape, generator=generator))
+        else:
+            examples.append(torch.randn(shape, generator=generator))
+    return tuple(examples)
+
+
+def to_torchscript(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch.jit.ScriptModule:
+    """Trace `module`; the one place that picks the serialisation (torch.export could sit here)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript's deprecation notice is not the user's concern
+        with torch.inference_mode(False), torch.no_grad():
+            return torch.jit.trace(module.eval(), inputs, check_trace=False)
+
+
+def export_family(
+    model: nn.Module,
+    family: FamilyKind,
+    model_name: str,
+    name: str,
+    repository: Path,
+    backend: Backend = "python",
+    batching: BatchingPolicy | None = None,
+) -> list[Path]:
+    """Write every Triton model of the family; returns the model directories."""
+    batching = batching or default_batching(backend)
+    model = model.eval()
+    metadata = family_metadata(model, family, name, model_name)
+    modules = role_modules(model)
+    return [
+        _write_model(spec, modules[role], metadata, repository, backend, batching)
+        for role, spec in model_specs(metadata, batching.max_batch_size).items()
+    ]
+
+
+def _write_model(
+    spec: ModelSpec,
+    module: nn.Module,
+    metadata: FamilyMetadata,
+    repository: Path,
+    backend: Backend,
+    batching: BatchingPolicy,
+) -> Path:
+    directory = repository / spec.name
+    if directory.exists():
+        shutil.rmtree(directory)
+    (directory / "1").mkdir(parents=True)
+    to_torchscript(module, example_inputs(spec.inputs)).save(str(directory / "1" / "model.pt"))
+    if backend == "python":
+        shutil.copy(PYTHON_BACKEND_MODEL, directory / "1" / "model.py")
+    (directory / "config.pbtxt").write_text(to_pbtxt(model_config(spec, metadata, backend, batching)))
+    return directory

@@ -1,0 +1,236 @@
+"""Training recipes: what model, data, batches and loss each objective uses.
+
+One training loop (`focalserve_training.loop`) runs every recipe:
+- `clip`: plain CLIP contrastive training on image-caption pairs (the demo's base model);
+- `focallens`: conditional image embeddings against the frozen answer tower (FocalLens);
+- `fsc-clip`: CLIP fine-tuning with global and local hard negatives and SCR (FSC-CLIP).
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from torch import nn
+from torch.utils.data import ConcatDataset, Dataset
+
+from focalserve_training.data import (
+    COLORSHAPE_ANTONYMS,
+    COLORSHAPE_WORD_GROUPS,
+    ENGLISH_ANTONYMS,
+    ENGLISH_WORD_GROUPS,
+    CaptionDataset,
+    ColorShapeCaptions,
+    ColorShapeInstructions,
+    GroupedInstructionBatchSampler,
+    InstructionTripletDataset,
+    TwoObjectCaptions,
+    read_caption_jsonl,
+    read_llava_triplets,
+    rule_based_generator,
+)
+from focalserve_training.losses import FocalLensLoss, FSCCLIPLoss, symmetric_infonce
+from focalserve_training.models import FocalLensCLIP, load_family_model
+from focalserve_training.models.tokens import encode_image_tokens, encode_text_tokens
+
+RECIPES = ("clip", "focallens", "fsc-clip")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where training data comes from: `colorshape`, `scenes` (two-object ColorShape),
+    `colorshape+scenes` (half each), `llava` (instruction JSON) or `captions` (JSONL)."""
+
+    kind: str = "colorshape"
+    path: Path | None = None
+    image_root: Path = Path(".")
+    size: int = 4096  # synthetic datasets: number of images
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    pretrained: str | None = None
+    checkpoint: Path | None = None
+
+
+def same_text_ids(tokens: torch.Tensor) -> torch.Tensor:
+    """Equal ids for identical token rows: identical texts in a batch are not each other's negatives."""
+    return torch.unique(tokens, dim=0, return_inverse=True)[1]
+
+
+class Recipe:
+    """Builds the pieces of one training objective; the loop stays recipe-agnostic."""
+
+    name: str
+    family: str
+
+    def __init__(self, model_spec: ModelSpec, data: DataSpec) -> None:
+        self.model_spec = model_spec
+        self.data = data
+        self.model = self.build_model()
+        clip = self.model.clip if isinstance(self.model, FocalLensCLIP) else self.model
+        preprocess = open_clip.get_model_preprocess_cfg(clip)
+        self.transform = open_clip.image_transform(
+            preprocess["size"], is_train=False, mean=preprocess["mean"], std=preprocess["std"],
+            interpolation=preprocess.get("interpolation"), resize_mode=preprocess.get("resize_mode"),
+        )
+        self.tokenizer = open_clip.get_tokenizer(model_spec.name, context_length=clip.context_length)
+
+    def build_model(self) -> nn.Module:
+        spec = self.model_spec
+        return load_family_model(self.family, spec.name, spec.pretrained, spec.checkpoint).train()
+
+    def dataset(self) -> Dataset:
+        raise NotImplementedError
+
+    def batch_sampler(self, dataset: Dataset, batch_size: int, seed: int, replicas: int, rank: int) -> Any:
+        """None means: the loop shuffles with a distributed sampler of its own."""
+        return None
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def new_parameter_names(self) -> tuple[str, ...]:
+        """Parameters created by the recipe (not pretrained): they get a larger learning rate."""
+        return ()
+
+    def _pixels(self, items: list[dict[str, Any]]) -> torch.Tensor:
+        return torch.stack([self.transform(item["image"]) for item in items])
+
+    def _caption_dataset(self) -> Dataset:
+        data = self.data
+        if data.kind == "colorshape":
+            return ColorShapeCaptions(data.size, seed=data.seed)
+        if data.kind == "scenes":
+            return TwoObjectCaptions(data.size, seed=data.seed)
+        if data.kind == "colorshape+scenes":  # compositional data without forgetting single objects
+            half = data.size // 2
+            return ConcatDataset([ColorShapeCaptions(half, seed=data.seed), TwoObjectCaptions(half, seed=data.seed)])
+        if data.kind == "captions" and data.path is not None:
+            return CaptionDataset(read_caption_jsonl(data.path, data.image_root))
+        raise ValueError(
+            f"recipe {self.name} reads colorshape, scenes, colorshape+scenes or captions:FILE, not {data.kind!r}"
+        )
+
+
+class ClipRecipe(Recipe):
+    name, family = "clip", "clip"
+
+    def dataset(self) -> Dataset:
+        return self._caption_dataset()
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        captions = self.tokenizer([item["caption"] for item in items])
+        return {"pixels": self._pixels(items), "captions": captions, "caption_ids": same_text_ids(captions)}
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        image, text, scale = model(batch["pixels"], batch["captions"])
+        ids = batch["caption_ids"]
+        return {"contrastive_loss": symmetric_infonce(scale * image @ text.T, ids[:, None] == ids[None, :])}
+
+
+class FocalLensRecipe(Recipe):
+    name, family = "focallens", "focallens"
+    instructions_per_image = 4
+
+    def __init__(self, model_spec: ModelSpec, data: DataSpec) -> None:
+        super().__init__(model_spec, data)
+        self.model.freeze_answer_tower()
+        self._loss = FocalLensLoss()
+
+    def dataset(self) -> Dataset:
+        data = self.data
+        if data.kind == "colorshape":
+            return ColorShapeInstructions(data.size, seed=data.seed)
+        if data.kind == "llava" and data.path is not None:
+            return InstructionTripletDataset(read_llava_triplets(data.path, data.image_root))
+        raise ValueError(f"the focallens recipe reads colorshape or llava:FILE, not {data.kind!r}")
+
+    def batch_sampler(self, dataset: Dataset, batch_size: int, seed: int, replicas: int, rank: int) -> Any:
+        """Several instructions of one image share a batch, so the loss must separate them."""
+        return GroupedInstructionBatchSampler(
+            dataset.image_ids, batch_size, self.instructions_per_image, seed=seed, num_replicas=replicas, rank=rank
+        )
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        answers = self.tokenizer([item["answer"] for item in items])
+        return {
+            "pixels": self._pixels(items),
+            "instructions": self.tokenizer([item["instruction"] for item in items]),
+            "answers": answers,
+            "answer_ids": same_text_ids(answers),
+        }
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        output = model(batch["pixels"], batch["instructions"], batch["answers"])
+        return self._loss({**output, "answer_ids": batch["answer_ids"]})
+
+    def new_parameter_names(self) -> tuple[str, ...]:
+        return ("condition_token.",)
+
+
+class FSCCLIPRecipe(Recipe):
+    name, family = "fsc-clip", "clip"
+    num_negatives = 3
+
+    def __init__(self, model_spec: ModelSpec, data: DataSpec) -> None:
+        super().__init__(model_spec, data)
+        self._loss = FSCCLIPLoss()
+        synthetic = data.kind in ("colorshape", "scenes", "colorshape+scenes")
+        self.negatives = rule_based_generator(
+            COLORSHAPE_WORD_GROUPS if synthetic else ENGLISH_WORD_GROUPS,
+            COLORSHAPE_ANTONYMS if synthetic else ENGLISH_ANTONYMS,
+            self.num_negatives,
+        )
+
+    def dataset(self) -> Dataset:
+        return self._caption_dataset()
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        captions = [item["caption"] for item in items]
+        rng = random.Random(zlib.crc32("\n".join(captions).encode()))  # same batch, same negatives
+        negatives, valid = zip(*(self.negatives(caption, rng) for caption in captions))
+        return {
+            "pixels": self._pixels(items),
+            "captions": self.tokenizer(captions),
+            "negatives": self.tokenizer([text for group in negatives for text in group]),
+            "negative_mask": torch.tensor(valid, dtype=torch.bool),
+        }
+
+    def loss(self, clip: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        batch_size, negatives = batch["negative_mask"].shape
+        image, patches = encode_image_tokens(clip, batch["pixels"])
+        text, words, word_mask = encode_text_tokens(clip, batch["captions"])
+        negative, negative_words, negative_mask = encode_text_tokens(clip, batch["negatives"])
+        shape = (batch_size, negatives)
+        return self._loss({
+            "image_features": image,
+            "text_features": text,
+            "logit_scale": clip.logit_scale.exp(),
+            "hard_negative_features": negative.reshape(*shape, -1),
+            "hard_negative_mask": batch["negative_mask"],
+            "patch_tokens": patches,
+            "text_tokens": words,
+            "text_token_mask": word_mask,
+            "hard_negative_tokens": negative_words.reshape(*shape, *negative_words.shape[1:]),
+            "hard_negative_token_mask": negative_mask.reshape(*shape, -1),
+        })
+
+
+def create_recipe(name: str, model_spec: ModelSpec, data: DataSpec, seed: int = 0) -> Recipe:
+    """The recipe with its model built under `seed` (new parameters are initialised randomly)."""
+    torch.manual_seed(seed)
+    recipes = {recipe.name: recipe for recipe in (ClipRecipe, FocalLensRecipe, FSCCLIPRecipe)}
+    if name not in recipes:
+        raise ValueError(f"unknown recipe {name!r}; expected one of {RECIPES}")
+    return recipes[name](model_spec, data)
