@@ -12,18 +12,20 @@ arrays) and tqdm for progress bars.
 from focalserve_client.client import DEFAULT_MAX_INPUTS, AsyncClient, Client
 from focalserve_client.errors import (
     ConditionFailedError,
-    ConnectionError,
     FocalServeError,
     InvalidRequestError,
     NotFoundError,
     OverloadedError,
+    RequestTimeoutError,
     ServerError,
-    TimeoutError,
+    ServerUnreachableError,
+    deprecated_name,
 )
 from focalserve_client.schemas import (
     CollectionInfo,
     ConditionInfo,
     ItemInfo,
+    ItemPage,
     ModelInfo,
     SearchResponse,
     SearchResult,
@@ -38,15 +40,21 @@ __all__ = [
     "CollectionInfo",
     "ConditionFailedError",
     "ConditionInfo",
-    "ConnectionError",
     "FocalServeError",
     "InvalidRequestError",
     "ItemInfo",
+    "ItemPage",
     "ModelInfo",
     "NotFoundError",
     "OverloadedError",
+    "RequestTimeoutError",
     "SearchResponse",
     "SearchResult",
     "ServerError",
-    "TimeoutError",
+    "ServerUnreachableError",
 ]
+
+
+def __getattr__(name: str) -> type[FocalServeError]:
+    """`ConnectionError` and `TimeoutError`, the errors' old names, with a DeprecationWarning."""
+    return deprecated_name(__name__, name)

@@ -8,13 +8,14 @@ from __future__ import annotations
 import base64
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+from numpy.typing import NDArray
 
-ImageLike = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray | Any
+ImageLike = str | os.PathLike[str] | bytes | bytearray | memoryview | NDArray[np.uint8] | Any
 """A path, encoded image bytes, a binary file object, a PIL image or an HxW(x3|x4) uint8 array."""
 
 
@@ -42,7 +43,7 @@ def as_image_list(images: ImageLike | Sequence[ImageLike]) -> list[ImageLike]:
         return list(images)
     if _is_single(images):
         return [images]
-    return list(images)
+    return list(cast(Iterable[ImageLike], images))
 
 
 def encode_image(image: ImageLike) -> bytes:
@@ -69,7 +70,7 @@ def b64_image(image: ImageLike) -> str:
     return base64.b64encode(encode_image(image)).decode("ascii")
 
 
-def _array_to_pil(array: np.ndarray) -> Any:
+def _array_to_pil(array: NDArray[Any]) -> Any:
     if array.dtype != np.uint8:
         raise ValueError(
             f"numpy images must be uint8 (0..255), got {array.dtype}; convert first, "

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import random
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -19,9 +18,9 @@ from typing import Any
 import httpx
 
 from focalserve_client.errors import (
-    ConnectionError,
     FocalServeError,
-    TimeoutError,
+    RequestTimeoutError,
+    ServerUnreachableError,
     error_from_response,
 )
 
@@ -33,7 +32,7 @@ _BROKEN = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 
 @dataclass(frozen=True)
 class Call:
-    """One API request, described independently of sync or async sending."""
+    """One API request: what to send, and how to treat its failures."""
 
     method: str
     path: str
@@ -84,8 +83,8 @@ def _transport_failure(error: httpx.TransportError, call: Call, attempts: int) -
     where = f"{call.method} {call.path}"
     tries = f" after {attempts} attempts" if attempts > 1 else ""
     if isinstance(error, httpx.TimeoutException):
-        return TimeoutError(f"{where}: timed out{tries} ({type(error).__name__})")
-    return ConnectionError(
+        return RequestTimeoutError(f"{where}: timed out{tries} ({type(error).__name__})")
+    return ServerUnreachableError(
         f"{where}: {type(error).__name__}: {error or 'connection failed'}{tries}"
     )
 
@@ -106,27 +105,8 @@ def _should_retry_answer(response: httpx.Response, call: Call) -> bool:
     return response.status_code == 503 and 503 not in call.answers
 
 
-def send(http: httpx.Client, policy: RetryPolicy, call: Call) -> httpx.Response:
+async def send(http: httpx.AsyncClient, policy: RetryPolicy, call: Call) -> httpx.Response:
     """Send `call`, retrying per `policy`; the response, or the mapped error."""
-    attempt = 0
-    while True:
-        try:
-            response = http.request(call.method, call.path, json=call.json, params=call.params)
-        except httpx.TransportError as error:
-            if attempt < policy.max_retries and policy.retries_transport_error(error, call):
-                time.sleep(policy.delay(attempt))
-                attempt += 1
-                continue
-            raise _transport_failure(error, call, attempt + 1) from error
-        if _should_retry_answer(response, call) and attempt < policy.max_retries:
-            time.sleep(policy.delay(attempt, response.headers.get("retry-after")))
-            attempt += 1
-            continue
-        return _checked(response, call)
-
-
-async def asend(http: httpx.AsyncClient, policy: RetryPolicy, call: Call) -> httpx.Response:
-    """As `send`, for an httpx.AsyncClient."""
     attempt = 0
     while True:
         try:

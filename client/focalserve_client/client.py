@@ -1,50 +1,62 @@
-"""`Client` and `AsyncClient`: the FocalServe HTTP API from Python.
+"""`AsyncClient` and `Client`: the FocalServe HTTP API from Python.
 
-Both build the same requests (`_Core`) and differ only in how they send them: `Client` sends
-embedding chunks one after another and item chunks from a thread pool; `AsyncClient` sends
-both concurrently on the event loop, bounded by a semaphore.
+`AsyncClient` is the implementation: every API method is written there, once. `Client` is its
+blocking face: each method runs the async client's coroutine on a private event loop in a
+background thread and waits for the result (as infinity-emb's sync engine does).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import re
+import functools
 import time
-import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence, Sized
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any
-from urllib.parse import quote
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence, Sized
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import httpx
 import numpy as np
+from numpy.typing import NDArray
 
-from focalserve_client._images import ImageLike, as_image_list, b64_image
-from focalserve_client._transport import Call, RetryPolicy, asend, send
+from focalserve_client._calls import (
+    Instructions,
+    Item,
+    ItemLike,
+    Metadata,
+    add_condition_call,
+    add_items_call,
+    collection_path,
+    create_collection_call,
+    embed_call,
+    image_inputs,
+    item_chunks,
+    item_path,
+    search_call,
+    text_inputs,
+)
+from focalserve_client._images import ImageLike, as_image_list
+from focalserve_client._progress import Progress
+from focalserve_client._sync import AwaitableTransport, BackgroundLoop
+from focalserve_client._transport import Call, RetryPolicy, send
 from focalserve_client.errors import (
     ConditionFailedError,
     FocalServeError,
     InvalidRequestError,
     NotFoundError,
-    TimeoutError,
+    RequestTimeoutError,
 )
 from focalserve_client.instructions import normalise_instruction
 from focalserve_client.schemas import (
-    CollectionCreate,
     CollectionInfo,
     CollectionList,
-    ConditionCreate,
     ConditionInfo,
-    EmbedRequest,
     HealthResponse,
     IndexKind,
-    ItemIn,
     ItemInfo,
-    ItemsAdd,
+    ItemPage,
+    ItemsAdded,
     ModelInfo,
     ModelsResponse,
-    SearchRequest,
     SearchResponse,
 )
 
@@ -53,247 +65,19 @@ __all__ = ["AsyncClient", "Client", "DEFAULT_MAX_INPUTS"]
 DEFAULT_MAX_INPUTS = 64
 """Inputs per request until the server reports a lower limit (its `too_many_inputs` error)."""
 
-Metadata = Mapping[str, str | int | float | bool | None]
-ItemLike = tuple | Mapping[str, Any]
-"""(id, image) / (id, image, metadata) tuples, or {"id", "image", "metadata"} mappings."""
-Instructions = str | Sequence[str | None] | None
+Embeddings = NDArray[np.float32]
+"""(n, D) float32, one L2-normalised row per input."""
 
-_LIMIT = re.compile(r"the limit is (\d+)")
-_POSITION = re.compile(r"(inputs|items)\[(\d+)\]")
 _USER_AGENT = "focalserve-client/0.1.0"
+_BATCHES = ("inputs", "items")  # the request lists that the client splits into chunks
+
+_Part = TypeVar("_Part")
+_Result = TypeVar("_Result")
+_Params = ParamSpec("_Params")
 
 
-class _Core:
-    """Configuration and everything that does not depend on sync or async sending."""
-
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str | None,
-        timeout: float | httpx.Timeout,
-        max_retries: int,
-        backoff_base: float,
-        backoff_max: float,
-        max_inputs_per_request: int,
-        headers: Mapping[str, str] | None,
-    ) -> None:
-        if max_inputs_per_request < 1:
-            raise ValueError("max_inputs_per_request must be at least 1")
-        self.base_url = base_url.rstrip("/")
-        self._policy = RetryPolicy(max_retries, backoff_base, backoff_max)
-        self._max_inputs = max_inputs_per_request
-        self._headers = {"User-Agent": _USER_AGENT, **(headers or {})}
-        if api_key is not None:
-            self._headers["Authorization"] = f"Bearer {api_key}"
-        self._timeout = timeout
-
-    @property
-    def max_inputs_per_request(self) -> int:
-        """Inputs per request: as configured, lowered once the server reports its limit."""
-        return self._max_inputs
-
-    # request bodies ----------------------------------------------------------------------
-
-    @staticmethod
-    def _image_inputs(images: list[ImageLike], instructions: Instructions) -> list[dict[str, Any]]:
-        if instructions is None or isinstance(instructions, str):
-            per_image = [instructions] * len(images)
-        else:
-            per_image = list(instructions)
-            if len(per_image) != len(images):
-                raise ValueError(
-                    f"{len(images)} images but {len(per_image)} instructions: pass one "
-                    "instruction for all, or one per image"
-                )
-        return [
-            {"image": b64_image(image), "instruction": instruction}
-            for image, instruction in zip(images, per_image, strict=True)
-        ]
-
-    @staticmethod
-    def _text_inputs(texts: str | Sequence[str]) -> list[dict[str, Any]]:
-        return [{"text": text} for text in ([texts] if isinstance(texts, str) else list(texts))]
-
-    @staticmethod
-    def _embed_call(inputs: list[dict[str, Any]], model: str | None) -> Call:
-        body = EmbedRequest.model_validate({"model": model, "inputs": inputs})
-        return Call("POST", "/embed", json=body.model_dump(exclude_none=True))
-
-    @staticmethod
-    def _embeddings(response: httpx.Response, expected: int) -> np.ndarray:
-        data = sorted(response.json()["data"], key=lambda entry: entry["index"])
-        if len(data) != expected:
-            raise FocalServeError(
-                f"the server returned {len(data)} embeddings for {expected} inputs"
-            )
-        return np.asarray([entry["embedding"] for entry in data], dtype=np.float32)
-
-    @staticmethod
-    def _items_payload(chunk: list[tuple[str, ImageLike, Metadata]]) -> dict[str, Any]:
-        items = [
-            ItemIn(id=item_id, image=b64_image(image), metadata=dict(metadata))
-            for item_id, image, metadata in chunk
-        ]
-        return ItemsAdd(items=items).model_dump(mode="json")
-
-    @staticmethod
-    def _search_call(
-        collection: str,
-        condition: str | None,
-        image: ImageLike | None,
-        text: str | None,
-        item_id: str | None,
-        k: int,
-        filter: Metadata | None,
-    ) -> Call:
-        query = {
-            "image": b64_image(image) if image is not None else None,
-            "text": text,
-            "item_id": item_id,
-        }
-        body = SearchRequest.model_validate(
-            {
-                "collection": collection,
-                "condition": condition,
-                "query": query,
-                "k": k,
-                "filter": dict(filter or {}),
-            }
-        )
-        return Call("POST", "/search", json=body.model_dump(mode="json"))
-
-    # paths and chunks --------------------------------------------------------------------
-
-    @staticmethod
-    def _collection_path(name: str) -> str:
-        return f"/collections/{quote(name, safe='')}"
-
-    def _item_path(self, collection: str, item_id: str) -> str:
-        # ids may hold '/': the route takes the rest of the path. Dot segments are escaped so
-        # that URL normalisation cannot rewrite them.
-        segments = [
-            quote(segment, safe="") if segment not in (".", "..") else "%2E" * len(segment)
-            for segment in item_id.split("/")
-        ]
-        return f"{self._collection_path(collection)}/items/{'/'.join(segments)}"
-
-    def _chunks(self, values: list[Any]) -> list[tuple[int, list[Any]]]:
-        size = self._max_inputs
-        return [(start, values[start : start + size]) for start in range(0, len(values), size)]
-
-    def _item_chunks(
-        self, items: Iterable[ItemLike], chunk_size: int
-    ) -> Iterator[tuple[int, list]]:
-        """Lazily: (offset, [(id, image, metadata), ...]) within chunk size and server limit."""
-        if chunk_size < 1:
-            raise ValueError("chunk_size must be at least 1")
-        iterator, offset = iter(items), 0
-        while chunk := [
-            _as_item(item) for item in itertools.islice(iterator, min(chunk_size, self._max_inputs))
-        ]:
-            yield offset, chunk
-            offset += len(chunk)
-
-    def _learned_limit(self, error: InvalidRequestError, size: int) -> int | None:
-        """The server's input limit from its `too_many_inputs` error, when it is below `size`."""
-        match = _LIMIT.search(error.message) if error.code == "too_many_inputs" else None
-        if match is None or not 1 <= int(match.group(1)) < size:
-            return None
-        self._max_inputs = min(self._max_inputs, int(match.group(1)))
-        return self._max_inputs
-
-    @staticmethod
-    def _shifted(error: FocalServeError, offset: int) -> FocalServeError:
-        """Report an input's position in the caller's list, not in its chunk."""
-        if offset:
-            error.message = _POSITION.sub(
-                lambda m: f"{m.group(1)}[{int(m.group(2)) + offset}]", error.message, 1
-            )
-        return error
-
-    @staticmethod
-    def _matching(conditions: list[ConditionInfo], instruction: str | None) -> ConditionInfo | None:
-        wanted = (
-            {None} if instruction is None else {instruction, normalise_instruction(instruction)}
-        )
-        return next((c for c in conditions if c.instruction in wanted), None)
-
-    @staticmethod
-    def _finished(
-        collection: str, condition: ConditionInfo | None, instruction: str | None
-    ) -> bool:
-        if condition is None:
-            raise NotFoundError(
-                f"condition {instruction!r} is not registered on {collection!r}",
-                status=404,
-                code="not_found",
-            )
-        if condition.status == "failed":
-            raise ConditionFailedError(
-                f"building condition {condition.instruction!r} on {collection!r} failed: "
-                f"{condition.error or 'no reason given'}",
-                code="condition_failed",
-            )
-        return condition.status == "ready"
-
-    def _http_options(self, transport: Any) -> dict[str, Any]:
-        options: dict[str, Any] = {
-            "base_url": self.base_url,
-            "timeout": self._timeout,
-            "headers": self._headers,
-        }
-        if transport is not None:
-            options["transport"] = transport
-        return options
-
-
-def _as_item(item: ItemLike) -> tuple[str, ImageLike, Metadata]:
-    if isinstance(item, Mapping):
-        unknown = set(item) - {"id", "image", "metadata"}
-        if unknown or "id" not in item or "image" not in item:
-            raise ValueError(
-                f"an item mapping needs 'id', 'image' and optional 'metadata'; got {sorted(item)}"
-            )
-        return item["id"], item["image"], item.get("metadata") or {}
-    if isinstance(item, tuple) and len(item) in (2, 3):
-        return item[0], item[1], (item[2] if len(item) == 3 else None) or {}
-    raise TypeError(
-        f"items are (id, image[, metadata]) tuples or mappings, not {type(item).__name__}"
-    )
-
-
-class _Progress:
-    """A tqdm bar when asked for and tqdm is installed; otherwise nothing."""
-
-    def __init__(self, enabled: bool, total: int | None, description: str) -> None:
-        self._bar = None
-        if not enabled:
-            return
-        try:
-            from tqdm.auto import tqdm
-        except ImportError:
-            warnings.warn(
-                "progress=True needs tqdm (pip install tqdm); continuing without a bar",
-                stacklevel=3,
-            )
-            return
-        self._bar = tqdm(total=total, desc=description, unit="item")
-
-    def update(self, count: int) -> None:
-        if self._bar is not None:
-            self._bar.update(count)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-def _length(items: Iterable[Any]) -> int | None:
-    return len(items) if isinstance(items, Sized) else None
-
-
-class Client(_Core):
-    """A synchronous FocalServe client; use it as a context manager (or call `close()`).
+class AsyncClient:
+    """A FocalServe client for asyncio; use `async with` (or await `aclose()`).
 
     Args:
         base_url: the gateway, e.g. "http://127.0.0.1:8000".
@@ -304,266 +88,12 @@ class Client(_Core):
             ("full jitter"); a 503's Retry-After is honoured instead, capped at `backoff_max`.
         max_inputs_per_request: inputs per /embed or items per add request; lowered automatically
             when the server reports a smaller limit.
-        transport: an httpx transport (tests, proxies, custom TLS); httpx's default otherwise.
-
-    Every method raises the errors of `focalserve_client.errors`: `ConnectionError`,
-    `TimeoutError`, `OverloadedError`, `NotFoundError`, `InvalidRequestError`, `ServerError`.
-    """
-
-    def __init__(
-        self,
-        base_url: str = "http://127.0.0.1:8000",
-        api_key: str | None = None,
-        *,
-        timeout: float | httpx.Timeout = 60.0,
-        max_retries: int = 3,
-        backoff_base: float = 0.25,
-        backoff_max: float = 8.0,
-        max_inputs_per_request: int = DEFAULT_MAX_INPUTS,
-        headers: Mapping[str, str] | None = None,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        super().__init__(
-            base_url,
-            api_key,
-            timeout,
-            max_retries,
-            backoff_base,
-            backoff_max,
-            max_inputs_per_request,
-            headers,
-        )
-        self._http = httpx.Client(**self._http_options(transport))
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._http.close()
-
-    def _send(self, call: Call) -> httpx.Response:
-        return send(self._http, self._policy, call)
-
-    # embeddings --------------------------------------------------------------------------
-
-    def embed(
-        self,
-        images: ImageLike | Sequence[ImageLike],
-        instructions: Instructions = None,
-        model: str | None = None,
-    ) -> np.ndarray:
-        """Embed images, each under its instruction (FocalLens) or none (CLIP): float32 (n, D).
-
-        `images`: one image or a sequence (paths, encoded bytes, binary files, PIL images, HxWx3
-        uint8 arrays, or an (N, H, W, 3) array). `instructions`: one string for every image, or
-        one per image. Inputs beyond the server's limit are split over several requests, sent
-        one after another.
-        """
-        inputs = self._image_inputs(as_image_list(images), instructions)
-        return self._embed_all(inputs, model)
-
-    def embed_text(self, texts: str | Sequence[str], model: str | None = None) -> np.ndarray:
-        """Embed texts with the family's text tower (the query side of search): float32 (n, D)."""
-        return self._embed_all(self._text_inputs(texts), model)
-
-    def _embed_all(self, inputs: list[dict[str, Any]], model: str | None) -> np.ndarray:
-        if not inputs:
-            raise ValueError("nothing to embed")
-        return np.concatenate(
-            [self._embed_chunk(chunk, offset, model) for offset, chunk in self._chunks(inputs)]
-        )
-
-    def _embed_chunk(
-        self, chunk: list[dict[str, Any]], offset: int, model: str | None
-    ) -> np.ndarray:
-        try:
-            return self._embeddings(self._send(self._embed_call(chunk, model)), len(chunk))
-        except InvalidRequestError as error:
-            limit = self._learned_limit(error, len(chunk))
-            if limit is None:
-                self._shifted(error, offset)
-                raise
-        return np.concatenate(
-            [
-                self._embed_chunk(chunk[start : start + limit], offset + start, model)
-                for start in range(0, len(chunk), limit)
-            ]
-        )
-
-    # collections -------------------------------------------------------------------------
-
-    def create_collection(
-        self, name: str, model: str | None = None, index: IndexKind = "flat"
-    ) -> CollectionInfo:
-        """Create a collection bound to one model family (InvalidRequestError 409 if it exists)."""
-        body = CollectionCreate(name=name, model=model, index=index).model_dump(mode="json")
-        response = self._send(Call("POST", "/collections", json=body, idempotent=False))
-        return CollectionInfo.model_validate_json(response.content)
-
-    def get_collection(self, name: str) -> CollectionInfo:
-        """One collection: item count, dimension, conditions with their build progress."""
-        return CollectionInfo.model_validate_json(
-            self._send(Call("GET", self._collection_path(name))).content
-        )
-
-    def list_collections(self) -> list[CollectionInfo]:
-        """Every collection of a loaded model family."""
-        return CollectionList.model_validate_json(
-            self._send(Call("GET", "/collections")).content
-        ).collections
-
-    def delete_collection(self, name: str) -> None:
-        """Delete a collection with its items, vectors and indexes."""
-        self._send(Call("DELETE", self._collection_path(name)))
-
-    def add_items(
-        self,
-        collection: str,
-        items: Iterable[ItemLike],
-        chunk_size: int = 32,
-        concurrency: int = 4,
-        progress: bool = False,
-    ) -> int:
-        """Add (or replace) items; returns how many were added.
-
-        `items`: (id, image[, metadata]) tuples or {"id", "image", "metadata"} mappings, any
-        iterable (read lazily). Chunks of `chunk_size` go out from a pool of `concurrency`
-        threads; each chunk is committed on its own, so after an error the earlier chunks are
-        stored, and adding everything again is safe (an existing id is replaced).
-        """
-        if concurrency < 1:
-            raise ValueError("concurrency must be at least 1")
-        bar = _Progress(progress, _length(items), f"adding to {collection}")
-        added = 0
-        try:
-            with ThreadPoolExecutor(concurrency, thread_name_prefix="focalserve-add") as pool:
-                pending: set[Future[int]] = set()
-                try:
-                    for offset, chunk in self._item_chunks(items, chunk_size):
-                        if len(pending) >= concurrency:
-                            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                            added += sum(future.result() for future in done)
-                        pending.add(pool.submit(self._add_counted, collection, chunk, offset, bar))
-                    added += sum(future.result() for future in wait(pending).done)
-                except BaseException:
-                    for future in pending:
-                        future.cancel()
-                    raise
-        finally:
-            bar.close()
-        return added
-
-    def _add_counted(self, collection: str, chunk: list, offset: int, bar: _Progress) -> int:
-        added = self._add_chunk(collection, chunk, offset)
-        bar.update(len(chunk))
-        return added
-
-    def _add_chunk(self, collection: str, chunk: list, offset: int) -> int:
-        call = Call(
-            "POST", f"{self._collection_path(collection)}/items", json=self._items_payload(chunk)
-        )
-        try:
-            return int(self._send(call).json()["added"])
-        except InvalidRequestError as error:
-            limit = self._learned_limit(error, len(chunk))
-            if limit is None:
-                self._shifted(error, offset)
-                raise
-        return sum(
-            self._add_chunk(collection, chunk[start : start + limit], offset + start)
-            for start in range(0, len(chunk), limit)
-        )
-
-    def get_item(self, collection: str, item_id: str) -> ItemInfo:
-        """One item's metadata and image hash (NotFoundError if absent)."""
-        return ItemInfo.model_validate_json(
-            self._send(Call("GET", self._item_path(collection, item_id))).content
-        )
-
-    def delete_item(self, collection: str, item_id: str) -> None:
-        """Delete an item from the collection and every condition's index."""
-        self._send(Call("DELETE", self._item_path(collection, item_id)))
-
-    # conditions and search ---------------------------------------------------------------
-
-    def add_condition(
-        self, collection: str, instruction: str, index: IndexKind = "flat"
-    ) -> ConditionInfo:
-        """Register an instruction on a collection; its index builds in the background."""
-        body = ConditionCreate(instruction=instruction, index=index).model_dump(mode="json")
-        response = self._send(
-            Call("POST", f"{self._collection_path(collection)}/conditions", json=body)
-        )
-        return ConditionInfo.model_validate_json(response.content)
-
-    def list_conditions(self, collection: str) -> list[ConditionInfo]:
-        """The collection's conditions with their status and build progress."""
-        response = self._send(Call("GET", f"{self._collection_path(collection)}/conditions"))
-        return [ConditionInfo.model_validate(entry) for entry in response.json()]
-
-    def wait_for_condition(
-        self,
-        collection: str,
-        instruction: str | None,
-        timeout: float = 300.0,
-        poll_interval: float = 0.5,
-    ) -> ConditionInfo:
-        """Poll until the condition is `ready` (None: a CLIP collection's view); raises
-        ConditionFailedError if its build failed, NotFoundError if it is not registered,
-        TimeoutError after `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            condition = self._matching(self.list_conditions(collection), instruction)
-            if self._finished(collection, condition, instruction):
-                return condition
-            if time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"condition {instruction!r} on {collection!r} not ready after {timeout} s "
-                    f"({condition.embedded}/{condition.total} embedded)"
-                )
-            time.sleep(min(poll_interval, max(0.0, deadline - time.monotonic())))
-
-    def search(
-        self,
-        collection: str,
-        condition: str | None = None,
-        *,
-        image: ImageLike | None = None,
-        text: str | None = None,
-        item_id: str | None = None,
-        k: int = 10,
-        filter: Metadata | None = None,
-    ) -> SearchResponse:
-        """Top-k items for exactly one of `image`, `text` or `item_id`, under `condition`
-        (a registered instruction; None for a CLIP collection). `filter`: metadata equality."""
-        response = self._send(
-            self._search_call(collection, condition, image, text, item_id, k, filter)
-        )
-        return SearchResponse.model_validate_json(response.content)
-
-    # service -----------------------------------------------------------------------------
-
-    def models(self) -> list[ModelInfo]:
-        """The loaded model families."""
-        return ModelsResponse.model_validate_json(self._send(Call("GET", "/models")).content).models
-
-    def health(self) -> HealthResponse:
-        """GET /healthz: the process is alive."""
-        return HealthResponse.model_validate_json(self._send(Call("GET", "/healthz")).content)
-
-    def ready(self) -> HealthResponse:
-        """GET /readyz: status "ok", or "not_ready" with reasons in `detail` (not raised)."""
-        response = self._send(Call("GET", "/readyz", answers=(503,)))
-        return HealthResponse.model_validate_json(response.content)
-
-
-class AsyncClient(_Core):
-    """The asyncio twin of `Client` (same arguments, same methods, awaitable); use `async with`.
+        transport: an httpx async transport (tests, proxies, custom TLS); httpx's default otherwise.
 
     Embedding chunks and item chunks are sent concurrently, at most `concurrency` at a time.
+    Every method raises the errors of `focalserve_client.errors`: `ServerUnreachableError`,
+    `RequestTimeoutError`, `OverloadedError`, `NotFoundError`, `InvalidRequestError`,
+    `ServerError`.
     """
 
     def __init__(
@@ -579,17 +109,22 @@ class AsyncClient(_Core):
         headers: Mapping[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        super().__init__(
-            base_url,
-            api_key,
-            timeout,
-            max_retries,
-            backoff_base,
-            backoff_max,
-            max_inputs_per_request,
-            headers,
+        if max_inputs_per_request < 1:
+            raise ValueError("max_inputs_per_request must be at least 1")
+        self.base_url = base_url.rstrip("/")
+        self._policy = RetryPolicy(max_retries, backoff_base, backoff_max)
+        self._max_inputs = max_inputs_per_request
+        sent_headers = {"User-Agent": _USER_AGENT, **(headers or {})}
+        if api_key is not None:
+            sent_headers["Authorization"] = f"Bearer {api_key}"
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, timeout=timeout, headers=sent_headers, transport=transport
         )
-        self._http = httpx.AsyncClient(**self._http_options(transport))
+
+    @property
+    def max_inputs_per_request(self) -> int:
+        """Inputs per request: as configured, lowered once the server reports its limit."""
+        return self._max_inputs
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -598,10 +133,11 @@ class AsyncClient(_Core):
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Close the connections."""
         await self._http.aclose()
 
     async def _send(self, call: Call) -> httpx.Response:
-        return await asend(self._http, self._policy, call)
+        return await send(self._http, self._policy, call)
 
     # embeddings --------------------------------------------------------------------------
 
@@ -611,75 +147,105 @@ class AsyncClient(_Core):
         instructions: Instructions = None,
         model: str | None = None,
         concurrency: int = 4,
-    ) -> np.ndarray:
-        """As `Client.embed`; chunks beyond the server's limit go out `concurrency` at a time."""
-        images = as_image_list(images)
-        inputs = await asyncio.to_thread(self._image_inputs, images, instructions)
+    ) -> Embeddings:
+        """Embed images, each under its instruction (FocalLens) or none (CLIP): float32 (n, D).
+
+        `images`: one image or a sequence (paths, encoded bytes, binary files, PIL images, HxWx3
+        uint8 arrays, or an (N, H, W, 3) array). `instructions`: one string for every image, or
+        one per image. Inputs beyond the server's limit are split over several requests, at
+        most `concurrency` in flight; images are encoded in a worker thread.
+        """
+        inputs = await asyncio.to_thread(image_inputs, as_image_list(images), instructions)
         return await self._embed_all(inputs, model, concurrency)
 
     async def embed_text(
         self, texts: str | Sequence[str], model: str | None = None, concurrency: int = 4
-    ) -> np.ndarray:
-        """As `Client.embed_text`."""
-        return await self._embed_all(self._text_inputs(texts), model, concurrency)
+    ) -> Embeddings:
+        """Embed texts with the family's text tower (the query side of search): float32 (n, D)."""
+        return await self._embed_all(text_inputs(texts), model, concurrency)
 
     async def _embed_all(
         self, inputs: list[dict[str, Any]], model: str | None, concurrency: int
-    ) -> np.ndarray:
+    ) -> Embeddings:
         if not inputs:
             raise ValueError("nothing to embed")
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         slots = asyncio.Semaphore(concurrency)
 
-        async def bounded(offset: int, chunk: list[dict[str, Any]]) -> np.ndarray:
-            async with slots:
-                return await self._embed_chunk(chunk, offset, model)
+        async def embed_chunk(chunk: list[dict[str, Any]]) -> Embeddings:
+            return _embeddings(await self._send(embed_call(chunk, model)), len(chunk))
 
+        async def bounded(offset: int, chunk: list[dict[str, Any]]) -> Embeddings:
+            async with slots:
+                return np.concatenate(await self._split_on_refusal(chunk, offset, embed_chunk))
+
+        size = self._max_inputs
         tasks = [
-            asyncio.ensure_future(bounded(offset, chunk)) for offset, chunk in self._chunks(inputs)
+            asyncio.ensure_future(bounded(start, inputs[start : start + size]))
+            for start in range(0, len(inputs), size)
         ]
         return np.concatenate(await _gather_or_cancel(tasks))
 
-    async def _embed_chunk(
-        self, chunk: list[dict[str, Any]], offset: int, model: str | None
-    ) -> np.ndarray:
+    # chunks the server refuses as too large ----------------------------------------------
+
+    async def _split_on_refusal(
+        self,
+        chunk: list[_Part],
+        offset: int,
+        send_chunk: Callable[[list[_Part]], Awaitable[_Result]],
+    ) -> list[_Result]:
+        """`send_chunk(chunk)`; when the server refuses the chunk as too large, its parts, sent
+        one after another (the input limit it reports is kept for later chunks). `offset` is the
+        chunk's start in the caller's list: an error's `loc` is re-based onto that list."""
         try:
-            return self._embeddings(await self._send(self._embed_call(chunk, model)), len(chunk))
+            return [await send_chunk(chunk)]
         except InvalidRequestError as error:
-            limit = self._learned_limit(error, len(chunk))
-            if limit is None:
-                self._shifted(error, offset)
-                raise
-        parts = [
-            await self._embed_chunk(chunk[start : start + limit], offset + start, model)
-            for start in range(0, len(chunk), limit)
-        ]
-        return np.concatenate(parts)
+            size = self._part_size(error, len(chunk))
+            if size is None:
+                rebased = _rebased(error, offset)
+                if rebased is error:
+                    raise
+                raise rebased from error.__cause__
+        results: list[_Result] = []
+        for start in range(0, len(chunk), size):
+            part = chunk[start : start + size]
+            results += await self._split_on_refusal(part, offset + start, send_chunk)
+        return results
+
+    def _part_size(self, error: InvalidRequestError, size: int) -> int | None:
+        """Inputs per request after `error` refused `size` of them; None if splitting cannot help."""
+        if error.code == "too_many_inputs" and error.limit is not None and 1 <= error.limit < size:
+            self._max_inputs = min(self._max_inputs, error.limit)
+            return self._max_inputs
+        if error.code == "payload_too_large" and size > 1:
+            return (size + 1) // 2  # the body's bytes are over, not the count: halve it
+        return None
 
     # collections -------------------------------------------------------------------------
 
     async def create_collection(
         self, name: str, model: str | None = None, index: IndexKind = "flat"
     ) -> CollectionInfo:
-        """As `Client.create_collection`."""
-        body = CollectionCreate(name=name, model=model, index=index).model_dump(mode="json")
-        response = await self._send(Call("POST", "/collections", json=body, idempotent=False))
+        """Create a collection bound to one model family (InvalidRequestError 409 if it exists)."""
+        response = await self._send(create_collection_call(name, model, index))
         return CollectionInfo.model_validate_json(response.content)
 
     async def get_collection(self, name: str) -> CollectionInfo:
-        """As `Client.get_collection`."""
-        response = await self._send(Call("GET", self._collection_path(name)))
+        """One collection: item count, dimension, conditions with their build progress."""
+        response = await self._send(Call("GET", collection_path(name)))
         return CollectionInfo.model_validate_json(response.content)
 
     async def list_collections(self) -> list[CollectionInfo]:
-        """As `Client.list_collections`."""
+        """Every collection of a loaded model family."""
         response = await self._send(Call("GET", "/collections"))
         return CollectionList.model_validate_json(response.content).collections
 
     async def delete_collection(self, name: str) -> None:
-        """As `Client.delete_collection`."""
-        await self._send(Call("DELETE", self._collection_path(name)))
+        """Delete a collection with its items, vectors and indexes."""
+        await self._send(Call("DELETE", collection_path(name)))
+
+    # items -------------------------------------------------------------------------------
 
     async def add_items(
         self,
@@ -689,25 +255,38 @@ class AsyncClient(_Core):
         concurrency: int = 4,
         progress: bool = False,
     ) -> int:
-        """As `Client.add_items`; at most `concurrency` chunks in flight (an asyncio semaphore).
-        Images are encoded in a worker thread, off the event loop."""
+        """Add (or replace) items; returns how many were added.
+
+        `items`: (id, image[, metadata]) tuples or {"id", "image", "metadata"} mappings, any
+        iterable (read lazily). Chunks of `chunk_size` go out at most `concurrency` at a time,
+        their images encoded in worker threads. Each chunk is committed on its own, so after an
+        error the earlier chunks are stored, and adding everything again is safe (an existing id
+        is replaced). `progress`: a tqdm bar (needs tqdm).
+        """
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be at least 1")
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         slots = asyncio.Semaphore(concurrency)
-        bar = _Progress(progress, _length(items), f"adding to {collection}")
+        total = len(items) if isinstance(items, Sized) else None
+        bar = Progress(progress, total, f"adding to {collection}")
         tasks: set[asyncio.Task[int]] = set()
         added = 0
 
-        async def one(offset: int, chunk: list) -> int:
+        async def add_chunk(chunk: list[Item]) -> int:
+            call = await asyncio.to_thread(add_items_call, collection, chunk)
+            return ItemsAdded.model_validate_json((await self._send(call)).content).added
+
+        async def one(offset: int, chunk: list[Item]) -> int:
             try:
-                count = await self._add_chunk(collection, chunk, offset)
+                count = sum(await self._split_on_refusal(chunk, offset, add_chunk))
                 bar.update(len(chunk))
                 return count
             finally:
                 slots.release()
 
         try:
-            for offset, chunk in self._item_chunks(items, chunk_size):
+            for offset, chunk in item_chunks(items, lambda: min(chunk_size, self._max_inputs)):
                 await slots.acquire()
                 for task in [task for task in tasks if task.done()]:
                     tasks.discard(task)
@@ -720,48 +299,40 @@ class AsyncClient(_Core):
         finally:
             bar.close()
 
-    async def _add_chunk(self, collection: str, chunk: list, offset: int) -> int:
-        payload = await asyncio.to_thread(self._items_payload, chunk)
-        try:
-            response = await self._send(
-                Call("POST", f"{self._collection_path(collection)}/items", json=payload)
-            )
-            return int(response.json()["added"])
-        except InvalidRequestError as error:
-            limit = self._learned_limit(error, len(chunk))
-            if limit is None:
-                self._shifted(error, offset)
-                raise
-        counts = [
-            await self._add_chunk(collection, chunk[start : start + limit], offset + start)
-            for start in range(0, len(chunk), limit)
-        ]
-        return sum(counts)
+    async def list_items(
+        self, collection: str, after: str | None = None, limit: int = 100
+    ) -> ItemPage:
+        """One page of at most `limit` (1..1000) items in insertion order; pass the page's
+        `next_after` as `after` for the next one (it is None on the last page)."""
+        params: dict[str, Any] = {"limit": limit}
+        if after is not None:
+            params["after"] = after
+        response = await self._send(
+            Call("GET", f"{collection_path(collection)}/items", params=params)
+        )
+        return ItemPage.model_validate_json(response.content)
 
     async def get_item(self, collection: str, item_id: str) -> ItemInfo:
-        """As `Client.get_item`."""
-        response = await self._send(Call("GET", self._item_path(collection, item_id)))
+        """One item's metadata and image hash (NotFoundError if absent)."""
+        response = await self._send(Call("GET", item_path(collection, item_id)))
         return ItemInfo.model_validate_json(response.content)
 
     async def delete_item(self, collection: str, item_id: str) -> None:
-        """As `Client.delete_item`."""
-        await self._send(Call("DELETE", self._item_path(collection, item_id)))
+        """Delete an item from the collection and every condition's index."""
+        await self._send(Call("DELETE", item_path(collection, item_id)))
 
     # conditions and search ---------------------------------------------------------------
 
     async def add_condition(
         self, collection: str, instruction: str, index: IndexKind = "flat"
     ) -> ConditionInfo:
-        """As `Client.add_condition`."""
-        body = ConditionCreate(instruction=instruction, index=index).model_dump(mode="json")
-        response = await self._send(
-            Call("POST", f"{self._collection_path(collection)}/conditions", json=body)
-        )
+        """Register an instruction on a collection; its index builds in the background."""
+        response = await self._send(add_condition_call(collection, instruction, index))
         return ConditionInfo.model_validate_json(response.content)
 
     async def list_conditions(self, collection: str) -> list[ConditionInfo]:
-        """As `Client.list_conditions`."""
-        response = await self._send(Call("GET", f"{self._collection_path(collection)}/conditions"))
+        """The collection's conditions with their status and build progress."""
+        response = await self._send(Call("GET", f"{collection_path(collection)}/conditions"))
         return [ConditionInfo.model_validate(entry) for entry in response.json()]
 
     async def wait_for_condition(
@@ -771,14 +342,17 @@ class AsyncClient(_Core):
         timeout: float = 300.0,
         poll_interval: float = 0.5,
     ) -> ConditionInfo:
-        """As `Client.wait_for_condition`."""
+        """Poll until the condition is `ready` (None: a CLIP collection's view); raises
+        ConditionFailedError if its build failed, NotFoundError if it is not registered,
+        RequestTimeoutError after `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while True:
-            condition = self._matching(await self.list_conditions(collection), instruction)
-            if self._finished(collection, condition, instruction):
+            conditions = await self.list_conditions(collection)
+            condition = _usable(collection, _matching(conditions, instruction), instruction)
+            if condition.status == "ready":
                 return condition
             if time.monotonic() >= deadline:
-                raise TimeoutError(
+                raise RequestTimeoutError(
                     f"condition {instruction!r} on {collection!r} not ready after {timeout} s "
                     f"({condition.embedded}/{condition.total} embedded)"
                 )
@@ -795,36 +369,205 @@ class AsyncClient(_Core):
         k: int = 10,
         filter: Metadata | None = None,
     ) -> SearchResponse:
-        """As `Client.search`."""
+        """Top-k items for exactly one of `image`, `text` or `item_id`, under `condition`
+        (a registered instruction; None for a CLIP collection). `filter`: metadata equality."""
         call = await asyncio.to_thread(
-            self._search_call, collection, condition, image, text, item_id, k, filter
+            search_call, collection, condition, image, text, item_id, k, filter
         )
         return SearchResponse.model_validate_json((await self._send(call)).content)
 
     # service -----------------------------------------------------------------------------
 
     async def models(self) -> list[ModelInfo]:
-        """As `Client.models`."""
-        return ModelsResponse.model_validate_json(
-            (await self._send(Call("GET", "/models"))).content
-        ).models
+        """The loaded model families."""
+        response = await self._send(Call("GET", "/models"))
+        return ModelsResponse.model_validate_json(response.content).models
 
     async def health(self) -> HealthResponse:
-        """As `Client.health`."""
-        return HealthResponse.model_validate_json(
-            (await self._send(Call("GET", "/healthz"))).content
-        )
+        """GET /healthz: the process is alive."""
+        response = await self._send(Call("GET", "/healthz"))
+        return HealthResponse.model_validate_json(response.content)
 
     async def ready(self) -> HealthResponse:
-        """As `Client.ready`."""
+        """GET /readyz: status "ok", or "not_ready" with reasons in `detail` (not raised)."""
         response = await self._send(Call("GET", "/readyz", answers=(503,)))
         return HealthResponse.model_validate_json(response.content)
 
 
-async def _gather_or_cancel(tasks: list[asyncio.Future[Any]]) -> list[Any]:
+def _blocking(
+    method: Callable[Concatenate[AsyncClient, _Params], Coroutine[Any, Any, _Result]],
+) -> Callable[Concatenate[Client, _Params], _Result]:
+    """`AsyncClient.<method>` as a blocking `Client` method: same arguments, docstring, result."""
+
+    def blocking(self: Client, /, *args: _Params.args, **kwargs: _Params.kwargs) -> _Result:
+        return self._loop.run(method(self._async, *args, **kwargs))
+
+    functools.update_wrapper(blocking, method)
+    return blocking
+
+
+class Client:
+    """A synchronous FocalServe client; use it as a context manager (or call `close()`).
+
+    Args:
+        base_url: the gateway, e.g. "http://127.0.0.1:8000".
+        api_key: sent as `Authorization: Bearer <key>` when given.
+        timeout: seconds (or an httpx.Timeout) for each HTTP request.
+        max_retries: retries after the first attempt, on connection failures and 503 answers.
+        backoff_base, backoff_max: retry `n` waits uniformly in [0, min(max, base * 2**n)] seconds
+            ("full jitter"); a 503's Retry-After is honoured instead, capped at `backoff_max`.
+        max_inputs_per_request: inputs per /embed or items per add request; lowered automatically
+            when the server reports a smaller limit.
+        transport: an httpx transport, sync or async (tests, proxies, custom TLS); httpx's
+            default otherwise. A sync one is called from worker threads.
+
+    The methods are `AsyncClient`'s, blocking: each runs on a private event loop in a
+    background thread of this client. `embed` sends its chunks one after another; `add_items`
+    up to `concurrency` at a time. Every method raises the errors of `focalserve_client.errors`:
+    `ServerUnreachableError`, `RequestTimeoutError`, `OverloadedError`, `NotFoundError`,
+    `InvalidRequestError`, `ServerError`.
+    """
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        api_key: str | None = None,
+        *,
+        timeout: float | httpx.Timeout = 60.0,
+        max_retries: int = 3,
+        backoff_base: float = 0.25,
+        backoff_max: float = 8.0,
+        max_inputs_per_request: int = DEFAULT_MAX_INPUTS,
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._async = AsyncClient(
+            base_url,
+            api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            backoff_base=backoff_base,
+            backoff_max=backoff_max,
+            max_inputs_per_request=max_inputs_per_request,
+            headers=headers,
+            transport=(
+                AwaitableTransport(transport)
+                if isinstance(transport, httpx.BaseTransport)
+                else transport
+            ),
+        )
+        self._loop = BackgroundLoop("focalserve-client")
+        self._release = weakref.finalize(self, self._loop.close)  # a client never closed
+
+    @property
+    def base_url(self) -> str:
+        return self._async.base_url
+
+    @property
+    def max_inputs_per_request(self) -> int:
+        """Inputs per request: as configured, lowered once the server reports its limit."""
+        return self._async.max_inputs_per_request
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connections and stop the background loop (idempotent)."""
+        if self._loop.closed:
+            return
+        try:
+            self._loop.run(self._async.aclose())
+        finally:
+            self._release()
+
+    def embed(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        instructions: Instructions = None,
+        model: str | None = None,
+    ) -> Embeddings:
+        """Embed images, each under its instruction (FocalLens) or none (CLIP): float32 (n, D).
+
+        `images`: one image or a sequence (paths, encoded bytes, binary files, PIL images, HxWx3
+        uint8 arrays, or an (N, H, W, 3) array). `instructions`: one string for every image, or
+        one per image. Inputs beyond the server's limit are split over several requests, sent
+        one after another.
+        """
+        return self._loop.run(self._async.embed(images, instructions, model, concurrency=1))
+
+    def embed_text(self, texts: str | Sequence[str], model: str | None = None) -> Embeddings:
+        """Embed texts with the family's text tower (the query side of search): float32 (n, D)."""
+        return self._loop.run(self._async.embed_text(texts, model, concurrency=1))
+
+    create_collection = _blocking(AsyncClient.create_collection)
+    get_collection = _blocking(AsyncClient.get_collection)
+    list_collections = _blocking(AsyncClient.list_collections)
+    delete_collection = _blocking(AsyncClient.delete_collection)
+    add_items = _blocking(AsyncClient.add_items)
+    list_items = _blocking(AsyncClient.list_items)
+    get_item = _blocking(AsyncClient.get_item)
+    delete_item = _blocking(AsyncClient.delete_item)
+    add_condition = _blocking(AsyncClient.add_condition)
+    list_conditions = _blocking(AsyncClient.list_conditions)
+    wait_for_condition = _blocking(AsyncClient.wait_for_condition)
+    search = _blocking(AsyncClient.search)
+    models = _blocking(AsyncClient.models)
+    health = _blocking(AsyncClient.health)
+    ready = _blocking(AsyncClient.ready)
+
+
+# helpers -------------------------------------------------------------------------------
+
+
+def _embeddings(response: httpx.Response, expected: int) -> Embeddings:
+    data = sorted(response.json()["data"], key=lambda entry: entry["index"])
+    if len(data) != expected:
+        raise FocalServeError(f"the server returned {len(data)} embeddings for {expected} inputs")
+    return np.asarray([entry["embedding"] for entry in data], dtype=np.float32)
+
+
+def _rebased(error: FocalServeError, offset: int) -> FocalServeError:
+    """The error with its `loc` pointing into the caller's whole list, not into the chunk sent."""
+    loc = error.loc
+    if not offset or not loc or len(loc) < 2 or loc[0] not in _BATCHES:
+        return error
+    position = loc[1]
+    if not isinstance(position, int) or isinstance(position, bool):
+        return error
+    return error.with_loc((loc[0], position + offset, *loc[2:]))
+
+
+def _matching(conditions: list[ConditionInfo], instruction: str | None) -> ConditionInfo | None:
+    wanted = {None} if instruction is None else {instruction, normalise_instruction(instruction)}
+    return next((c for c in conditions if c.instruction in wanted), None)
+
+
+def _usable(
+    collection: str, condition: ConditionInfo | None, instruction: str | None
+) -> ConditionInfo:
+    """The condition, unless it is not registered (NotFoundError) or its build failed."""
+    if condition is None:
+        raise NotFoundError(
+            f"condition {instruction!r} is not registered on {collection!r}",
+            status=404,
+            code="not_found",
+        )
+    if condition.status == "failed":
+        raise ConditionFailedError(
+            f"building condition {condition.instruction!r} on {collection!r} failed: "
+            f"{condition.error or 'no reason given'}",
+            code="condition_failed",
+        )
+    return condition
+
+
+async def _gather_or_cancel(tasks: Sequence[asyncio.Future[_Result]]) -> list[_Result]:
     """All results in order; on the first error the other tasks are cancelled."""
     try:
-        return await asyncio.gather(*tasks)
+        return list(await asyncio.gather(*tasks))
     except BaseException:
         await _cancel(tasks)
         raise

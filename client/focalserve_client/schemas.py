@@ -12,11 +12,22 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
-class _Schema(BaseModel):
+class _Request(BaseModel):
+    """What a client sends: strict, so a misspelt field is refused rather than silently dropped."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class EmbedInput(_Schema):
+class _Response(BaseModel):
+    """What a server answers: unknown fields are ignored, so a newer server that adds a field
+    does not break an older client. Ignored rather than kept (`extra="allow"`): a model holds
+    exactly the fields this version documents, so nobody comes to rely on an untyped attribute
+    that an older server would not send."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class EmbedInput(_Request):
     """One input: an image (optionally under an instruction), or a text."""
 
     image: str | None = Field(default=None, description="Base64-encoded image bytes (PNG, JPEG, ...).")
@@ -34,12 +45,12 @@ class EmbedInput(_Schema):
         return self
 
 
-class EmbedRequest(_Schema):
+class EmbedRequest(_Request):
     model: str | None = Field(default=None, description="Model family; optional when one is loaded.")
     inputs: list[EmbedInput] = Field(min_length=1)
 
 
-class Embedding(_Schema):
+class Embedding(_Response):
     index: int
     embedding: list[float]
     instruction: str | None = Field(description="The instruction as normalised by the server.")
@@ -49,13 +60,13 @@ class Embedding(_Schema):
     )
 
 
-class EmbedResponse(_Schema):
+class EmbedResponse(_Response):
     model: str
     dim: int
     data: list[Embedding]
 
 
-class ModelInfo(_Schema):
+class ModelInfo(_Response):
     name: str
     family: Literal["focallens", "clip"]
     open_clip_model: str
@@ -67,21 +78,28 @@ class ModelInfo(_Schema):
     requires_instruction: bool
 
 
-class ModelsResponse(_Schema):
+class ModelsResponse(_Response):
     models: list[ModelInfo]
 
 
-class HealthResponse(_Schema):
+class HealthResponse(_Response):
     status: Literal["ok", "not_ready"]
     detail: dict[str, str] = Field(default_factory=dict)
 
 
-class ErrorDetail(_Schema):
-    code: str
-    message: str
+class ErrorDetail(_Response):
+    code: str = Field(description="Stable machine-readable code, e.g. 'too_many_inputs'.")
+    message: str = Field(description="For people; it does not repeat `loc`.")
+    loc: list[str | int] | None = Field(
+        default=None,
+        description="JSON path of the failing input, e.g. ['inputs', 2, 'image']; absent when not applicable.",
+    )
+    limit: int | None = Field(
+        default=None, description="The number exceeded (inputs per request, body bytes, characters), if any."
+    )
 
 
-class ErrorResponse(_Schema):
+class ErrorResponse(_Response):
     error: ErrorDetail
 
 
@@ -92,13 +110,13 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 ITEM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 ._:@/+-]{0,255}$"
 
 
-class CollectionCreate(_Schema):
+class CollectionCreate(_Request):
     name: str = Field(pattern=NAME_PATTERN, description="Letters, digits, '.', '_', '-'; at most 128.")
     model: str | None = Field(default=None, description="Model family; optional when one is loaded.")
     index: IndexKind = Field(default="flat", description="Index type of the unconditional view (plain CLIP).")
 
 
-class ConditionInfo(_Schema):
+class ConditionInfo(_Response):
     instruction: str | None = Field(description="Normalised instruction; null for a CLIP collection's view.")
     index: IndexKind
     status: Literal["building", "ready", "failed"]
@@ -107,7 +125,7 @@ class ConditionInfo(_Schema):
     error: str | None = None
 
 
-class CollectionInfo(_Schema):
+class CollectionInfo(_Response):
     name: str
     model: str
     family: Literal["focallens", "clip"]
@@ -116,36 +134,36 @@ class CollectionInfo(_Schema):
     conditions: list[ConditionInfo]
 
 
-class CollectionList(_Schema):
+class CollectionList(_Response):
     collections: list[CollectionInfo]
 
 
-class ItemIn(_Schema):
+class ItemIn(_Request):
     id: str = Field(pattern=ITEM_ID_PATTERN, description="Unique in the collection; re-adding replaces.")
     image: str = Field(description="Base64-encoded image bytes.")
     metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
 
 
-class ItemsAdd(_Schema):
+class ItemsAdd(_Request):
     items: list[ItemIn] = Field(min_length=1)
 
 
-class ItemsAdded(_Schema):
+class ItemsAdded(_Response):
     added: int
 
 
-class ItemInfo(_Schema):
+class ItemInfo(_Response):
     id: str
     metadata: dict[str, str | int | float | bool | None]
     image_sha256: str
 
 
-class ConditionCreate(_Schema):
+class ConditionCreate(_Request):
     instruction: str
     index: IndexKind = "flat"
 
 
-class SearchQuery(_Schema):
+class SearchQuery(_Request):
     image: str | None = Field(default=None, description="Base64 image, embedded under the condition.")
     text: str | None = Field(default=None, description="Text, embedded by the family's text model.")
     item_id: str | None = Field(default=None, description="A stored item; its stored vector is the query.")
@@ -157,7 +175,7 @@ class SearchQuery(_Schema):
         return self
 
 
-class SearchRequest(_Schema):
+class SearchRequest(_Request):
     collection: str = Field(pattern=NAME_PATTERN)
     condition: str | None = Field(default=None, description="A registered instruction; null for CLIP collections.")
     query: SearchQuery
@@ -167,18 +185,18 @@ class SearchRequest(_Schema):
     )
 
 
-class SearchResult(_Schema):
+class SearchResult(_Response):
     id: str
     score: float
     metadata: dict[str, str | int | float | bool | None]
 
 
-class SearchResponse(_Schema):
+class SearchResponse(_Response):
     collection: str
     condition: str | None
     results: list[SearchResult]
 
 
-class ItemPage(_Schema):
+class ItemPage(_Response):
     items: list[ItemInfo]
     next_after: str | None = Field(description="Pass as `after` for the next page; null on the last page.")

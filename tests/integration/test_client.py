@@ -1,9 +1,12 @@
 """The Python SDK against real servers: the gateway (tiny families and the trained demo family),
-and a small real uvicorn app that answers 503 or stalls, for the retry and timeout paths."""
+a small real uvicorn app that answers 503 or stalls, for the retry and timeout paths, and one
+that plays a newer gateway (unknown fields in every answer)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import base64
 import io
 import json
 import threading
@@ -19,20 +22,21 @@ import uvicorn
 from PIL import Image
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from focalserve_client import (
     AsyncClient,
     Client,
-    ConnectionError,
     InvalidRequestError,
     NotFoundError,
     OverloadedError,
+    RequestTimeoutError,
     SearchResponse,
     ServerError,
-    TimeoutError,
+    ServerUnreachableError,
 )
+from focalserve_client.cli import add_index_command
 from focalserve_devtools.launch import free_port, running_gateway
 from focalserve_training.data import ColorShapeGenerator
 from tests.helpers.images import shape_png
@@ -147,7 +151,8 @@ def test_errors_map_onto_the_hierarchy_without_retrying_4xx(gateway_url):
         with pytest.raises(InvalidRequestError) as bad:
             client.embed([RED] * 20 + [b"not an image"], COLOUR, model="tiny")
         assert bad.value.status == 422 and bad.value.code == "invalid_image"
-        assert "inputs[20]" in bad.value.message  # the position in the caller's list, not the chunk
+        assert bad.value.loc == ("inputs", 20, "image")  # in the caller's list, not the chunk
+        assert "inputs[" not in bad.value.message  # the position is `loc`'s, not the text's
         with pytest.raises(InvalidRequestError) as clip:
             client.embed(RED, COLOUR, model="tinyclip")
         assert clip.value.code == "invalid_instruction"
@@ -268,7 +273,10 @@ def test_retries_are_bounded_then_overloaded_is_raised(flaky):
 def test_a_read_timeout_raises_timeout_error_without_retrying(flaky):
     url, state = flaky
     state.calls = 0
-    with Client(url, timeout=0.3, max_retries=3) as client, pytest.raises(TimeoutError) as error:
+    with (
+        Client(url, timeout=0.3, max_retries=3) as client,
+        pytest.raises(RequestTimeoutError) as error,
+    ):
         client.models()
     assert state.calls == 1 and isinstance(error.value.__cause__, httpx.ReadTimeout)
 
@@ -277,10 +285,232 @@ def test_connection_refused_is_retried_then_raised():
     transport = CountingTransport()
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with Client(url, max_retries=2, backoff_base=0.01, transport=transport) as client:
-        with pytest.raises(ConnectionError) as error:
+        with pytest.raises(ServerUnreachableError) as error:
             client.health()
     assert len(transport.requests) == 3 and isinstance(error.value.__cause__, httpx.ConnectError)
     assert error.value.status is None
+
+
+# --- a newer server: every answer carries fields this SDK does not know ----------------------
+
+
+class NewerGateway:
+    """A small in-memory gateway, a version ahead: unknown fields in every answer, structured
+    errors (`loc`, `limit`), and at most `LIMIT` inputs or items per request."""
+
+    LIMIT = 4
+    NEW = {"added_in_v2": {"nested": [1, 2]}, "trace_id": "abc"}
+
+    def __init__(self) -> None:
+        self.collections: dict[str, dict[str, dict]] = {}
+        self.conditions: dict[str, list[str]] = {}
+        self.sizes: list[int] = []
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/healthz", self.health),
+            Route("/readyz", self.health),
+            Route("/models", self.models),
+            Route("/embed", self.embed, methods=["POST"]),
+            Route("/collections", self.create, methods=["POST"]),
+            Route("/collections", self.list),
+            Route("/collections/{name}", self.get),
+            Route("/collections/{name}", self.delete, methods=["DELETE"]),
+            Route("/collections/{name}/items", self.add, methods=["POST"]),
+            Route("/collections/{name}/items", self.page),
+            Route("/collections/{name}/items/{item_id:path}", self.item),
+            Route("/collections/{name}/conditions", self.add_condition, methods=["POST"]),
+            Route("/collections/{name}/conditions", self.list_conditions),
+            Route("/search", self.search, methods=["POST"]),
+        ]
+
+    def answer(self, body: dict | list, status: int = 200) -> JSONResponse:
+        return JSONResponse({**body, **self.NEW} if isinstance(body, dict) else body, status_code=status)
+
+    def refuse(self, status: int, code: str, message: str, **where) -> JSONResponse:
+        return JSONResponse({"error": {"code": code, "message": message, **where, **self.NEW}}, status_code=status)
+
+    def refused_batch(self, key: str, batch: list[dict]) -> JSONResponse | None:
+        self.sizes.append(len(batch))
+        if len(batch) > self.LIMIT:
+            return self.refuse(413, "too_many_inputs", f"{len(batch)} in one request", limit=self.LIMIT)
+        for index, entry in enumerate(batch):
+            if base64.b64decode(entry["image"]) == b"bad":
+                return self.refuse(422, "invalid_image", "cannot decode the image", loc=[key, index, "image"])
+        return None
+
+    async def health(self, request: Request) -> JSONResponse:
+        return self.answer({"status": "ok", "detail": {}})
+
+    async def models(self, request: Request) -> JSONResponse:
+        model = {
+            "name": "next", "family": "clip", "open_clip_model": "ViT-B-32", "embedding_dim": 2,
+            "condition_dim": 0, "image_size": 32, "context_length": 8, "checkpoint_hash": "00",
+            "requires_instruction": False, **self.NEW,
+        }
+        return self.answer({"models": [model]})
+
+    async def embed(self, request: Request) -> JSONResponse:
+        inputs = (await request.json())["inputs"]
+        if refused := self.refused_batch("inputs", inputs):
+            return refused
+        data = [
+            {"index": i, "embedding": [float(base64.b64decode(entry["image"])), 0.0], "instruction": None,
+             "space": "next:00:none", **self.NEW}
+            for i, entry in enumerate(inputs)
+        ]
+        return self.answer({"model": "next", "dim": 2, "data": data})
+
+    def info(self, name: str) -> dict:
+        return {"name": name, "model": "next", "family": "clip", "dim": 2, "items": len(self.collections[name]),
+                "conditions": [self.condition(name, instruction) for instruction in self.conditions[name]], **self.NEW}
+
+    def condition(self, name: str, instruction: str) -> dict:
+        total = len(self.collections[name])
+        return {"instruction": instruction, "index": "flat", "status": "ready", "embedded": total, "total": total,
+                "error": None, **self.NEW}
+
+    async def create(self, request: Request) -> JSONResponse:
+        name = (await request.json())["name"]
+        self.collections[name], self.conditions[name] = {}, []
+        return self.answer(self.info(name), 201)
+
+    async def list(self, request: Request) -> JSONResponse:
+        return self.answer({"collections": [self.info(name) for name in self.collections]})
+
+    async def get(self, request: Request) -> JSONResponse:
+        name = request.path_params["name"]
+        if name not in self.collections:
+            return self.refuse(404, "not_found", f"no collection {name!r}")
+        return self.answer(self.info(name))
+
+    async def delete(self, request: Request) -> Response:
+        del self.collections[request.path_params["name"]]
+        return Response(status_code=204)
+
+    async def add(self, request: Request) -> JSONResponse:
+        items = (await request.json())["items"]
+        if refused := self.refused_batch("items", items):
+            return refused
+        stored = self.collections[request.path_params["name"]]
+        for item in items:
+            stored[item["id"]] = {"id": item["id"], "metadata": item["metadata"], "image_sha256": "00", **self.NEW}
+        return self.answer({"added": len(items)}, 201)
+
+    async def page(self, request: Request) -> JSONResponse:
+        items = list(self.collections[request.path_params["name"]].values())
+        after, limit = int(request.query_params.get("after") or 0), int(request.query_params["limit"])
+        next_after = str(after + limit) if after + limit < len(items) else None
+        return self.answer({"items": items[after : after + limit], "next_after": next_after})
+
+    async def item(self, request: Request) -> JSONResponse:
+        return self.answer(self.collections[request.path_params["name"]][request.path_params["item_id"]])
+
+    async def add_condition(self, request: Request) -> JSONResponse:
+        name, instruction = request.path_params["name"], (await request.json())["instruction"]
+        self.conditions[name].append(instruction)
+        return self.answer(self.condition(name, instruction), 202)
+
+    async def list_conditions(self, request: Request) -> JSONResponse:
+        name = request.path_params["name"]
+        return self.answer([self.condition(name, instruction) for instruction in self.conditions[name]])
+
+    async def search(self, request: Request) -> JSONResponse:
+        body = await request.json()
+        items = list(self.collections[body["collection"]].values())[: body["k"]]
+        results = [{"id": item["id"], "score": 1.0, "metadata": item["metadata"], **self.NEW} for item in items]
+        return self.answer({"collection": body["collection"], "condition": body["condition"], "results": results})
+
+
+@pytest.fixture()
+def newer():
+    state = NewerGateway()
+    with serving(Starlette(routes=state.routes())) as url:
+        yield url, state
+
+
+def numbered(count: int, bad: int | None = None) -> list[bytes]:
+    """Images the newer gateway embeds as [n, 0]; b"bad" it refuses."""
+    return [b"bad" if n == bad else str(n).encode() for n in range(count)]
+
+
+async def drive_newer_gateway(call, state: NewerGateway) -> None:
+    """Every SDK method against the newer gateway; `call(method, *args)` awaits either client."""
+    assert [m.name for m in await call("models")] == ["next"]
+    assert (await call("health")).status == "ok" and (await call("ready")).status == "ok"
+    vectors = await call("embed", numbered(10))
+    assert vectors[:, 0].tolist() == list(range(10)) and vectors.dtype == np.float32
+    assert state.sizes[0] == 10 and sorted(state.sizes[1:]) == [2, 4, 4]  # refused, then at its limit
+    with pytest.raises(InvalidRequestError) as bad:
+        await call("embed", numbered(10, bad=9))
+    assert (bad.value.loc, bad.value.code) == (("inputs", 9, "image"), "invalid_image")
+
+    assert (await call("create_collection", "things")).items == 0
+    items = [(f"dir/{n}.png", image, {"n": n}) for n, image in enumerate(numbered(9))]
+    assert await call("add_items", "things", items, chunk_size=4, concurrency=2) == 9
+    page = await call("list_items", "things", limit=5)
+    rest = await call("list_items", "things", after=page.next_after, limit=5)
+    assert [i.id for i in page.items + rest.items] == [item[0] for item in items] and rest.next_after is None
+    assert (await call("get_item", "things", "dir/3.png")).metadata == {"n": 3}
+    assert (await call("add_condition", "things", "which?")).status == "ready"
+    assert (await call("wait_for_condition", "things", "which?", timeout=5)).embedded == 9
+    assert [c.instruction for c in await call("list_conditions", "things")] == ["which?"]
+    hits = await call("search", "things", "which?", text="red", k=3)
+    assert [hit.id for hit in hits.results] == ["dir/0.png", "dir/1.png", "dir/2.png"]
+    assert [c.name for c in await call("list_collections")] == ["things"]
+    assert (await call("get_collection", "things")).items == 9
+    await call("delete_collection", "things")
+    with pytest.raises(NotFoundError):
+        await call("get_collection", "things")
+
+
+async def test_client_works_against_a_server_with_unknown_fields(newer):
+    url, state = newer
+    with Client(url, max_retries=0) as client:
+
+        async def call(name, *args, **kwargs):  # the blocking client, from a worker thread
+            return await asyncio.to_thread(getattr(client, name), *args, **kwargs)
+
+        await drive_newer_gateway(call, state)
+
+
+async def test_async_client_works_against_a_server_with_unknown_fields(newer):
+    url, state = newer
+    async with AsyncClient(url, max_retries=0) as client:
+
+        async def call(name, *args, **kwargs):
+            return await getattr(client, name)(*args, **kwargs)
+
+        await drive_newer_gateway(call, state)
+
+
+def test_index_add_is_built_on_the_sdk_and_resumes(newer, tmp_path, capsys):
+    url, state = newer
+    folder = tmp_path / "images"
+    (folder / "sub").mkdir(parents=True)
+    for n, image in enumerate(numbered(7)):
+        (folder / ("sub" if n % 2 else "") / f"{n}.png").write_bytes(image)
+    (folder / "notes.txt").write_text("not an image")
+    (tmp_path / "meta.jsonl").write_text(json.dumps({"file": "sub/1.png", "kind": "odd"}) + "\n")
+    parser = argparse.ArgumentParser()
+    add_index_command(parser.add_subparsers())
+    args = parser.parse_args(
+        ["index", "add", "--collection", "folder", "--images", str(folder), "--url", url,
+         "--metadata", str(tmp_path / "meta.jsonl"), "--batch-size", "3"]
+    )
+    args.handler(args)
+    assert json.loads(capsys.readouterr().out) == {"collection": "folder", "added": 7, "skipped": 0}
+    assert sorted(state.sizes) == [1, 3, 3]
+    assert state.collections["folder"]["sub/1.png"]["metadata"] == {"kind": "odd"}
+
+    del state.collections["folder"]["4.png"]  # as if the first run had been interrupted
+    args.handler(args)
+    assert json.loads(capsys.readouterr().out) == {"collection": "folder", "added": 1, "skipped": 6}
+    assert len(state.collections["folder"]) == 7
+
+    (folder / "bad.png").write_bytes(b"bad")
+    with pytest.raises(SystemExit, match=r"cannot decode the image \(422 invalid_image at items\[0\]\.image\)"):
+        args.handler(args)
 
 
 # --- collections and conditional search on the trained demo family -------------------------

@@ -35,15 +35,20 @@ def test_bulk_ingest_cli_is_resumable(demo_repository, tmp_path):
         generator.sample(index).image.save(target)
     (tmp_path / "meta.jsonl").write_text("\n".join(
         json.dumps({"file": f"img {i}.png", "colour": generator.sample(i).colour}) for i in range(0, 24, 2)))
-    with running_gateway(demo_repository, tmp_path / "gateway.log", data_dir=str(tmp_path / "data")) as url:
-        command = [sys.executable, "-m", "focalserve_server", "index", "add", "--collection", "folder", "--model", "demo",
-                   "--images", str(folder), "--metadata", str(tmp_path / "meta.jsonl"), "--url", url,
-                   "--batch-size", "5"]
+    # --batch-size over the gateway's limit: the SDK learns the limit from the first refusal
+    with running_gateway(demo_repository, tmp_path / "gateway.log", data_dir=str(tmp_path / "data"),
+                         max_inputs_per_request="4") as url:
+        command = [sys.executable, "-m", "focalserve_server", "index", "add", "--collection", "folder",
+                   "--model", "demo", "--images", str(folder), "--metadata", str(tmp_path / "meta.jsonl"),
+                   "--url", url, "--batch-size", "5"]
         first = subprocess.run(command, capture_output=True, text=True, timeout=300)
         assert first.returncode == 0, first.stderr
         assert json.loads(first.stdout.splitlines()[-1]) == {"collection": "folder", "added": 24, "skipped": 0}
         second = subprocess.run(command, capture_output=True, text=True, timeout=300)
         assert json.loads(second.stdout.splitlines()[-1]) == {"collection": "folder", "added": 0, "skipped": 24}
+        httpx.delete(f"{url}/collections/folder/items/sub/img 7.png").raise_for_status()  # an interrupted run
+        third = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert json.loads(third.stdout.splitlines()[-1]) == {"collection": "folder", "added": 1, "skipped": 23}
         item = httpx.get(f"{url}/collections/folder/items/img 4.png").json()
         assert item["metadata"] == {"colour": generator.sample(4).colour}
         assert httpx.get(f"{url}/collections/folder").json()["items"] == 24
