@@ -41,15 +41,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         backend = create_backend(settings)
         await backend.start()
-        engine = await Engine.load(backend, settings, metrics)
-        engine.start()
         images = ImageDecoder(
             settings.preprocess_workers, settings.max_image_bytes, settings.max_image_pixels, settings.max_aspect_ratio
         )
+        engine = await Engine.load(backend, images, settings, metrics)
+        engine.start()
         store = Store(settings.data_dir)
-        collections = CollectionService(store, engine, images, settings.max_instruction_chars)
+        collections = CollectionService(store, engine)
         await collections.start()
-        app.state.gateway = Gateway(settings, metrics, backend, engine, images, collections)
+        app.state.gateway = Gateway(settings, metrics, backend, engine, collections)
         try:
             yield
         finally:

@@ -21,12 +21,12 @@ from focalserve_server.errors import InvalidInstruction
 def normalise_instruction(instruction: str, max_chars: int, what: str = "instruction") -> str:
     """The SDK's normalisation (one definition for both sides), plus the server's limits."""
     if len(instruction) > max_chars * 4:  # cheap early refusal before any unicode work
-        raise InvalidInstruction(f"the {what} is longer than the limit of {max_chars} characters")
+        raise InvalidInstruction(f"the {what} is longer than the limit of {max_chars} characters", limit=max_chars)
     text = normalised_text(instruction)
     if not text:
         raise InvalidInstruction(f"the {what} is empty")
     if len(text) > max_chars:
-        raise InvalidInstruction(f"the {what} has {len(text)} characters; the limit is {max_chars}")
+        raise InvalidInstruction(f"the {what} has {len(text)} characters; the limit is {max_chars}", limit=max_chars)
     return text
 
 

@@ -1,30 +1,58 @@
-"""The serving engine: per family, the batchers, tokenizer, preprocessing and condition cache.
+"""The serving engine: the one embed path, from client bytes and text to normalised vectors.
 
-Routes call `FamilyEngine` only; it calls the backend only through its batchers.
+Routes and the collection service call the engine only; it decodes and preprocesses images,
+applies the instruction rules, consults the condition cache and submits to the batchers, which
+call the backend. Every rule and limit of that path is stated here or in the module it names.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 import open_clip
 
-from focalserve_family import FamilySpec, ModelSpec, families_from_configs
+from focalserve_family import FamilySpec, ModelSpec, Role, families_from_configs
 from focalserve_server.backends.base import ModelBackend
 from focalserve_server.batching import DynamicBatcher
-from focalserve_server.conditions import ConditionCache, instruction_hash
+from focalserve_server.conditions import ConditionCache, instruction_hash, normalise_instruction
 from focalserve_server.config import Settings
-from focalserve_server.errors import InvalidInstruction, UnknownModel
-from focalserve_server.images import ImagePreprocessor
+from focalserve_server.errors import InvalidInstruction, TooManyInputs, UnknownModel, await_at, check_at
+from focalserve_server.images import ImageDecoder, ImagePreprocessor
 from focalserve_server.metrics import Metrics
 
 TEXT_SPACE = "text"
 UNCONDITIONAL_SPACE = "none"
 
 
+@dataclass(frozen=True)
+class EmbedInput:
+    """One input as a client sent it: image bytes (with an instruction for FocalLens) or a text."""
+
+    image: bytes | None = None
+    text: str | None = None
+    instruction: str | None = None
+
+
+@dataclass(frozen=True)
+class Embedding:
+    vector: np.ndarray
+    instruction: str | None  # as normalised; None for texts and plain CLIP images
+    space: str  # which vectors it is comparable with
+
+
 class FamilyEngine:
-    def __init__(self, spec: FamilySpec, backend: ModelBackend, settings: Settings, metrics: Metrics) -> None:
+    """One family: its batchers, tokenizer, preprocessing and condition cache."""
+
+    def __init__(
+        self, spec: FamilySpec, backend: ModelBackend, images: ImageDecoder, settings: Settings, metrics: Metrics
+    ) -> None:
         self.spec = spec
-        self.preprocess = ImagePreprocessor(spec)
+        self._preprocess = ImagePreprocessor(spec)
+        self._images = images
+        self._max_instruction_chars = settings.max_instruction_chars
         self._tokenizer = open_clip.get_tokenizer(spec.tokenizer, context_length=spec.context_length)
         self._backend = backend
         self.batchers = {role: self._batcher(model, settings, metrics) for role, model in spec.models.items()}
@@ -48,8 +76,19 @@ class FamilyEngine:
             on_reject=metrics.rejected.labels(model.name).inc,
         )
 
-    def tokenize(self, text: str) -> np.ndarray:
-        return self._tokenizer([text])[0].numpy().astype(np.int64)
+    # the rules ---------------------------------------------------------------------------
+
+    def normalise(self, text: str, what: str = "instruction") -> str:
+        """An instruction or query text as the server compares it, within the length limit."""
+        return normalise_instruction(text, self._max_instruction_chars, what)
+
+    def condition_of(self, instruction: str | None) -> str | None:
+        """The normalised instruction an image is embedded under: FocalLens needs one, plain CLIP takes none."""
+        if self.spec.conditional and instruction is None:
+            raise InvalidInstruction(f"model {self.spec.name} is a FocalLens family: each image needs an instruction")
+        if not self.spec.conditional and instruction is not None:
+            raise InvalidInstruction(f"model {self.spec.name} is a plain CLIP family: an image takes no instruction")
+        return None if instruction is None else self.normalise(instruction)
 
     def space(self, instruction: str | None) -> str:
         """Which vectors are comparable: same family and checkpoint, same condition."""
@@ -60,31 +99,48 @@ class FamilyEngine:
     def text_space(self) -> str:
         return f"{self.spec.family}:{self.spec.checkpoint_hash}:{TEXT_SPACE}"
 
-    async def condition(self, instruction: str) -> np.ndarray:
-        """The encoded (normalised) instruction; a repeat is served from the cache."""
-        return await self._conditions.get(instruction, self._encode_instruction)
+    def tokenize(self, text: str) -> np.ndarray:
+        return self._tokenizer([text])[0].numpy().astype(np.int64)
+
+    def token_count(self, text: str) -> int:
+        """Tokens the text tower sees of a text as normalised: start and end included, padding not."""
+        return int(np.count_nonzero(self.tokenize(self.normalise(text, "text"))))
+
+    # the path ----------------------------------------------------------------------------
+
+    async def embed(self, item: EmbedInput) -> Embedding:
+        """One client input; errors are located at its field (`image`, `instruction`, `text`)."""
+        if item.text is not None:
+            text = check_at(("text",), self.normalise, item.text, "text")
+            return Embedding(await self._submit("text", self.tokenize(text)), None, self.text_space)
+        assert item.image is not None
+        instruction = check_at(("instruction",), self.condition_of, item.instruction)
+        pixels = await await_at(("image",), self.prepare(item.image))
+        return Embedding(await self.embed_pixels(pixels, instruction), instruction, self.space(instruction))
+
+    async def embed_all(self, items: Sequence[EmbedInput], field: str) -> list[Embedding]:
+        """Several inputs at once; an error names its position (`[field, index, ...]`)."""
+        return list(await asyncio.gather(*(await_at((field, i), self.embed(item)) for i, item in enumerate(items))))
+
+    async def prepare(self, image: bytes) -> np.ndarray:
+        """Encoded bytes -> the model's float32 (3, S, S) input, decoded off the event loop."""
+        return await self._images.prepare(self._preprocess, image)
+
+    async def embed_pixels(self, pixels: np.ndarray, condition: str | None) -> np.ndarray:
+        """A prepared image under an already normalised condition (see `condition_of`)."""
+        if condition is None:
+            return await self._submit("image", pixels)
+        return await self._submit("image", pixels, await self._conditions.get(condition, self._encode_instruction))
+
+    async def embed_query_text(self, text: str) -> np.ndarray:
+        return await self._submit("text", self.tokenize(self.normalise(text, "text")))
 
     async def _encode_instruction(self, instruction: str) -> np.ndarray:
-        model = self.spec.models["instruction"]
-        return await self.batchers["instruction"].submit({model.input_names[0]: self.tokenize(instruction)})
+        return await self._submit("instruction", self.tokenize(instruction))
 
-    async def embed_image(self, pixels: np.ndarray, instruction: str | None) -> np.ndarray:
-        model = self.spec.models["image"]
-        if self.spec.conditional:
-            if instruction is None:
-                raise InvalidInstruction(
-                    f"model {self.spec.name} is a FocalLens family: each image needs an 'instruction'"
-                )
-            inputs = {model.input_names[0]: pixels, model.input_names[1]: await self.condition(instruction)}
-        else:
-            if instruction is not None:
-                raise InvalidInstruction(f"model {self.spec.name} is a plain CLIP family: it takes no 'instruction'")
-            inputs = {model.input_names[0]: pixels}
-        return await self.batchers["image"].submit(inputs)
-
-    async def embed_text(self, text: str) -> np.ndarray:
-        model = self.spec.models["text"]
-        return await self.batchers["text"].submit({model.input_names[0]: self.tokenize(text)})
+    async def _submit(self, role: Role, *arrays: np.ndarray) -> np.ndarray:
+        names = self.spec.models[role].input_names
+        return await self.batchers[role].submit(dict(zip(names, arrays, strict=True)))
 
     def start(self) -> None:
         for batcher in self.batchers.values():
@@ -96,17 +152,19 @@ class FamilyEngine:
 
 
 class Engine:
-    """All loaded families, by name."""
+    """All loaded families, by name, and the request-level limits of the embed path."""
 
-    def __init__(self, families: dict[str, FamilyEngine]) -> None:
+    def __init__(self, families: dict[str, FamilyEngine], max_inputs_per_request: int) -> None:
         self.families = families
+        self.max_inputs_per_request = max_inputs_per_request
 
     @classmethod
-    async def load(cls, backend: ModelBackend, settings: Settings, metrics: Metrics) -> Engine:
+    async def load(cls, backend: ModelBackend, images: ImageDecoder, settings: Settings, metrics: Metrics) -> Engine:
         specs = families_from_configs(await backend.model_configs())
         if settings.families:
             specs = {name: spec for name, spec in specs.items() if name in settings.families}
-        return cls({name: FamilyEngine(spec, backend, settings, metrics) for name, spec in specs.items()})
+        families = {name: FamilyEngine(spec, backend, images, settings, metrics) for name, spec in specs.items()}
+        return cls(families, settings.max_inputs_per_request)
 
     def family(self, name: str | None) -> FamilyEngine:
         if name is None:
@@ -115,8 +173,25 @@ class Engine:
             raise UnknownModel(f"several models are loaded; name one of: {', '.join(sorted(self.families))}")
         if name not in self.families:
             known = ", ".join(sorted(self.families)) or "none"
-            raise UnknownModel(f"unknown model {name!r}; loaded: {known}")
+            raise UnknownModel(f"unknown model {name!r}; loaded: {known}", loc=("model",))
         return self.families[name]
+
+    def check_count(self, count: int, field: str) -> None:
+        """The one input-count limit, for /embed, the OpenAI route and item uploads alike; checked
+        before a request's inputs are decoded, so an oversized request costs no decoding."""
+        if count > self.max_inputs_per_request:
+            raise TooManyInputs(
+                f"{count} {field} in one request; the limit is {self.max_inputs_per_request}",
+                loc=(field,),
+                limit=self.max_inputs_per_request,
+            )
+
+    async def embed(
+        self, model: str | None, items: Sequence[EmbedInput], field: str
+    ) -> tuple[FamilyEngine, list[Embedding]]:
+        """Inputs of one request (whose count the caller checked before decoding them)."""
+        family = self.family(model)
+        return family, await family.embed_all(items, field)
 
     def start(self) -> None:
         for family in self.families.values():

@@ -1,19 +1,53 @@
-"""Domain errors, each with its HTTP status and a stable code; rendered as {"error": {...}}."""
+"""Domain errors, each with its HTTP status and a stable code; rendered as
+`{"error": {"code", "message", "loc"?, "limit"?}}` by one handler (api/errors.py).
+
+`loc` is the JSON path of the failing input (`("inputs", 2, "image")`), `limit` the number that
+was exceeded: a client learns both without reading the message, which is composed once, where
+the error is raised, and never rewritten.
+"""
 
 from __future__ import annotations
+
+import copy
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+Loc = tuple[str | int, ...]
+T = TypeVar("T")
 
 
 class FocalServeError(Exception):
     status: int = 500
     code: str = "internal_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, loc: Sequence[str | int] = (), limit: int | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.loc: Loc = tuple(loc)
+        self.limit = limit
+
+    def within(self, *prefix: str | int) -> FocalServeError:
+        """The same error located inside `prefix`: a validator knows its field, its caller the position."""
+        located = copy.copy(self)
+        located.loc = (*prefix, *self.loc)
+        return located
 
 
 class InvalidRequest(FocalServeError):
     status, code = 422, "invalid_request"
+
+    @classmethod
+    def from_validation(cls, errors: Sequence[Any], within: Loc = ()) -> InvalidRequest:
+        """pydantic's first error, located; its loc is pydantic's without the `within` prefix
+        (FastAPI prefixes a JSON body's errors with "body")."""
+        first = dict(errors[0]) if errors else {}
+        loc = tuple(first.get("loc", ()))
+        if loc[: len(within)] == within:
+            loc = loc[len(within):]
+        message = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
+        if len(errors) > 1:
+            message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+        return cls(message, loc=loc)
 
 
 class InvalidImage(FocalServeError):
@@ -68,3 +102,23 @@ class BackendUnavailable(FocalServeError):
     """The model backend (e.g. Triton) cannot be reached or is not ready."""
 
     status, code = 503, "backend_unavailable"
+
+
+def check_at(loc: Loc, check: Callable[..., T], *args: Any) -> T:
+    """Run a validator; its client error is located inside `loc`."""
+    try:
+        return check(*args)
+    except FocalServeError as error:
+        if error.status >= 500:
+            raise
+        raise error.within(*loc) from None
+
+
+async def await_at(loc: Loc, work: Awaitable[T]) -> T:
+    """Await `work`; a client error it raises is located inside `loc` (server errors are not)."""
+    try:
+        return await work
+    except FocalServeError as error:
+        if error.status >= 500:
+            raise
+        raise error.within(*loc) from None

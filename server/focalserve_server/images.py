@@ -23,12 +23,14 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int, max_aspect_ratio:
     if not data:
         raise InvalidImage("the image is empty (0 bytes)")
     if len(data) > max_bytes:
-        raise ImageTooLarge(f"the image is {len(data)} bytes; the limit is {max_bytes}")
+        raise ImageTooLarge(f"the image is {len(data)} bytes; the limit is {max_bytes}", limit=max_bytes)
     try:
         image = Image.open(io.BytesIO(data))
         width, height = image.size
         if width * height > max_pixels:
-            raise ImageTooLarge(f"the image declares {width}x{height} pixels; the limit is {max_pixels} pixels")
+            raise ImageTooLarge(
+                f"the image declares {width}x{height} pixels; the limit is {max_pixels} pixels", limit=max_pixels
+            )
         if max(width, height) > max_aspect_ratio * max(1, min(width, height)):
             raise InvalidImage(f"the image is {width}x{height}; the longest side may be at most "
                                f"{max_aspect_ratio:g} times the shortest")

@@ -1,4 +1,4 @@
-"""What the app holds while it runs: settings, backend, engine, metrics, image decoding, collections."""
+"""What the app holds while it runs: settings, backend, engine, metrics, collections."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from focalserve_server.backends.base import ModelBackend
 from focalserve_server.config import Settings
 from focalserve_server.engine import Engine
-from focalserve_server.images import ImageDecoder
 from focalserve_server.metrics import Metrics
 from focalserve_server.search.service import CollectionService
 
@@ -18,7 +17,6 @@ class Gateway:
     metrics: Metrics
     backend: ModelBackend
     engine: Engine
-    images: ImageDecoder
     collections: CollectionService
 
     def __post_init__(self) -> None:

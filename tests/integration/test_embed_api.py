@@ -146,10 +146,26 @@ def test_bad_input_gets_a_clear_4xx(gateway_url, inputs, model, status, code):
     assert error["code"] == code and error["message"]
 
 
-def test_limits_are_named_in_the_message(gateway_url):
-    message = embed(gateway_url, [{"image": b64(RED), "instruction": "why " * 40}]).json()["error"]["message"]
-    assert "64" in message and message.startswith("inputs[0]")
-    assert "16" in embed(gateway_url, [{"text": "x"}] * 17).json()["error"]["message"]
+def test_errors_locate_their_input_and_name_the_limit(gateway_url):
+    long_instruction = [{"text": "ok"}, {"image": b64(RED), "instruction": "why " * 40}]
+    error = embed(gateway_url, long_instruction).json()["error"]
+    assert (error["loc"], error["limit"], error["code"]) == (["inputs", 1, "instruction"], 64, "invalid_instruction")
+    assert not error["message"].startswith("inputs")  # the position is in `loc`, not spliced into the text
+
+    error = embed(gateway_url, [{"text": "x"}] * 17).json()["error"]
+    assert (error["loc"], error["limit"], error["code"]) == (["inputs"], 16, "too_many_inputs")
+
+    error = embed(gateway_url, [{"text": "x"}, {"text": "y"}, {"image": "not base64!"}]).json()["error"]
+    assert (error["loc"], error["code"]) == (["inputs", 2, "image"], "invalid_image") and "limit" not in error
+
+    error = embed(gateway_url, [{"image": b64(RED)}]).json()["error"]
+    assert (error["loc"], error["code"]) == (["inputs", 0, "instruction"], "invalid_instruction")
+
+    error = embed(gateway_url, [{"text": "x"}, {"img": b64(RED)}]).json()["error"]
+    assert error["code"] == "invalid_request" and error["loc"][:2] == ["inputs", 1]
+
+    error = embed(gateway_url, [{"text": "x"}], model="nope").json()["error"]
+    assert (error["loc"], error["code"]) == (["model"], "unknown_model")
 
 
 @pytest.mark.parametrize("body", [b"{not json", b"[]", b'{"inputs": "x"}'])

@@ -179,8 +179,18 @@ def test_bad_searches_get_4xx_json(products, body, status):
 
 
 def test_unregistered_condition_lists_the_registered_ones(products):
-    message = search(products, condition="how old is it?", query={"text": "x"}).json()["error"]["message"]
-    assert COLOUR in message and SHAPE in message
+    error = search(products, condition="how old is it?", query={"text": "x"}).json()["error"]
+    assert COLOUR in error["message"] and SHAPE in error["message"] and error["loc"] == ["condition"]
+
+
+def test_search_errors_are_located(products):
+    error = search(products, condition=COLOUR, query={"image": "@@@"}).json()["error"]
+    assert (error["loc"], error["code"]) == (["query", "image"], "invalid_image")
+    error = httpx.get(f"{products}/collections/products/items", params={"limit": 5000}).json()["error"]
+    assert error["loc"] == ["query", "limit"] and error["code"] == "invalid_request"
+    bad_item = {"items": [{"id": "a", "image": ITEMS[0]["image"]}, {"id": "b", "image": "@@@"}]}
+    error = httpx.post(f"{products}/collections/products/items", json=bad_item, timeout=30).json()["error"]
+    assert (error["loc"], error["code"]) == (["items", 1, "image"], "invalid_image")
 
 
 @pytest.mark.parametrize(("method", "path", "body", "status"), [

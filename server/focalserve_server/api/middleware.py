@@ -10,8 +10,10 @@ import asyncio
 import time
 from collections.abc import Callable
 
-import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from focalserve_server.api.errors import render_error
+from focalserve_server.errors import DeadlineExceeded, FocalServeError, PayloadTooLarge
 
 
 class _BodyTooLarge(Exception):
@@ -36,7 +38,7 @@ class RequestLimits:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            await self._error(send, 413, "payload_too_large", self._too_large_message())
+            await self._error(scope, receive, send, self._too_large())
             return
         started = False
         received = 0
@@ -61,23 +63,19 @@ class RequestLimits:
                 await self.app(scope, counted_receive, tracked_send)
         except _BodyTooLarge:
             if not started:
-                await self._error(send, 413, "payload_too_large", self._too_large_message())
+                await self._error(scope, receive, send, self._too_large())
         except TimeoutError:
             if not started:
-                await self._error(send, 503, "deadline_exceeded",
-                                  f"the request took longer than {self.timeout_s:g} s; retry later",
-                                  [(b"retry-after", str(self.retry_after_s).encode())])
+                late = DeadlineExceeded(f"the request took longer than {self.timeout_s:g} s; retry later")
+                await self._error(scope, receive, send, late)
 
-    def _too_large_message(self) -> str:
-        return f"the request body is larger than the limit of {self.max_body_bytes} bytes"
+    def _too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"the request body is larger than the limit of {self.max_body_bytes} bytes", limit=self.max_body_bytes
+        )
 
-    @staticmethod
-    async def _error(send: Send, status: int, code: str, message: str,
-                     headers: list[tuple[bytes, bytes]] | None = None) -> None:
-        body = orjson.dumps({"error": {"code": code, "message": message}})
-        await send({"type": "http.response.start", "status": status, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])]})
-        await send({"type": "http.response.body", "body": body})
+    async def _error(self, scope: Scope, receive: Receive, send: Send, error: FocalServeError) -> None:
+        await render_error(error, self.retry_after_s)(scope, receive, send)
 
 
 class RecordLatency:

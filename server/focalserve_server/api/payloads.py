@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable
-from typing import TypeVar
 
-from focalserve_server.errors import FocalServeError, InvalidImage
-
-T = TypeVar("T")
+from focalserve_server.errors import InvalidImage
 
 SIGNATURES = {
     b"\x89PNG\r\n\x1a\n": "image/png",
@@ -19,13 +15,13 @@ SIGNATURES = {
 }
 
 
-def b64decode(text: str, field: str) -> bytes:
+def b64decode(text: str) -> bytes:
     if text.startswith("data:") and "," in text:  # accept data URLs as browsers produce them
         text = text.split(",", 1)[1]
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidImage(f"'{field}' is not valid base64") from None
+        raise InvalidImage("the image is not valid base64") from None
 
 
 def sniff_image_type(data: bytes) -> str:
@@ -36,12 +32,3 @@ def sniff_image_type(data: bytes) -> str:
         if data.startswith(signature):
             return media_type
     return "application/octet-stream"
-
-
-def located(where: str, validate: Callable[..., T], *args: object) -> T:
-    """Run a validator, prefixing its error with the position of the input (`inputs[3]: ...`)."""
-    try:
-        return validate(*args)
-    except FocalServeError as error:
-        error.message = f"{where}: {error.message}"
-        raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -13,5 +14,18 @@ class FastJSONResponse(JSONResponse):
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> FastJSONResponse:
-    return FastJSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    loc: Sequence[str | int] = (),
+    limit: int | None = None,
+) -> FastJSONResponse:
+    """The one error body: `loc` and `limit` appear only when they say something."""
+    detail: dict[str, Any] = {"code": code, "message": message}
+    if loc:
+        detail["loc"] = list(loc)
+    if limit is not None:
+        detail["limit"] = limit
+    return FastJSONResponse({"error": detail}, status_code=status, headers=headers)

@@ -12,17 +12,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from focalserve_server.conditions import normalise_instruction
 from focalserve_server.engine import Engine, FamilyEngine
-from focalserve_server.errors import Conflict, FocalServeError, InvalidInstruction, InvalidRequest, NotFound
-from focalserve_server.images import ImageDecoder
+from focalserve_server.errors import Conflict, InvalidInstruction, InvalidRequest, NotFound, await_at, check_at
 from focalserve_server.search.indexes import VectorIndex
 from focalserve_server.storage import Collection, Condition, Item, NewItem, Store
 
@@ -46,11 +43,9 @@ class Hit:
 
 
 class CollectionService:
-    def __init__(self, store: Store, engine: Engine, images: ImageDecoder, max_instruction_chars: int) -> None:
+    def __init__(self, store: Store, engine: Engine) -> None:
         self.store = store
         self.engine = engine
-        self._images = images
-        self._max_instruction_chars = max_instruction_chars
         self._indexes: dict[int, VectorIndex] = {}  # by condition rowid
         self._builds: dict[int, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -116,6 +111,14 @@ class CollectionService:
             await self._activate(collection, condition)
         return collection
 
+    async def list_collections(self) -> list[Collection]:
+        """Collections whose family is loaded (others wait for a gateway that serves it)."""
+        collections = await asyncio.to_thread(self.store.collections)
+        return [c for c in collections if c.model in self.engine.families]
+
+    async def item_count(self, name: str) -> int:
+        return await asyncio.to_thread(self.store.item_count, name)
+
     async def collection(self, name: str) -> Collection:
         collection = await asyncio.to_thread(self.store.collection, name)
         if collection is None:
@@ -152,7 +155,7 @@ class CollectionService:
         collection = await self.collection(name)
         family = self.family_of(collection)
         pixels = await asyncio.gather(
-            *(self._at(i, self._images.prepare(family.preprocess, u.image)) for i, u in enumerate(uploads))
+            *(await_at(("items", i, "image"), family.prepare(u.image)) for i, u in enumerate(uploads))
         )
         vectors = await self._embed_under_ready(family, name, pixels, {})
         async with self._lock(name):
@@ -179,16 +182,16 @@ class CollectionService:
     async def _embed_all(
         self, family: FamilyEngine, condition: Condition, pixels: list[np.ndarray]
     ) -> list[np.ndarray]:
-        return list(await asyncio.gather(*(family.embed_image(p, condition.instruction) for p in pixels)))
+        return list(await asyncio.gather(*(family.embed_pixels(p, condition.instruction) for p in pixels)))
 
-    @staticmethod
-    async def _at(index: int, awaitable: Awaitable[np.ndarray]) -> np.ndarray:
-        try:
-            return await awaitable
-        except FocalServeError as error:
-            if error.status < 500:
-                error.message = f"items[{index}]: {error.message}"
-            raise
+    async def list_items(self, name: str, after_rowid: int, limit: int) -> list[Item]:
+        """Items in insertion order after `after_rowid`, at most `limit`."""
+        await self.collection(name)
+        return await asyncio.to_thread(self.store.items, name, after_rowid, limit)
+
+    async def read_image(self, name: str, item_id: str) -> bytes:
+        item = await self.item(name, item_id)
+        return await asyncio.to_thread(self.store.read_blob, item.blob)
 
     async def item(self, name: str, item_id: str) -> Item:
         await self.collection(name)
@@ -211,11 +214,13 @@ class CollectionService:
 
     async def add_condition(self, name: str, instruction: str, index_kind: str) -> tuple[Condition, bool]:
         collection = await self.collection(name)
-        if not self.family_of(collection).spec.conditional:
+        family = self.family_of(collection)
+        if not family.spec.conditional:
             raise InvalidInstruction(
-                f"collection {name!r} uses the plain CLIP family {collection.model}: it has one unconditional view"
+                f"collection {name!r} uses the plain CLIP family {collection.model}: it has one unconditional view",
+                loc=("instruction",),
             )
-        normalised = normalise_instruction(instruction, self._max_instruction_chars)
+        normalised = check_at(("instruction",), family.normalise, instruction)
         condition, created = await asyncio.to_thread(self.store.add_condition, name, normalised, index_kind)
         if not created and condition.index_kind != index_kind:
             raise Conflict(f"condition {normalised!r} is registered with index {condition.index_kind!r}")
@@ -266,7 +271,7 @@ class CollectionService:
 
     async def _embed_stored(self, family: FamilyEngine, condition: Condition, item: Item) -> np.ndarray:
         image = await asyncio.to_thread(self.store.read_blob, item.blob)
-        return await family.embed_image(await self._images.prepare(family.preprocess, image), condition.instruction)
+        return await family.embed_pixels(await family.prepare(image), condition.instruction)
 
     async def conditions(self, name: str) -> list[Condition]:
         await self.collection(name)
@@ -274,18 +279,26 @@ class CollectionService:
 
     async def find_condition(self, collection: Collection, instruction: str | None) -> Condition:
         conditions = await asyncio.to_thread(self.store.conditions, collection.name)
-        if not self.family_of(collection).spec.conditional:
+        family = self.family_of(collection)
+        if not family.spec.conditional:
             if instruction is not None:
-                raise InvalidInstruction(f"collection {collection.name!r} is plain CLIP: search it without a condition")
+                raise InvalidInstruction(
+                    f"collection {collection.name!r} is plain CLIP: search it without a condition", loc=("condition",)
+                )
             return conditions[0]
         if instruction is None:
-            raise InvalidInstruction(f"collection {collection.name!r} is FocalLens: name a registered condition")
-        normalised = normalise_instruction(instruction, self._max_instruction_chars)
+            raise InvalidInstruction(
+                f"collection {collection.name!r} is FocalLens: name a registered condition", loc=("condition",)
+            )
+        normalised = check_at(("condition",), family.normalise, instruction)
         for condition in conditions:
             if condition.instruction == normalised:
                 return condition
         registered = ", ".join(repr(c.instruction) for c in conditions) or "none"
-        raise NotFound(f"condition {normalised!r} is not registered on {collection.name!r}; registered: {registered}")
+        raise NotFound(
+            f"condition {normalised!r} is not registered on {collection.name!r}; registered: {registered}",
+            loc=("condition",),
+        )
 
     # search ------------------------------------------------------------------------------
 
@@ -310,16 +323,17 @@ class CollectionService:
         """The query embedding and, for an item query, the item's rowid (left out of its own results)."""
         family = self.family_of(collection)
         if query.get("text") is not None:
-            text = normalise_instruction(query["text"], self._max_instruction_chars, "text")
-            return await family.embed_text(text), None
+            return await await_at(("query", "text"), family.embed_query_text(query["text"])), None
         if query.get("image") is not None:
-            return await family.embed_image(
-                await self._images.prepare(family.preprocess, query["image"]), condition.instruction
-            ), None
+            pixels = await await_at(("query", "image"), family.prepare(query["image"]))
+            return await family.embed_pixels(pixels, condition.instruction), None
         item = await self.item(collection.name, query["item_id"])
         vector = await asyncio.to_thread(self.store.vector, condition.rowid, item.rowid)
         if vector is None:
-            raise InvalidRequest(f"item {item.id!r} is not embedded under this condition yet; retry when it is ready")
+            raise InvalidRequest(
+                f"item {item.id!r} is not embedded under this condition yet; retry when it is ready",
+                loc=("query", "item_id"),
+            )
         return vector, item.rowid
 
     def _lock(self, name: str) -> asyncio.Lock:

@@ -1,8 +1,7 @@
-"""Collections: create, list, delete; items; conditions (DESIGN.md section 3)."""
+"""Collections: create, list, delete; items; conditions (docs/design.md section 3)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Annotated
 
@@ -26,10 +25,10 @@ from focalserve_client.schemas import (
     ItemsAdded,
 )
 from focalserve_server.api.deps import GatewayDep, ReadAccess, WriteAccess
-from focalserve_server.api.errors import describe_validation_errors
 from focalserve_server.api.payloads import b64decode, sniff_image_type
 from focalserve_server.api.responses import FastJSONResponse
-from focalserve_server.errors import InvalidRequest, TooManyInputs
+from focalserve_server.engine import Engine
+from focalserve_server.errors import InvalidRequest, check_at
 from focalserve_server.search.service import CollectionService, ItemUpload
 from focalserve_server.storage import Collection, Condition
 
@@ -51,7 +50,7 @@ MULTIPART_ITEM = {
 async def collection_info(service: CollectionService, collection: Collection) -> dict:
     spec = service.family_of(collection).spec
     conditions = await service.conditions(collection.name)
-    total = await _count(service, collection.name)
+    total = await service.item_count(collection.name)
     return {
         "name": collection.name,
         "model": collection.model,
@@ -60,10 +59,6 @@ async def collection_info(service: CollectionService, collection: Collection) ->
         "items": total,
         "conditions": [condition_info(service, c, total) for c in conditions],
     }
-
-
-async def _count(service: CollectionService, name: str) -> int:
-    return await asyncio.to_thread(service.store.item_count, name)
 
 
 def condition_info(service: CollectionService, condition: Condition, total: int) -> dict:
@@ -89,9 +84,8 @@ async def create_collection(body: CollectionCreate, gateway: GatewayDep) -> Fast
 async def list_collections(gateway: GatewayDep) -> FastJSONResponse:
     """All collections."""
     service = gateway.collections
-    collections = await asyncio.to_thread(service.store.collections)
-    loaded = [c for c in collections if c.model in service.engine.families]
-    return FastJSONResponse({"collections": [await collection_info(service, c) for c in loaded]})
+    collections = await service.list_collections()
+    return FastJSONResponse({"collections": [await collection_info(service, c) for c in collections]})
 
 
 @router.get("/{name}", response_model=CollectionInfo, responses=ERRORS)
@@ -129,23 +123,21 @@ async def add_items(name: CollectionName, request: Request, gateway: GatewayDep)
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         uploads = [await _multipart_item(request)]
     else:
-        uploads = _json_items(await request.body())
-    limit = gateway.settings.max_inputs_per_request
-    if len(uploads) > limit:
-        raise TooManyInputs(f"{len(uploads)} items in one request; the limit is {limit}")
+        uploads = _json_items(await request.body(), gateway.engine)
     if len({upload.id for upload in uploads}) != len(uploads):
-        raise InvalidRequest("an item id appears twice in one request")
+        raise InvalidRequest("an item id appears twice in one request", loc=("items",))
     added = await gateway.collections.add_items(name, uploads)
     return FastJSONResponse({"added": added}, status_code=201)
 
 
-def _json_items(body: bytes) -> list[ItemUpload]:
+def _json_items(body: bytes, engine: Engine) -> list[ItemUpload]:
     try:
         payload = ItemsAdd.model_validate_json(body)
     except ValidationError as error:
-        raise InvalidRequest(describe_validation_errors(error.errors())) from None
+        raise InvalidRequest.from_validation(error.errors()) from None
+    engine.check_count(len(payload.items), "items")
     return [
-        ItemUpload(item.id, b64decode(item.image, f"items[{i}].image"), item.metadata)
+        ItemUpload(item.id, check_at(("items", i, "image"), b64decode, item.image), item.metadata)
         for i, item in enumerate(payload.items)
     ]
 
@@ -157,9 +149,10 @@ async def _multipart_item(request: Request) -> ItemUpload:
         raise InvalidRequest("multipart items need an 'image' file field, an 'id' and optional JSON 'metadata'")
     try:
         item = ItemIn(id=str(form.get("id") or ""), image="", metadata=json.loads(metadata))
-    except (ValidationError, ValueError) as error:
-        errors = error.errors() if isinstance(error, ValidationError) else [{"msg": f"metadata: {error}"}]
-        raise InvalidRequest(describe_validation_errors(errors)) from None
+    except ValidationError as error:
+        raise InvalidRequest.from_validation(error.errors()) from None
+    except ValueError as error:
+        raise InvalidRequest(f"not a JSON object: {error}", loc=("metadata",)) from None
     return ItemUpload(item.id, await upload.read(), item.metadata)
 
 
@@ -168,10 +161,8 @@ async def list_items(
     name: CollectionName, gateway: GatewayDep, after: str = "", limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> FastJSONResponse:
     """Items in insertion order, a page at a time (`after` = the previous page's `next_after`)."""
-    service = gateway.collections
-    await service.collection(name)
     after_rowid = int(after) if after.isdigit() else 0
-    items = await asyncio.to_thread(service.store.items, name, after_rowid, limit)
+    items = await gateway.collections.list_items(name, after_rowid, limit)
     return FastJSONResponse(
         {
             "items": [{"id": i.id, "metadata": i.metadata, "image_sha256": i.blob} for i in items],
@@ -183,8 +174,7 @@ async def list_items(
 @router.get("/{name}/items/{item_id:path}/image", responses=ERRORS)
 async def get_item_image(name: CollectionName, item_id: str, gateway: GatewayDep) -> Response:
     """The stored image bytes of an item."""
-    item = await gateway.collections.item(name, _checked_id(item_id))
-    data = await asyncio.to_thread(gateway.collections.store.read_blob, item.blob)
+    data = await gateway.collections.read_image(name, _checked_id(item_id))
     return Response(data, media_type=sniff_image_type(data), headers={"Cache-Control": "private, max-age=3600"})
 
 
@@ -207,7 +197,9 @@ def _checked_id(item_id: str) -> str:
     try:
         return ItemIn(id=item_id, image="").id
     except ValidationError:
-        raise InvalidRequest(f"invalid item id {item_id[:80]!r}: letters, digits and ._:@/+- only") from None
+        raise InvalidRequest(
+            f"invalid item id {item_id[:80]!r}: letters, digits and ._:@/+- only", loc=("path", "item_id")
+        ) from None
 
 
 @router.post(
@@ -217,7 +209,7 @@ async def add_condition(name: CollectionName, body: ConditionCreate, gateway: Ga
     """Register an instruction: every item is embedded under it and indexed in the background."""
     service = gateway.collections
     condition, created = await service.add_condition(name, body.instruction, body.index)
-    total = await _count(service, name)
+    total = await service.item_count(name)
     return FastJSONResponse(condition_info(service, condition, total), status_code=202 if created else 200)
 
 
@@ -225,5 +217,6 @@ async def add_condition(name: CollectionName, body: ConditionCreate, gateway: Ga
 async def list_conditions(name: CollectionName, gateway: GatewayDep) -> FastJSONResponse:
     """Registered conditions with their build progress."""
     service = gateway.collections
-    total = await _count(service, name)
-    return FastJSONResponse([condition_info(service, c, total) for c in await service.conditions(name)])
+    conditions = await service.conditions(name)
+    total = await service.item_count(name)
+    return FastJSONResponse([condition_info(service, c, total) for c in conditions])

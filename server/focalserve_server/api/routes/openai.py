@@ -2,12 +2,11 @@
 instruction-conditioned multimodal embedders (one image under one instruction).
 
 The request and response shapes are OpenAI's, not ours, so they are declared here rather than
-in the shared schema module; errors keep the gateway's `{"error": {"code", "message"}}` body.
+in the shared schema module; errors keep the gateway's `{"error": {...}}` body.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from typing import Annotated, Literal
 
@@ -17,17 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from focalserve_client.schemas import ErrorResponse
 from focalserve_server.api.deps import GatewayDep, ReadAccess
-from focalserve_server.api.payloads import b64decode, located
+from focalserve_server.api.payloads import b64decode
 from focalserve_server.api.responses import FastJSONResponse
-from focalserve_server.conditions import normalise_instruction
-from focalserve_server.engine import FamilyEngine
-from focalserve_server.errors import (
-    InvalidImage,
-    InvalidInstruction,
-    InvalidRequest,
-    TooManyInputs,
-)
-from focalserve_server.state import Gateway
+from focalserve_server.engine import EmbedInput
+from focalserve_server.errors import InvalidImage, InvalidRequest, check_at
 
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[ReadAccess])
 
@@ -118,73 +110,43 @@ class OpenAIEmbeddingResponse(_Strict):
 @router.post("/embeddings", response_model=OpenAIEmbeddingResponse, responses=ERRORS)
 async def create_embeddings(body: OpenAIEmbeddingRequest, gateway: GatewayDep) -> FastJSONResponse:
     """OpenAI-compatible embeddings of texts (`input`) or of an image under an instruction."""
-    engine = gateway.engine.family(body.model)
-    if body.dimensions is not None and body.dimensions != engine.spec.embedding_dim:
+    family = gateway.engine.family(body.model)
+    if body.dimensions is not None and body.dimensions != family.spec.embedding_dim:
         raise InvalidRequest(
-            f"'dimensions' is {body.dimensions}; "
-            f"model {engine.spec.name} embeds in {engine.spec.embedding_dim}"
+            f"'dimensions' is {body.dimensions}; model {family.spec.name} embeds in {family.spec.embedding_dim}",
+            loc=("dimensions",),
         )
     if body.messages is not None:
-        vectors, tokens = await _embed_messages(gateway, engine, body.messages)
+        field, items = "messages", [_message_input(body.messages)]
     else:
-        vectors, tokens = await _embed_texts(
-            gateway, engine, [body.input] if isinstance(body.input, str) else body.input
-        )
+        texts = [body.input] if isinstance(body.input, str) else body.input or []
+        gateway.engine.check_count(len(texts), "input")
+        field, items = "input", [EmbedInput(text=text) for text in texts]
+    embeddings = await family.embed_all(items, field)
     data = [
-        {"object": "embedding", "index": index, "embedding": _encoded(vector, body.encoding_format)}
-        for index, vector in enumerate(vectors)
+        {"object": "embedding", "index": index, "embedding": _encoded(e.vector, body.encoding_format)}
+        for index, e in enumerate(embeddings)
     ]
+    tokens = sum(family.token_count(text) for item in items for text in (item.text, item.instruction) if text)
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}
-    return FastJSONResponse(
-        {"object": "list", "data": data, "model": engine.spec.name, "usage": usage}
-    )
+    return FastJSONResponse({"object": "list", "data": data, "model": family.spec.name, "usage": usage})
 
 
-async def _embed_texts(
-    gateway: Gateway, engine: FamilyEngine, texts: list[str]
-) -> tuple[list[np.ndarray], int]:
-    limits = gateway.settings
-    if len(texts) > limits.max_inputs_per_request:
-        raise TooManyInputs(
-            f"{len(texts)} inputs in one request; the limit is {limits.max_inputs_per_request}"
-        )
-    normalised = [
-        located(f"input[{i}]", normalise_instruction, text, limits.max_instruction_chars, "text")
-        for i, text in enumerate(texts)
-    ]
-    vectors = await asyncio.gather(*(engine.embed_text(text) for text in normalised))
-    return list(vectors), sum(_token_count(engine, text) for text in normalised)
-
-
-async def _embed_messages(
-    gateway: Gateway, engine: FamilyEngine, messages: list[EmbeddingMessage]
-) -> tuple[list[np.ndarray], int]:
+def _message_input(messages: list[EmbeddingMessage]) -> EmbedInput:
+    """The one image (and its instruction) or the one text that `messages` may carry."""
     images, texts = _parts(messages)
     if len(images) > 1 or len(texts) > 1:
         raise InvalidRequest(
             "'messages' may hold one image part and one text part (the instruction); "
-            f"got {len(images)} images and {len(texts)} texts"
+            f"got {len(images)} images and {len(texts)} texts",
+            loc=("messages",),
         )
     if not images and not texts:
-        raise InvalidRequest("'messages' holds no image and no text")
+        raise InvalidRequest("'messages' holds no image and no text", loc=("messages",))
     if not images:
-        return await _embed_texts(gateway, engine, texts)
-    instruction = texts[0] if texts else None
-    if engine.spec.conditional and instruction is None:
-        raise InvalidInstruction(
-            f"model {engine.spec.name} is a FocalLens family: the message needs a text "
-            "part, the instruction, beside the image"
-        )
-    if not engine.spec.conditional and instruction is not None:
-        raise InvalidInstruction(
-            f"model {engine.spec.name} is a plain CLIP family: an image message takes no "
-            "text part (instruction)"
-        )
-    if instruction is not None:
-        instruction = normalise_instruction(instruction, gateway.settings.max_instruction_chars)
-    pixels = await gateway.images.prepare(engine.preprocess, _data_url_bytes(images[0]))
-    vector = await engine.embed_image(pixels, instruction)
-    return [vector], (_token_count(engine, instruction) if instruction is not None else 0)
+        return EmbedInput(text=texts[0])
+    image = check_at(("messages", "image_url"), _data_url_bytes, images[0])
+    return EmbedInput(image=image, instruction=texts[0] if texts else None)
 
 
 def _parts(messages: list[EmbeddingMessage]) -> tuple[list[str], list[str]]:
@@ -215,7 +177,7 @@ def _data_url_bytes(url: str) -> bytes:
         raise InvalidImage(
             "image_url.url must be a base64 data URL: data:image/<type>;base64,<data>"
         )
-    return b64decode(url, "image_url.url")
+    return b64decode(url)
 
 
 def _encoded(vector: np.ndarray, encoding_format: str) -> np.ndarray | str:
@@ -225,8 +187,3 @@ def _encoded(vector: np.ndarray, encoding_format: str) -> np.ndarray | str:
         if encoding_format == "base64"
         else vector
     )
-
-
-def _token_count(engine: FamilyEngine, text: str) -> int:
-    """Tokens the text tower sees: start and end included, padding not, cut at its context."""
-    return int(np.count_nonzero(engine.tokenize(text)))

@@ -8,6 +8,7 @@ from focalserve_client.schemas import ErrorResponse, SearchRequest, SearchRespon
 from focalserve_server.api.deps import GatewayDep, ReadAccess
 from focalserve_server.api.payloads import b64decode
 from focalserve_server.api.responses import FastJSONResponse
+from focalserve_server.errors import check_at
 
 router = APIRouter(tags=["search"], dependencies=[ReadAccess])
 
@@ -18,7 +19,7 @@ async def search(body: SearchRequest, gateway: GatewayDep) -> FastJSONResponse:
     """Top-k items of a collection for an image, text or stored item, under one condition."""
     query = body.query.model_dump()
     if body.query.image is not None:
-        query["image"] = b64decode(body.query.image, "query.image")
+        query["image"] = check_at(("query", "image"), b64decode, body.query.image)
     condition, hits = await gateway.collections.search(body.collection, body.condition, query, body.k, body.filter)
     return FastJSONResponse({
         "collection": body.collection,
