@@ -1,7 +1,7 @@
 """Request and response schemas of the FocalServe HTTP API.
 
 They live in the client package and the server imports them, so the two never disagree
-(DESIGN.md section 1). Limits that depend on the server's settings (input count,
+(docs/design.md section 1). Limits that depend on the server's settings (input count,
 instruction length, image size) are enforced by the server, which reports them.
 """
 

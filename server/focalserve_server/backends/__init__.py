@@ -1,4 +1,4 @@
-"""Model backends: one job, `infer(model, inputs) -> output` (DESIGN.md section 5)."""
+"""Model backends: one job, `infer(model, inputs) -> output` (docs/design.md section 5)."""
 
 from focalserve_server.backends.base import ModelBackend
 

@@ -1,7 +1,7 @@
 """FAISS indexes over int64 item ids: exact (flat), HNSW or IVF-PQ.
 
 Preconditions: vectors and queries are L2-normalised float32, so inner product is cosine.
-SQLite is the source of truth (DESIGN.md section 4); an index is a snapshot that its owner
+SQLite is the source of truth (docs/design.md section 4); an index is a snapshot that its owner
 rebuilds when it is missing, stale or, for HNSW, when `needs_rebuild` says tombstones have
 piled up. A `VectorIndex` is not thread-safe: its owner serialises writes and searches.
 
@@ -23,12 +23,13 @@ import tempfile
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
-from typing import Literal, get_args
+from typing import get_args
 
 import faiss
 import numpy as np
 
-IndexKind = Literal["flat", "hnsw", "ivfpq"]
+from focalserve_client.schemas import IndexKind  # the API names the kinds; the indexes implement them
+
 INDEX_KINDS: tuple[IndexKind, ...] = get_args(IndexKind)
 
 Hit = tuple[int, float]
