@@ -59,8 +59,10 @@ test: $(REPO)/demo_image/1/model.pt $(CHROMIUM)
 bench: $(REPO)/demo_image/1/model.pt
 	$(BIN)/python -m benchmarks
 
+# ruff, then mypy as [tool.mypy] in pyproject.toml configures it (the packages and benchmarks).
 lint: $(STAMP)
 	$(BIN)/ruff check server training family devtools client tests benchmarks
+	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache

@@ -31,14 +31,21 @@ class LoadResult:
     latencies_s: list[float] = field(default_factory=list)
     first_error: str | None = None
 
+    @property
+    def images_per_s(self) -> float:
+        return self.images * self._rate
+
+    @property
+    def _rate(self) -> float:
+        return 1.0 / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
     def summary(self) -> dict[str, float | int | str | None]:
-        rate = 1.0 / self.elapsed_s if self.elapsed_s > 0 else 0.0
         return {
             "concurrency": self.concurrency,
             "requests": self.requests,
             "errors": self.errors,
-            "images_per_s": self.images * rate,
-            "requests_per_s": self.requests * rate,
+            "images_per_s": self.images_per_s,
+            "requests_per_s": self.requests * self._rate,
             **percentiles_ms(self.latencies_s),
             "first_error": self.first_error,
         }

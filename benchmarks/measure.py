@@ -25,8 +25,10 @@ class Measurement:
     counters: GatewayCounters | None  # the gateway's share of its /metrics during the run, warm-up included
 
     def row(self) -> dict[str, object]:
-        row = {"model": self.model, "system": self.system, "variant": self.variant,
-               "warmup_requests": self.warmup_requests, "load_average_1m": self.load_average, **self.result.summary()}
+        row: dict[str, object] = {
+            "model": self.model, "system": self.system, "variant": self.variant,
+            "warmup_requests": self.warmup_requests, "load_average_1m": self.load_average, **self.result.summary(),
+        }
         if self.counters is not None:
             row["gateway"] = self.counters.summary()
         return row

@@ -15,10 +15,10 @@ import base64
 from pathlib import Path
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
 
 from benchmarks.scripted import ScriptedFamily
-from focalserve_client.schemas import EmbedRequest
+from focalserve_client.schemas import EmbedInput, EmbedRequest
 
 
 def create_app(family: ScriptedFamily) -> FastAPI:
@@ -33,7 +33,7 @@ def create_app(family: ScriptedFamily) -> FastAPI:
         data = [
             {
                 "index": index,
-                "embedding": family.embed_requests([base64.b64decode(entry.image)], [entry.instruction])[0].tolist(),
+                "embedding": family.embed_requests(*_pair(entry))[0].tolist(),
                 "instruction": entry.instruction,
             }
             for index, entry in enumerate(request.inputs)
@@ -41,6 +41,13 @@ def create_app(family: ScriptedFamily) -> FastAPI:
         return {"model": family.spec.name, "dim": family.spec.embedding_dim, "data": data}
 
     return app
+
+
+def _pair(entry: EmbedInput) -> tuple[list[bytes], list[str]]:
+    """One input as embed_requests takes it: the baseline embeds (image, instruction) pairs only."""
+    if entry.image is None or entry.instruction is None:
+        raise HTTPException(422, "the naive server embeds (image, instruction) pairs only")
+    return [base64.b64decode(entry.image)], [entry.instruction]
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
+from typing import TypedDict
 
 import torch
 
@@ -23,13 +24,23 @@ MIN_CALLS = 3  # a p50 of fewer calls is one outlier on a shared machine
 PAST_PEAK = 0.8  # a batch size this far below the best so far ends the sweep: larger ones only cost time
 
 
+class RawForward(TypedDict):
+    """`raw_forward`'s record, as the JSON and RESULTS.md's raw table hold it."""
+
+    best_batch_size: int
+    images_per_s: float
+    batch1_p50_ms: float
+    threads: int
+    sweep: list[dict[str, float | int]]  # per batch size: batch_size, calls, images_per_s, p50/p95/p99_ms
+
+
 def raw_forward(
     family: ScriptedFamily,
     workload: Workload,
     seconds_per_size: float,
     max_seconds: float,
     batch_sizes: Sequence[int] = BATCH_SIZES,
-) -> dict[str, object]:
+) -> RawForward:
     """Images/s of the image forward per batch size, and batch-1 latency.
 
     Sizes grow until past the peak, or until the next size (about twice the last one's call
@@ -53,7 +64,7 @@ def raw_forward(
             break
     best = max(sweep, key=lambda row: row["images_per_s"])
     return {
-        "best_batch_size": best["batch_size"],
+        "best_batch_size": int(best["batch_size"]),
         "images_per_s": best["images_per_s"],
         "batch1_p50_ms": sweep[0]["p50_ms"],
         "threads": torch.get_num_threads(),

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from benchmarks.families import SOURCES, WORK_DIR, BenchFamily, prepare_family
+from benchmarks.loadgen import Send
 from benchmarks.measure import Measurement, measure
 from benchmarks.plots import plot_latency_cdf, plot_throughput
 from benchmarks.raw import raw_forward
@@ -74,7 +75,9 @@ async def benchmark_family(name: str, args: argparse.Namespace, workload: Worklo
         _progress(f"{name} {system}: starting")
         async with SYSTEMS[system](family, logs, max_batch_size) as target:
             _progress(f"{name} {system}: ready")
-            sends = [(None, concurrency, target.send_for(workload)) for concurrency in args.concurrency]
+            sends: list[tuple[str | None, int, Send]] = [
+                (None, concurrency, target.send_for(workload)) for concurrency in args.concurrency
+            ]
             if system == VARIANT_SYSTEM and target.gateway is not None and not args.no_variants:
                 sends += [(variant, VARIANT_CONCURRENCY, make(target.gateway, name, workload))
                           for variant, make in VARIANTS.items()]
@@ -99,7 +102,7 @@ def results_table(measurements: list[Measurement], families: dict[str, dict]) ->
     for m in (m for m in measurements if m.variant is None):
         s = m.result.summary()
         raw = families[m.model].get(RAW)
-        share = f"{100 * s['images_per_s'] / raw['images_per_s']:.0f}%" if raw else "-"
+        share = f"{100 * m.result.images_per_s / raw['images_per_s']:.0f}%" if raw else "-"
         batch = m.counters.summary()["mean_image_batch"] if m.counters else "-"
         rows.append([m.model, m.system, m.result.concurrency, s["images_per_s"], share, s["p50_ms"], s["p95_ms"],
                      s["p99_ms"], m.result.requests, m.result.errors, batch, m.load_average])
@@ -118,11 +121,11 @@ def raw_table(families: dict[str, dict]) -> str:
 
 
 def variants_table(measurements: list[Measurement]) -> str:
-    chosen = [m for m in measurements if m.counters is not None and m.system == VARIANT_SYSTEM
+    chosen = [(m, m.counters) for m in measurements if m.counters is not None and m.system == VARIANT_SYSTEM
               and m.result.concurrency == VARIANT_CONCURRENCY]
     rows = []
-    for m in chosen:
-        s, c = m.result.summary(), m.counters.summary()
+    for m, counters in chosen:
+        s, c = m.result.summary(), counters.summary()
         rows.append([m.model, m.variant or "json, 8 phrasings in turn (default)", s["images_per_s"], s["p50_ms"],
                      s["p95_ms"], s["p99_ms"], m.result.errors, m.result.requests + m.result.errors + m.warmup_requests,
                      int(c["instruction_calls"]), int(c["instruction_items"]), int(c["cache_hits"]),

@@ -61,7 +61,8 @@ def gateway_process(repository: Path, log_file: Path, **settings: str) -> Iterat
     env.update({f"FOCALSERVE_{key.upper()}": value for key, value in settings.items()})
     with open(log_file, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "focalserve_server", "serve", "--log-level", "warning"], env=env, stdout=log, stderr=log
+            [sys.executable, "-m", "focalserve_server", "serve", "--log-level", "warning"],
+            env=env, stdout=log, stderr=log,
         )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -17,6 +17,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 from focalserve_family.spec import (
     ROLES,
+    DType,
     FamilyMetadata,
     FamilySpec,
     ModelSpec,
@@ -29,7 +30,7 @@ Backend = Literal["python", "libtorch"]
 BACKENDS: tuple[Backend, ...] = get_args(Backend)
 TRITON_BACKEND_NAME: dict[Backend, str] = {"python": "python", "libtorch": "pytorch"}
 ROLE_PARAMETER = "role"
-DTYPES = {"fp32": pb.TYPE_FP32, "int64": pb.TYPE_INT64}
+DTYPES: dict[DType, int] = {"fp32": pb.TYPE_FP32, "int64": pb.TYPE_INT64}
 
 
 @dataclass(frozen=True)

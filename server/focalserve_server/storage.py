@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from focalserve_client.schemas import IndexKind
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS collections (
     name TEXT PRIMARY KEY,
@@ -77,7 +79,7 @@ class Condition:
     rowid: int
     collection: str
     instruction: str | None  # None: the unconditional view of a plain CLIP collection
-    index_kind: str
+    index_kind: IndexKind
     status: str
     error: str | None
 
@@ -215,7 +217,9 @@ class Store:
 
     # conditions and vectors --------------------------------------------------------------
 
-    def add_condition(self, collection: str, instruction: str | None, index_kind: str) -> tuple[Condition, bool]:
+    def add_condition(
+        self, collection: str, instruction: str | None, index_kind: IndexKind
+    ) -> tuple[Condition, bool]:
         """The condition and whether it was created now (False: it was registered before)."""
         with self._transaction() as db:
             created = (

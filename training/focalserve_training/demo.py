@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from focalserve_training.evaluate import Encoder, evaluate, write_report
+from focalserve_training.evaluate import ACCURACIES, Encoder, Evaluation, evaluate, write_report
 from focalserve_training.export import export_family
 from focalserve_training.loop import TrainConfig, train
 from focalserve_training.models import load_family_model
@@ -61,7 +61,7 @@ def run_stage(name: str, stage: Stage, work_dir: Path, checkpoints: dict[str, Pa
     return train(recipe, config)
 
 
-def results_table(results: dict[str, dict]) -> str:
+def results_table(results: dict[str, Evaluation]) -> str:
     """Markdown: retrieval mAP per condition (conditional models under training phrasings, and
     under held-out phrasings), compositionality and zero-shot accuracy."""
     header = (
@@ -77,9 +77,7 @@ def results_table(results: dict[str, dict]) -> str:
             f"{retrieval[c].get('conditional_heldout_phrasing', float('nan')):.3f}".replace("nan", "-")
             for c in ("colour", "shape")
         ]
-        cells += [
-            f"{metrics[m]:.3f}" if m in metrics else "-" for m in ("compositionality_accuracy", "zero_shot_accuracy")
-        ]
+        cells += [f"{metrics[m]:.3f}" if m in metrics else "-" for m in ACCURACIES]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

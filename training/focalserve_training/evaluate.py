@@ -11,11 +11,12 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, Required, TypedDict
 
 import numpy as np
 import open_clip
 import torch
-from torch import nn
+from open_clip.model import CLIP
 
 from focalserve_training.data import (
     COLOR_NAMES,
@@ -29,18 +30,28 @@ from focalserve_training.data import (
     rule_based_generator,
 )
 from focalserve_training.data.colorshape import answer, caption
-from focalserve_training.models import FocalLensCLIP
+from focalserve_training.models import FamilyModel, FocalLensCLIP
 
 EVAL_SEED = 10_000  # far from every training seed
 SHORT_KIND = {"unconditional": "unconditional", "conditional": "conditional",
               "conditional_heldout_phrasing": "conditional,\nnew phrasings"}
+Accuracy = Literal["compositionality_accuracy", "zero_shot_accuracy"]
+ACCURACIES: tuple[Accuracy, ...] = ("compositionality_accuracy", "zero_shot_accuracy")
+
+
+class Evaluation(TypedDict, total=False):
+    """`evaluate`'s results; the accuracies are measured for unconditional families only."""
+
+    retrieval_map: Required[dict[str, dict[str, float]]]  # condition -> embedding kind -> mAP
+    compositionality_accuracy: float
+    zero_shot_accuracy: float
 
 
 @dataclass
 class Encoder:
     """Batched, no-grad access to a family model with its own transform and tokenizer."""
 
-    model: nn.Module
+    model: FamilyModel
     model_name: str
     batch_size: int = 256
 
@@ -55,7 +66,7 @@ class Encoder:
         self.tokenizer = open_clip.get_tokenizer(self.model_name, context_length=clip.context_length)
 
     @property
-    def clip(self) -> nn.Module:
+    def clip(self) -> CLIP:
         return self.model.clip if isinstance(self.model, FocalLensCLIP) else self.model
 
     @torch.no_grad()
@@ -144,16 +155,16 @@ def zero_shot_accuracy(encoder: Encoder, n_images: int) -> float:
 
 def evaluate(
     encoder: Encoder, baseline: Encoder | None = None, n_images: int = 600, n_scenes: int = 300
-) -> dict[str, object]:
+) -> Evaluation:
     """All metrics that apply to the model's family (`baseline` gives the unconditional rows)."""
-    results: dict[str, object] = {"retrieval_map": conditional_retrieval(encoder, baseline, n_images)}
+    results: Evaluation = {"retrieval_map": conditional_retrieval(encoder, baseline, n_images)}
     if not isinstance(encoder.model, FocalLensCLIP):
         results["compositionality_accuracy"] = compositionality_accuracy(encoder, n_scenes)
         results["zero_shot_accuracy"] = zero_shot_accuracy(encoder, n_images)
     return results
 
 
-def write_report(results: dict[str, dict[str, object]], output_dir: Path) -> tuple[Path, Path]:
+def write_report(results: dict[str, Evaluation], output_dir: Path) -> tuple[Path, Path]:
     """results: model label -> `evaluate` output. Writes results.json and results.png."""
     import matplotlib
 
@@ -174,7 +185,7 @@ def write_report(results: dict[str, dict[str, object]], output_dir: Path) -> tup
     retrieval.set_ylabel("retrieval mAP"), retrieval.set_ylim(0, 1), retrieval.legend()
     retrieval.set_title("ColorShape retrieval per condition")
     scored = {label: m for label, m in results.items() if "zero_shot_accuracy" in m}
-    for offset, metric in enumerate(("compositionality_accuracy", "zero_shot_accuracy")):
+    for offset, metric in enumerate(ACCURACIES):
         accuracy.bar(np.arange(len(scored)) + 0.4 * offset, [m[metric] for m in scored.values()], width=0.4,
                      label=metric.replace("_", " "))
     accuracy.set_xticks(np.arange(len(scored)) + 0.2, list(scored), fontsize=8)

@@ -28,7 +28,7 @@ from focalserve_family import (
     model_specs,
     to_pbtxt,
 )
-from focalserve_training.models import FocalLensCLIP
+from focalserve_training.models import FamilyModel, FocalLensCLIP
 from focalserve_training.models.factory import state_hash
 
 PYTHON_BACKEND_MODEL = Path(__file__).resolve().parent / "templates" / "model.py"
@@ -70,7 +70,7 @@ class InstructionEncoder(nn.Module):
 class TextEncoder(nn.Module):
     """TOKENS -> L2-normalised EMBEDDING (the answer / query text tower)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: FamilyModel) -> None:
         super().__init__()
         self.model = model
 
@@ -78,8 +78,8 @@ class TextEncoder(nn.Module):
         return self.model.encode_text(TOKENS, normalize=True)
 
 
-def family_metadata(model: nn.Module, family: FamilyKind, name: str, model_name: str) -> FamilyMetadata:
-    clip = model.clip if isinstance(model, FocalLensCLIP) else model
+def family_metadata(model: FamilyModel, family: FamilyKind, name: str, model_name: str) -> FamilyMetadata:
+    clip: CLIP = model.clip if isinstance(model, FocalLensCLIP) else model
     preprocess = open_clip.get_model_preprocess_cfg(clip)
     size = preprocess["size"]
     image_size = size if isinstance(size, int) else size[0]
@@ -104,7 +104,7 @@ def family_metadata(model: nn.Module, family: FamilyKind, name: str, model_name:
     )
 
 
-def role_modules(model: nn.Module) -> dict[Role, nn.Module]:
+def role_modules(model: FamilyModel) -> dict[Role, nn.Module]:
     """The module each Triton model of the family runs (tensor names as in `model_specs`)."""
     if isinstance(model, FocalLensCLIP):
         return {
@@ -136,7 +136,7 @@ def to_torchscript(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> torch
 
 
 def export_family(
-    model: nn.Module,
+    model: FamilyModel,
     family: FamilyKind,
     model_name: str,
     name: str,

@@ -6,19 +6,21 @@ from __future__ import annotations
 import json
 import math
 import os
-from contextlib import nullcontext
+from collections.abc import Callable, Sized
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
+from open_clip.model import CLIP
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from focalserve_training.recipes import Recipe
+from focalserve_training.recipes import EpochBatchSampler, Recipe
 
 MAX_LOGIT_SCALE = math.log(100)  # CLIP's clamp: temperature no lower than 1/100
 
@@ -93,7 +95,7 @@ def parameter_groups(model: nn.Module, config: TrainConfig, new_prefixes: tuple[
     ]
 
 
-def warmup_cosine(warmup_steps: int, total_steps: int):
+def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
@@ -117,8 +119,9 @@ class Trainer:
         self.sampler = self._batch_sampler()
         self.steps_per_epoch = len(self.sampler) // config.accum_steps
         if self.steps_per_epoch == 0:
+            examples = len(cast(Sized, self.dataset))  # every recipe's dataset is map-style
             raise ValueError(
-                f"{len(self.dataset)} examples make no full step of {config.batch_size} x {config.accum_steps}"
+                f"{examples} examples make no full step of {config.batch_size} x {config.accum_steps}"
             )
         self.total_steps = config.max_steps or config.epochs * self.steps_per_epoch
         self.optimizer = torch.optim.AdamW(
@@ -132,18 +135,19 @@ class Trainer:
         self.step = 0
         self.checkpoints = config.output_dir / "checkpoints"
 
-    def _batch_sampler(self):
+    def _batch_sampler(self) -> EpochBatchSampler:
         c, d = self.config, self.dist
         custom = self.recipe.batch_sampler(self.dataset, c.batch_size, c.seed, d.world_size, d.rank)
         if custom is not None:
             return custom
-        sampler = DistributedSampler(self.dataset, d.world_size, d.rank, shuffle=True, seed=c.seed, drop_last=True)
-        return BatchSampler(sampler, c.batch_size, drop_last=True)
+        sampler: DistributedSampler[int] = DistributedSampler(
+            self.dataset, d.world_size, d.rank, shuffle=True, seed=c.seed, drop_last=True
+        )
+        return _DistributedBatchSampler(sampler, c.batch_size)
 
     def _epoch_loader(self, epoch: int, skip_steps: int) -> DataLoader:
         """The epoch's batches from where a resumed run left off (no skipped batch is loaded)."""
-        sampler = self.sampler.sampler if isinstance(self.sampler, BatchSampler) else self.sampler
-        sampler.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
         batches = list(self.sampler)[: self.steps_per_epoch * self.config.accum_steps]
         batches = batches[skip_steps * self.config.accum_steps :]
         return DataLoader(
@@ -189,7 +193,9 @@ class Trainer:
         totals: dict[str, float] = {}
         for index, batch in enumerate(micro_batches):
             last = index == len(micro_batches) - 1
-            sync = nullcontext() if last or self.dist.world_size == 1 else self.objective.no_sync()
+            sync: AbstractContextManager[None] = nullcontext()
+            if isinstance(self.objective, DistributedDataParallel) and not last:  # DDP: more than one process
+                sync = self.objective.no_sync()
             with sync, torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
                 terms = self.objective(_to(batch, self.device))
                 loss = sum(terms.values()) / len(micro_batches)
@@ -206,7 +212,8 @@ class Trainer:
         return totals
 
     def _logit_scale(self) -> nn.Parameter:
-        return getattr(self.model, "clip", self.model).logit_scale
+        clip: CLIP = getattr(self.model, "clip", self.model)
+        return clip.logit_scale
 
     def _log(self, epoch: int, terms: dict[str, float]) -> None:
         if not self.dist.main or (self.step % self.config.log_every and self.step != self.total_steps):
@@ -259,6 +266,17 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.step = state["step"]
         torch.set_rng_state(state["rng"].cpu())
+
+
+class _DistributedBatchSampler(BatchSampler):
+    """Batches of a DistributedSampler's order, reshuffled by `set_epoch` as a recipe's own sampler is."""
+
+    def __init__(self, sampler: DistributedSampler[int], batch_size: int) -> None:
+        super().__init__(sampler, batch_size, drop_last=True)
+        self._distributed = sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self._distributed.set_epoch(epoch)
 
 
 def _single_threaded(worker_id: int) -> None:

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import random
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import open_clip
 import torch
+from open_clip.model import CLIP
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
+from focalserve_family import FamilyKind
 from focalserve_training.data import (
     COLORSHAPE_ANTONYMS,
     COLORSHAPE_WORD_GROUPS,
@@ -35,7 +38,7 @@ from focalserve_training.data import (
     rule_based_generator,
 )
 from focalserve_training.losses import FocalLensLoss, FSCCLIPLoss, symmetric_infonce
-from focalserve_training.models import FocalLensCLIP, load_family_model
+from focalserve_training.models import FamilyModel, FocalLensCLIP, load_family_model
 from focalserve_training.models.tokens import encode_image_tokens, encode_text_tokens
 
 RECIPES = ("clip", "focallens", "fsc-clip")
@@ -65,11 +68,21 @@ def same_text_ids(tokens: torch.Tensor) -> torch.Tensor:
     return torch.unique(tokens, dim=0, return_inverse=True)[1]
 
 
+class EpochBatchSampler(Protocol):
+    """Batches of dataset indices in an order that `set_epoch` reshuffles (as DistributedSampler's)."""
+
+    def __iter__(self) -> Iterator[list[int]]: ...
+
+    def __len__(self) -> int: ...
+
+    def set_epoch(self, epoch: int) -> None: ...
+
+
 class Recipe:
     """Builds the pieces of one training objective; the loop stays recipe-agnostic."""
 
     name: str
-    family: str
+    family: FamilyKind
 
     def __init__(self, model_spec: ModelSpec, data: DataSpec) -> None:
         self.model_spec = model_spec
@@ -83,14 +96,16 @@ class Recipe:
         )
         self.tokenizer = open_clip.get_tokenizer(model_spec.name, context_length=clip.context_length)
 
-    def build_model(self) -> nn.Module:
+    def build_model(self) -> FamilyModel:
         spec = self.model_spec
         return load_family_model(self.family, spec.name, spec.pretrained, spec.checkpoint).train()
 
     def dataset(self) -> Dataset:
         raise NotImplementedError
 
-    def batch_sampler(self, dataset: Dataset, batch_size: int, seed: int, replicas: int, rank: int) -> Any:
+    def batch_sampler(
+        self, dataset: Dataset, batch_size: int, seed: int, replicas: int, rank: int
+    ) -> EpochBatchSampler | None:
         """None means: the loop shuffles with a distributed sampler of its own."""
         return None
 
@@ -156,8 +171,12 @@ class FocalLensRecipe(Recipe):
             return InstructionTripletDataset(read_llava_triplets(data.path, data.image_root))
         raise ValueError(f"the focallens recipe reads colorshape or llava:FILE, not {data.kind!r}")
 
-    def batch_sampler(self, dataset: Dataset, batch_size: int, seed: int, replicas: int, rank: int) -> Any:
+    def batch_sampler(
+        self, dataset: Dataset, batch_size: int, seed: int, replicas: int, rank: int
+    ) -> EpochBatchSampler | None:
         """Several instructions of one image share a batch, so the loss must separate them."""
+        if not isinstance(dataset, ColorShapeInstructions | InstructionTripletDataset):
+            raise TypeError(f"the focallens recipe batches its own datasets, not {type(dataset).__name__}")
         return GroupedInstructionBatchSampler(
             dataset.image_ids, batch_size, self.instructions_per_image, seed=seed, num_replicas=replicas, rank=rank
         )
@@ -207,7 +226,7 @@ class FSCCLIPRecipe(Recipe):
             "negative_mask": torch.tensor(valid, dtype=torch.bool),
         }
 
-    def loss(self, clip: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def loss(self, clip: CLIP, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         batch_size, negatives = batch["negative_mask"].shape
         image, patches = encode_image_tokens(clip, batch["pixels"])
         text, words, word_mask = encode_text_tokens(clip, batch["captions"])

@@ -24,20 +24,20 @@ def render_error(error: FocalServeError, retry_after_s: int) -> FastJSONResponse
 
 def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     @app.exception_handler(FocalServeError)
-    async def domain_error(request: Request, error: FocalServeError):
+    async def domain_error(request: Request, error: FocalServeError) -> FastJSONResponse:
         return render_error(error, retry_after_s)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, error: RequestValidationError):
+    async def validation_error(request: Request, error: RequestValidationError) -> FastJSONResponse:
         invalid = InvalidRequest.from_validation(error.errors(), within=("body",))
         return error_response(invalid.status, invalid.code, invalid.message, loc=invalid.loc)
 
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, error: HTTPException):
+    async def http_error(request: Request, error: HTTPException) -> FastJSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
         return error_response(error.status_code, code, str(error.detail), getattr(error, "headers", None))
 
     @app.exception_handler(Exception)
-    async def unexpected_error(request: Request, error: Exception):
+    async def unexpected_error(request: Request, error: Exception) -> FastJSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(500, "internal_error", "internal server error")

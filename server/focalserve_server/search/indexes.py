@@ -23,7 +23,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
-from typing import get_args
+from typing import cast, get_args
 
 import faiss
 import numpy as np
@@ -167,7 +167,8 @@ class VectorIndex:
         if self.kind == "hnsw":
             self._dead.update(self._slot_of.pop(i) for i in present)
         else:
-            self._index.remove_ids(np.array(present, dtype=np.int64))
+            # faiss's Python wrapper takes an id array here; its stub lists only IDSelector.
+            self._index.remove_ids(np.array(present, dtype=np.int64))  # type: ignore[arg-type]
             self._live.difference_update(present)
         self._changed()
         return len(present)
@@ -246,15 +247,17 @@ class VectorIndex:
 
     def _train(self) -> None:
         """Replace the exact index by an IVF-PQ trained on, and holding, all its vectors."""
-        ids = faiss.vector_to_array(self._index.id_map)
-        vectors = self._index.index.reconstruct_n(0, self._index.ntotal)
+        exact = cast(faiss.IndexIDMap2, self._index)  # untrained IVF-PQ holds the exact index
+        ids = faiss.vector_to_array(exact.id_map)
+        vectors = exact.index.reconstruct_n(0, exact.ntotal)
         nlist = self.params.nlist_for(len(ids))
         index = faiss.IndexIVFPQ(faiss.IndexFlatIP(self.dim), self.dim, nlist, self._pq_m,
                                  self.params.pq_nbits, faiss.METRIC_INNER_PRODUCT)
         index.nprobe = self.params.ivf_nprobe
         index.train(vectors)
         # A hash table from id to list position makes removal O(removed), not O(ntotal).
-        index.set_direct_map_type(faiss.DirectMap.Hashtable)
+        # (faiss's stub omits DirectMap.)
+        index.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]
         index.add_with_ids(vectors, ids)
         self._index = index
         self._trained = True
@@ -313,9 +316,11 @@ class VectorIndex:
 
     def _search_params(self, k: int, keys: np.ndarray | None) -> faiss.SearchParameters:
         if self.kind == "hnsw":
-            params = faiss.SearchParametersHNSW(efSearch=max(self.params.hnsw_ef_search, k))
+            # faiss's stub lacks SearchParametersHNSW and the keyword constructor its wrapper adds.
+            ef_search = max(self.params.hnsw_ef_search, k)
+            params = faiss.SearchParametersHNSW(efSearch=ef_search)  # type: ignore[attr-defined]
         elif self._trained and self.kind == "ivfpq":
-            params = faiss.SearchParametersIVF(nprobe=self.params.ivf_nprobe)
+            params = faiss.SearchParametersIVF(nprobe=self.params.ivf_nprobe)  # type: ignore[call-arg]
         else:
             params = faiss.SearchParameters()
         selector = faiss.IDSelectorBatch(keys) if keys is not None else self._tombstone_filter()
@@ -378,7 +383,7 @@ def recall_at_k(exact: list[list[Hit]], approximate: list[list[Hit]], k: int) ->
     return float(np.mean(shares))
 
 
-def _new_exact(dim: int) -> faiss.Index:
+def _new_exact(dim: int) -> faiss.IndexIDMap2:
     """Exact inner product over item ids; IDMap2 adds removal and reconstruction by id."""
     return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
 

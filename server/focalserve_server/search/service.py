@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from focalserve_client.schemas import IndexKind
 from focalserve_server.engine import Engine, FamilyEngine
 from focalserve_server.errors import Conflict, InvalidInstruction, InvalidRequest, NotFound, await_at, check_at
 from focalserve_server.search.indexes import VectorIndex
@@ -101,7 +102,7 @@ class CollectionService:
 
     # collections -------------------------------------------------------------------------
 
-    async def create_collection(self, name: str, model: str | None, index_kind: str) -> Collection:
+    async def create_collection(self, name: str, model: str | None, index_kind: IndexKind) -> Collection:
         family = self.engine.family(model)
         if not await asyncio.to_thread(self.store.create_collection, name, family.spec.name):
             raise Conflict(f"collection {name!r} already exists")
@@ -212,7 +213,7 @@ class CollectionService:
 
     # conditions --------------------------------------------------------------------------
 
-    async def add_condition(self, name: str, instruction: str, index_kind: str) -> tuple[Condition, bool]:
+    async def add_condition(self, name: str, instruction: str, index_kind: IndexKind) -> tuple[Condition, bool]:
         collection = await self.collection(name)
         family = self.family_of(collection)
         if not family.spec.conditional:

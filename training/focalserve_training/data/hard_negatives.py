@@ -149,7 +149,7 @@ def rule_based_generator(
     num_negatives: int = 3,
 ) -> HardNegativeGenerator:
     """Swap, replace and shuffle, in FSC-CLIP's order, over one vocabulary."""
-    strategies = [SwapSameType(groups), ReplaceWord(groups, antonyms), BigramShuffle()]
+    strategies: list[HardNegativeStrategy] = [SwapSameType(groups), ReplaceWord(groups, antonyms), BigramShuffle()]
     return HardNegativeGenerator(strategies, num_negatives)
 
 

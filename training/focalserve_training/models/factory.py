@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import open_clip
 import torch
@@ -15,6 +15,8 @@ from focalserve_family import CONDITIONAL_FAMILY, FAMILY_KINDS, FamilyKind
 from focalserve_training.models.focallens import FocalLensCLIP
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
+
+FamilyModel: TypeAlias = CLIP | FocalLensCLIP  # a plain (or FSC-)CLIP, or a conditional FocalLens model
 
 
 def register_model_configs() -> None:
@@ -50,7 +52,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def build_family_model(family: FamilyKind, base: CLIP) -> nn.Module:
+def build_family_model(family: FamilyKind, base: CLIP) -> FamilyModel:
     if family == "clip":
         return base
     if family == CONDITIONAL_FAMILY:
@@ -63,7 +65,7 @@ def load_family_model(
     model_name: str,
     pretrained: str | None = None,
     checkpoint: str | Path | None = None,
-) -> nn.Module:
+) -> FamilyModel:
     """A model of `family` on the open_clip architecture `model_name`, in eval mode.
 
     A FocalLens checkpoint holds the whole conditional model; a CLIP-layout checkpoint

@@ -16,6 +16,7 @@ and training opens the gates as far as the condition helps.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -164,6 +165,6 @@ class FocalLensCLIP(nn.Module):
         }
 
 
-def _per_distinct_row(encode, tokens: torch.Tensor) -> torch.Tensor:
+def _per_distinct_row(encode: Callable[[torch.Tensor], torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
     distinct, index = torch.unique(tokens, dim=0, return_inverse=True)
     return encode(distinct)[index]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import ValidationError
@@ -33,7 +33,7 @@ from focalserve_server.search.service import CollectionService, ItemUpload
 from focalserve_server.storage import Collection, Condition
 
 router = APIRouter(prefix="/collections", tags=["collections"], dependencies=[ReadAccess])
-ERRORS = {status: {"model": ErrorResponse} for status in (404, 409, 413, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (404, 409, 413, 422, 503)}
 CollectionName = Annotated[str, Path(pattern=NAME_PATTERN)]
 ItemId = Annotated[str, Path(pattern=ITEM_ID_PATTERN)]
 MULTIPART_ITEM = {

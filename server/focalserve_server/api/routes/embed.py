@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
@@ -15,7 +17,7 @@ from focalserve_server.errors import InvalidRequest, check_at
 
 router = APIRouter(tags=["embed"], dependencies=[ReadAccess])
 
-ERRORS = {status: {"model": ErrorResponse} for status in (404, 413, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (404, 413, 422, 503)}
 MULTIPART_SCHEMA = {
     "type": "object",
     "required": ["image"],

@@ -8,7 +8,7 @@ in the shared schema module; errors keep the gateway's `{"error": {...}}` body.
 from __future__ import annotations
 
 import base64
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter
@@ -23,7 +23,7 @@ from focalserve_server.errors import InvalidImage, InvalidRequest, check_at
 
 router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[ReadAccess])
 
-ERRORS = {status: {"model": ErrorResponse} for status in (404, 413, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (404, 413, 422, 503)}
 
 
 class _Strict(BaseModel):
