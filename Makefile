@@ -9,6 +9,10 @@ PORT   ?= 8000
 DATA   ?= data
 # The browser tests drive Debian's Chromium; `make test` installs it when it is missing.
 CHROMIUM ?= /usr/bin/chromium
+# The PostgreSQL store tests start their own server (a temp dir, a free port on 127.0.0.1) from
+# Debian's PostgreSQL 15; `make test` installs it when it is missing. A cluster the package may
+# start on 5432 is neither used nor disturbed.
+PG_BIN ?= /usr/lib/postgresql/15/bin
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: install serve stack test bench demo-model lint clean
@@ -51,7 +55,11 @@ $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium
 
-test: $(REPO)/demo_image/1/model.pt $(CHROMIUM)
+$(PG_BIN)/initdb:
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends postgresql
+
+test: $(REPO)/demo_image/1/model.pt $(CHROMIUM) $(PG_BIN)/initdb
 	$(BIN)/python -m pytest -q
 
 # Serving (5 systems x 2 models x 3 concurrencies) and FAISS (100k, 1M): ~15 min on 2 CPU cores;

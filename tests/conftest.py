@@ -1,13 +1,18 @@
-"""Session fixtures: one exported tiny FocalLens family and one CLIP family."""
+"""Session fixtures: one exported tiny FocalLens family and one CLIP family; one PostgreSQL server."""
 
 from __future__ import annotations
 
+import contextlib
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from focalserve_training.export import export_family
 from tests.helpers.models import TINY, tiny_clip, tiny_focallens
+from tests.helpers.postgres import LocalPostgres
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +41,20 @@ def demo_repository() -> Path:
     if not (repository / "demo_image" / "1" / "model.pt").is_file():
         pytest.fail("the demo family is missing: run `make demo-model` (make test does it first)")
     return repository
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[LocalPostgres]:
+    """One private PostgreSQL 15 on 127.0.0.1 for the session; tests isolate by database, not by server."""
+    with LocalPostgres() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: LocalPostgres) -> Iterator[str]:
+    """A fresh, empty database for one test; dropped afterwards (best effort: a failed drop must not fail the test)."""
+    name = f"test_{uuid.uuid4().hex[:16]}"
+    url = postgres_server.create_database(name)
+    yield url
+    with contextlib.suppress(psycopg.Error):  # the test may have stopped the server; it goes at session end anyway
+        postgres_server.drop_database(name)
