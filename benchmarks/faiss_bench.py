@@ -1,10 +1,10 @@
 """FAISS benchmark: the index kinds at scale, and /search end to end against FAISS called directly.
 
-Part `indexes` builds flat, HNSW and IVF-PQ through `focalserve_server.search.indexes.VectorIndex` with the
+Part `indexes` builds flat, HNSW and IVF-PQ through `focalserve_server.collections.indexes.VectorIndex` with the
 gateway's own `IndexParams`, so it measures what the gateway runs, on synthetic vectors: a
 mixture of Gaussian clusters on the unit sphere (clusters give IVF lists and HNSW neighbourhoods
 something to find; uniform noise would make every method look equally bad). Vectors go in
-`BUILD_CHUNK` at a time, as a condition build adds them; `--add-chunk 0` adds everything at once,
+`build_chunk_size` (a setting) at a time, as a condition build adds them; `--add-chunk 0` adds everything at once,
 as a rebuild from SQLite does. The two differ for IVF-PQ, which trains once, on what it holds
 when it first crosses its training threshold. A build stopped by `--build-budget-s` is reported
 as partial, with its search numbers and recall measured on the part that was built.
@@ -38,8 +38,8 @@ from benchmarks.report import machine, markdown_table, percentiles_ms, save_json
 from benchmarks.targets import http_session
 from focalserve_client import Client
 from focalserve_devtools.launch import running_gateway
-from focalserve_server.search.indexes import INDEX_KINDS, Hit, IndexKind, IndexParams, VectorIndex, recall_at_k
-from focalserve_server.search.service import BUILD_CHUNK
+from focalserve_server.collections.indexes import INDEX_KINDS, Hit, IndexKind, IndexParams, VectorIndex, recall_at_k
+from focalserve_server.config import Settings
 from focalserve_training.data import COLOR_NAMES, ColorShapeGenerator
 
 WORK_DIR = Path(__file__).parent / ".work"
@@ -98,7 +98,7 @@ class IndexSettings:
     """How each index is built and searched; every loop is bounded in count and in time."""
 
     params: IndexParams = field(default_factory=IndexParams)
-    add_chunk: int = BUILD_CHUNK  # 0: one add of everything
+    add_chunk: int = Settings.model_fields["build_chunk_size"].default  # 0: one add of everything
     build_budget_s: float = 90.0  # 0: unbounded; checked between adds, so one add can overrun it
     k: int = 10
     single_queries: int = 200

@@ -175,6 +175,9 @@ class SearchQuery(_Request):
         return self
 
 
+SEQ_HEADER = "FocalServe-Seq"  # a write's change-log position; on a search, the position the replica has applied
+
+
 class SearchRequest(_Request):
     collection: str = Field(pattern=NAME_PATTERN)
     condition: str | None = Field(default=None, description="A registered instruction; null for CLIP collections.")
@@ -182,6 +185,12 @@ class SearchRequest(_Request):
     k: int = Field(default=10, ge=1, le=1000)
     filter: dict[str, str | int | float | bool | None] = Field(
         default_factory=dict, description="Metadata equality on every key."
+    )
+    min_seq: int = Field(
+        default=0,
+        ge=0,
+        description=f"Answer only once this replica has applied this change-log position (a write's "
+        f"`{SEQ_HEADER}` header); 503 `replica_behind` if it cannot within the server's consistency wait.",
     )
 
 

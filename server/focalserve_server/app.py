@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,13 +18,12 @@ from focalserve_server.api.routes.ui import install_ui
 from focalserve_server.backends.base import ModelBackend
 from focalserve_server.backends.embedded import EmbeddedBackend
 from focalserve_server.backends.triton import TritonBackend
+from focalserve_server.collections.factory import collection_service, open_store
 from focalserve_server.config import Settings
 from focalserve_server.engine import Engine
 from focalserve_server.images import ImageDecoder
 from focalserve_server.metrics import Metrics
-from focalserve_server.search.service import CollectionService
 from focalserve_server.state import Gateway
-from focalserve_server.storage import Store
 
 
 def create_backend(settings: Settings) -> ModelBackend:
@@ -46,8 +46,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         engine = await Engine.load(backend, images, settings, metrics)
         engine.start()
-        store = Store(settings.data_dir)
-        collections = CollectionService(store, engine)
+        store = await asyncio.to_thread(open_store, settings)
+        collections = collection_service(settings, store, engine)
         await collections.start()
         app.state.gateway = Gateway(settings, metrics, backend, engine, collections)
         try:

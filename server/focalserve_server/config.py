@@ -41,6 +41,19 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(60.0, gt=0, description="Deadline of one request; past it, 503.")
     stall_timeout_s: float = Field(30.0, gt=0, description="A batch running or waiting this long makes /readyz fail.")
 
+    database_url: SecretStr = Field(
+        SecretStr(""),
+        description="postgresql://user@host:port/db shared by every replica; empty = SQLite in the data dir.",
+    )
+    log_poll_interval_s: float = Field(0.1, gt=0, description="How often a replica reads the change log.")
+    consistency_wait_s: float = Field(
+        5.0, gt=0, description="How long a search waits for `min_seq` to be applied here before 503."
+    )
+    build_chunk_size: int = Field(64, ge=1, description="Items per chunk of a condition's backfill.")
+    build_lease_s: float = Field(
+        60.0, gt=0, description="How long a replica holds a backfill chunk before another may retry it."
+    )
+
     api_keys: SecretStr = Field(SecretStr(""), description="Comma-separated API keys; empty = no auth.")
     auth_all: bool = Field(False, description="Require a key for reads (/embed, /search, GET) too, not only writes.")
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS; empty = CORS off.")

@@ -98,6 +98,12 @@ class DeadlineExceeded(FocalServeError):
     status, code = 503, "deadline_exceeded"
 
 
+class ReplicaBehind(FocalServeError):
+    """This replica has not yet applied the change-log position a request needs: retry shortly."""
+
+    status, code = 503, "replica_behind"
+
+
 class BackendUnavailable(FocalServeError):
     """The model backend (e.g. Triton) cannot be reached or is not ready."""
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from focalserve_server.backends.base import ModelBackend
+from focalserve_server.collections.service import CollectionService
 from focalserve_server.config import Settings
 from focalserve_server.engine import Engine
 from focalserve_server.metrics import Metrics
-from focalserve_server.search.service import CollectionService
 
 
 @dataclass

@@ -12,7 +12,7 @@ import pytest
 
 import benchmarks.report
 from benchmarks.faiss_bench import IndexSettings, Mixture, bench_index, exact_top_k, main
-from focalserve_server.search.indexes import INDEX_KINDS, IndexParams
+from focalserve_server.collections.indexes import INDEX_KINDS, IndexParams
 
 DIM = 64
 N = 3000

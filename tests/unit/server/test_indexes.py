@@ -8,7 +8,7 @@ import faiss
 import numpy as np
 import pytest
 
-from focalserve_server.search.indexes import INDEX_KINDS, IndexParams, VectorIndex, recall_at_k
+from focalserve_server.collections.indexes import INDEX_KINDS, IndexParams, VectorIndex, recall_at_k
 
 DIM = 32
 N = 1000

@@ -12,6 +12,7 @@ from starlette.datastructures import UploadFile
 from focalserve_client.schemas import (
     ITEM_ID_PATTERN,
     NAME_PATTERN,
+    SEQ_HEADER,
     CollectionCreate,
     CollectionInfo,
     CollectionList,
@@ -27,10 +28,10 @@ from focalserve_client.schemas import (
 from focalserve_server.api.deps import GatewayDep, ReadAccess, WriteAccess
 from focalserve_server.api.payloads import b64decode, sniff_image_type
 from focalserve_server.api.responses import FastJSONResponse
+from focalserve_server.collections.model import Collection, Condition
+from focalserve_server.collections.service import CollectionService, ItemUpload
 from focalserve_server.engine import Engine
 from focalserve_server.errors import InvalidRequest, check_at
-from focalserve_server.search.service import CollectionService, ItemUpload
-from focalserve_server.storage import Collection, Condition
 
 router = APIRouter(prefix="/collections", tags=["collections"], dependencies=[ReadAccess])
 ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (404, 409, 413, 422, 503)}
@@ -57,27 +58,33 @@ async def collection_info(service: CollectionService, collection: Collection) ->
         "family": spec.family,
         "dim": spec.embedding_dim,
         "items": total,
-        "conditions": [condition_info(service, c, total) for c in conditions],
+        "conditions": [await condition_info(service, c, total) for c in conditions],
     }
 
 
-def condition_info(service: CollectionService, condition: Condition, total: int) -> dict:
+async def condition_info(service: CollectionService, condition: Condition, total: int) -> dict:
     return {
         "instruction": condition.instruction,
         "index": condition.index_kind,
         "status": condition.status,
-        "embedded": service.index_size(condition.rowid),
+        "embedded": await service.embedded(condition),
         "total": total,
         "error": condition.error,
     }
+
+
+def with_seq(response: Response, seq: int) -> Response:
+    """Every write answers its change-log position; the SDK sends the newest it saw as `min_seq`."""
+    response.headers[SEQ_HEADER] = str(seq)
+    return response
 
 
 @router.post("", status_code=201, dependencies=[WriteAccess], response_model=CollectionInfo, responses=ERRORS)
 async def create_collection(body: CollectionCreate, gateway: GatewayDep) -> FastJSONResponse:
     """Create a collection bound to one model family."""
     service = gateway.collections
-    collection = await service.create_collection(body.name, body.model, body.index)
-    return FastJSONResponse(await collection_info(service, collection), status_code=201)
+    collection, seq = await service.create_collection(body.name, body.model, body.index)
+    return with_seq(FastJSONResponse(await collection_info(service, collection), status_code=201), seq)
 
 
 @router.get("", response_model=CollectionList)
@@ -98,8 +105,7 @@ async def get_collection(name: CollectionName, gateway: GatewayDep) -> FastJSONR
 @router.delete("/{name}", status_code=204, dependencies=[WriteAccess], responses=ERRORS)
 async def delete_collection(name: CollectionName, gateway: GatewayDep) -> Response:
     """Delete a collection with its items, vectors and indexes."""
-    await gateway.collections.delete_collection(name)
-    return Response(status_code=204)
+    return with_seq(Response(status_code=204), await gateway.collections.delete_collection(name))
 
 
 @router.post(
@@ -126,8 +132,8 @@ async def add_items(name: CollectionName, request: Request, gateway: GatewayDep)
         uploads = _json_items(await request.body(), gateway.engine)
     if len({upload.id for upload in uploads}) != len(uploads):
         raise InvalidRequest("an item id appears twice in one request", loc=("items",))
-    added = await gateway.collections.add_items(name, uploads)
-    return FastJSONResponse({"added": added}, status_code=201)
+    added, seq = await gateway.collections.add_items(name, uploads)
+    return with_seq(FastJSONResponse({"added": added}, status_code=201), seq)
 
 
 def _json_items(body: bytes, engine: Engine) -> list[ItemUpload]:
@@ -188,8 +194,7 @@ async def get_item(name: CollectionName, item_id: str, gateway: GatewayDep) -> F
 @router.delete("/{name}/items/{item_id:path}", status_code=204, dependencies=[WriteAccess], responses=ERRORS)
 async def delete_item(name: CollectionName, item_id: str, gateway: GatewayDep) -> Response:
     """Delete an item from the collection and from every condition's index."""
-    await gateway.collections.delete_item(name, _checked_id(item_id))
-    return Response(status_code=204)
+    return with_seq(Response(status_code=204), await gateway.collections.delete_item(name, _checked_id(item_id)))
 
 
 def _checked_id(item_id: str) -> str:
@@ -208,9 +213,10 @@ def _checked_id(item_id: str) -> str:
 async def add_condition(name: CollectionName, body: ConditionCreate, gateway: GatewayDep) -> FastJSONResponse:
     """Register an instruction: every item is embedded under it and indexed in the background."""
     service = gateway.collections
-    condition, created = await service.add_condition(name, body.instruction, body.index)
+    condition, created, seq = await service.add_condition(name, body.instruction, body.index)
     total = await service.item_count(name)
-    return FastJSONResponse(condition_info(service, condition, total), status_code=202 if created else 200)
+    info = await condition_info(service, condition, total)
+    return with_seq(FastJSONResponse(info, status_code=202 if created else 200), seq)
 
 
 @router.get("/{name}/conditions", response_model=list[ConditionInfo], responses=ERRORS)
@@ -219,4 +225,4 @@ async def list_conditions(name: CollectionName, gateway: GatewayDep) -> FastJSON
     service = gateway.collections
     conditions = await service.conditions(name)
     total = await service.item_count(name)
-    return FastJSONResponse([condition_info(service, c, total) for c in conditions])
+    return FastJSONResponse([await condition_info(service, c, total) for c in conditions])

@@ -26,6 +26,8 @@ async def readyz(gateway: GatewayDep) -> FastJSONResponse:
         detail["backend"] = f"{gateway.backend.name} backend not ready"
     if not gateway.engine.families:
         detail["models"] = "no model family loaded"
+    if not gateway.collections.caught_up:
+        detail["collections"] = f"catching up with the change log (applied {gateway.collections.applied})"
     for family in gateway.engine.families.values():
         for batcher in family.batchers.values():
             if not batcher.running:

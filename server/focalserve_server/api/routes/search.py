@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from focalserve_client.schemas import ErrorResponse, SearchRequest, SearchResponse
+from focalserve_client.schemas import SEQ_HEADER, ErrorResponse, SearchRequest, SearchResponse
 from focalserve_server.api.deps import GatewayDep, ReadAccess
 from focalserve_server.api.payloads import b64decode
 from focalserve_server.api.responses import FastJSONResponse
@@ -20,9 +20,13 @@ async def search(body: SearchRequest, gateway: GatewayDep) -> FastJSONResponse:
     query = body.query.model_dump()
     if body.query.image is not None:
         query["image"] = check_at(("query", "image"), b64decode, body.query.image)
-    condition, hits = await gateway.collections.search(body.collection, body.condition, query, body.k, body.filter)
-    return FastJSONResponse({
+    condition, hits = await gateway.collections.search(
+        body.collection, body.condition, query, body.k, body.filter, body.min_seq
+    )
+    response = FastJSONResponse({
         "collection": body.collection,
         "condition": condition.instruction,
         "results": [{"id": hit.id, "score": hit.score, "metadata": hit.metadata} for hit in hits],
     })
+    response.headers[SEQ_HEADER] = str(gateway.collections.applied)
+    return response

@@ -1,7 +1,7 @@
 """FAISS indexes over int64 item ids: exact (flat), HNSW or IVF-PQ.
 
 Preconditions: vectors and queries are L2-normalised float32, so inner product is cosine.
-SQLite is the source of truth (docs/design.md section 4); an index is a snapshot that its owner
+The store is the source of truth (docs/design.md section 4); an index is a snapshot that its owner
 rebuilds when it is missing, stale or, for HNSW, when `needs_rebuild` says tombstones have
 piled up. A `VectorIndex` is not thread-safe: its owner serialises writes and searches.
 
@@ -23,7 +23,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
-from typing import cast, get_args
+from typing import Any, cast, get_args
 
 import faiss
 import numpy as np
@@ -106,6 +106,7 @@ class VectorIndex:
         self.dim = dim
         self.kind: IndexKind = kind
         self.params = params
+        self.snapshot_meta: dict[str, Any] = {}
         self._pq_m = params.pq_subquantizers(dim) if kind == "ivfpq" else 0
         self._trained = kind != "ivfpq"
         self._index = self._new_hnsw() if kind == "hnsw" else _new_exact(dim)
@@ -202,11 +203,12 @@ class VectorIndex:
                 hits[q] = row
         return hits
 
-    def save(self, path: Path) -> None:
-        """Write the snapshot atomically (see the module docstring for the format)."""
+    def save(self, path: Path, meta: dict[str, Any] | None = None) -> None:
+        """Write the snapshot atomically (see the module docstring for the format); `meta` is the
+        owner's record of what the snapshot holds, given back as `snapshot_meta` by `load`."""
         path = Path(path)
         header = {"format": _FORMAT, "kind": self.kind, "dim": self.dim,
-                  "params": asdict(self.params), "trained": self._trained}
+                  "params": asdict(self.params), "trained": self._trained, "meta": meta or {}}
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
@@ -229,6 +231,7 @@ class VectorIndex:
             index = cls(header["dim"], header["kind"], IndexParams(**header["params"]))
             index._restore(faiss.deserialize_index(snapshot["index"]), snapshot["ids"],
                            header["trained"])
+            index.snapshot_meta = header.get("meta", {})
         return index
 
     # -- building ------------------------------------------------------------------------

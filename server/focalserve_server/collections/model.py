@@ -1,0 +1,81 @@
+"""What a store holds, as plain values shared by both engines and the service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from focalserve_client.schemas import IndexKind
+
+ConditionStatus = Literal["building", "ready", "failed"]
+ChangeKind = Literal["collection_created", "collection_deleted", "condition_added", "item_deleted", "vector"]
+
+
+@dataclass(frozen=True)
+class Collection:
+    name: str
+    model: str
+
+
+@dataclass(frozen=True)
+class Item:
+    rowid: int
+    id: str
+    blob: str  # SHA-256 of the image bytes
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Condition:
+    rowid: int
+    collection: str
+    instruction: str | None  # None: the unconditional view of a plain CLIP collection
+    index_kind: IndexKind
+    status: ConditionStatus
+    error: str | None
+
+
+@dataclass(frozen=True)
+class NewItem:
+    """An item to store, with its vector under each condition (by condition rowid)."""
+
+    id: str
+    image: bytes
+    metadata: dict[str, Any]
+    vectors: dict[int, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Change:
+    """One entry of the change log; replicas apply them in `seq` order.
+
+    A `vector` change names (condition, item); the vector itself is read from the store when the
+    change is applied, so replaying a change twice, or after later ones, converges to the same index.
+    """
+
+    seq: int
+    kind: ChangeKind
+    collection: str
+    condition: int | None
+    item: int | None
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A slice of a condition's backfill (items with rowids in [first, last]) leased to one replica."""
+
+    rowid: int
+    condition: int
+    collection: str
+    first: int
+    last: int
+
+
+class ConditionsChanged(Exception):
+    """A condition was registered between embedding an add and committing it: embed under it too."""
+
+    def __init__(self, conditions: list[Condition]) -> None:
+        super().__init__("the collection's conditions changed")
+        self.conditions = conditions

@@ -1,0 +1,143 @@
+"""The PostgreSQL engine: the store that several gateways share (`FOCALSERVE_DATABASE_URL`).
+
+Everything a replica needs lives in the database — collections, items and metadata, image bytes
+(content-addressed, in `blobs`), conditions, vectors, the change log and the build chunks — so a
+replica's data dir only caches FAISS snapshots. Writing transactions take one advisory lock, which
+makes the log's order the commit order (a replica never skips a write that commits late); chunk
+claims use `FOR UPDATE SKIP LOCKED` and never wait for each other.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from focalserve_server.collections.store import Store, Transaction
+
+LOG_LOCK = 0x466F63616C  # the advisory lock every log-writing transaction holds until it commits
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS collections (
+    name TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    created TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS blobs (digest TEXT PRIMARY KEY, data BYTEA NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    rowid BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    collection TEXT NOT NULL REFERENCES collections(name) ON DELETE CASCADE,
+    id TEXT NOT NULL,
+    blob TEXT NOT NULL REFERENCES blobs(digest),
+    metadata TEXT NOT NULL,
+    UNIQUE (collection, id)
+);
+CREATE TABLE IF NOT EXISTS conditions (
+    rowid BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    collection TEXT NOT NULL REFERENCES collections(name) ON DELETE CASCADE,
+    instruction TEXT,
+    index_kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    error TEXT,
+    UNIQUE (collection, instruction)
+);
+CREATE TABLE IF NOT EXISTS vectors (
+    condition BIGINT NOT NULL REFERENCES conditions(rowid) ON DELETE CASCADE,
+    item BIGINT NOT NULL REFERENCES items(rowid) ON DELETE CASCADE,
+    vector BYTEA NOT NULL,
+    PRIMARY KEY (condition, item)
+);
+CREATE INDEX IF NOT EXISTS vectors_by_item ON vectors(item);
+CREATE TABLE IF NOT EXISTS changes (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind TEXT NOT NULL,
+    collection TEXT NOT NULL,
+    condition BIGINT,
+    item BIGINT
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    rowid BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    condition BIGINT NOT NULL REFERENCES conditions(rowid) ON DELETE CASCADE,
+    collection TEXT NOT NULL,
+    first BIGINT NOT NULL,
+    last BIGINT NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0,
+    owner TEXT,
+    lease_until DOUBLE PRECISION
+);
+CREATE INDEX IF NOT EXISTS chunks_open ON chunks(condition, done);
+"""
+
+
+@functools.cache
+def _postgres(sql: str) -> str:
+    """The store's `?` placeholders as psycopg's `%s` (the SQL holds no other `?` or `%`)."""
+    return sql.replace("?", "%s")
+
+
+class _Cursor:
+    def __init__(self, connection: psycopg.Connection[Any]) -> None:
+        self._connection = connection
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
+        return self._connection.execute(_postgres(sql), tuple(parameters))
+
+    def executemany(self, sql: str, parameters: Sequence[Sequence[Any]]) -> None:
+        with self._connection.cursor() as cursor:
+            cursor.executemany(_postgres(sql), [tuple(row) for row in parameters])
+
+
+class PostgresStore(Store):
+    NOW = "extract(epoch from clock_timestamp())::double precision"
+
+    def __init__(self, url: str, pool_size: int = 8, connect_timeout_s: float = 30.0) -> None:
+        self._pool = ConnectionPool(
+            url, min_size=1, max_size=pool_size, kwargs={"autocommit": True}, open=False, name="focalserve"
+        )
+        self._pool.open(wait=True, timeout=connect_timeout_s)
+        with self._pool.connection() as connection, connection.transaction():
+            connection.execute("SELECT pg_advisory_xact_lock(%s)", (LOG_LOCK,))  # replicas starting together
+            connection.execute(SCHEMA)
+
+    def close(self) -> None:
+        self._pool.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[Transaction]:
+        with self._pool.connection() as connection, connection.transaction():
+            connection.execute("SELECT pg_advisory_xact_lock(%s)", (LOG_LOCK,))
+            yield _Cursor(connection)
+
+    @contextmanager
+    def _claim_transaction(self) -> Iterator[Transaction]:
+        with self._pool.connection() as connection, connection.transaction():
+            yield _Cursor(connection)
+
+    def _query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._pool.connection() as connection:
+            return connection.execute(_postgres(sql), tuple(parameters)).fetchall()
+
+    def _metadata_equals(self) -> str:
+        return "(metadata::jsonb -> ?) = ?::jsonb"
+
+    def _next_chunk(self) -> str:
+        return (
+            "SELECT rowid FROM chunks WHERE condition = ? AND done = 0 "
+            f"AND (lease_until IS NULL OR lease_until < {self.NOW}) ORDER BY rowid LIMIT 1 FOR UPDATE SKIP LOCKED"
+        )
+
+    def _put_blob(self, tx: Transaction, digest: str, data: bytes) -> None:
+        tx.execute("INSERT INTO blobs(digest, data) VALUES (?, ?) ON CONFLICT (digest) DO NOTHING", (digest, data))
+
+    def read_blob(self, digest: str) -> bytes:
+        return bytes(self._query("SELECT data FROM blobs WHERE digest = ?", (digest,))[0][0])
+
+    def _forget_blobs(self) -> None:
+        """Blobs no item refers to; under the log lock, so no add can be about to refer to one."""
+        with self._write() as tx:
+            tx.execute("DELETE FROM blobs WHERE NOT EXISTS (SELECT 1 FROM items WHERE items.blob = blobs.digest)")

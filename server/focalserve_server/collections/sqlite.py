@@ -1,0 +1,149 @@
+"""The SQLite engine: one host, the embedded default. WAL mode, `synchronous=FULL`, image bytes as
+content-addressed files; several processes on one data dir stay consistent through the change log
+(SQLite serialises their writes, each follows the log)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from focalserve_server.collections.store import Store, Transaction
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS collections (
+    name TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    created REAL NOT NULL DEFAULT (julianday('now'))
+);
+-- AUTOINCREMENT: a deleted item's rowid is never reused, so a log entry names one item forever.
+CREATE TABLE IF NOT EXISTS items (
+    rowid INTEGER PRIMARY KEY AUTOINCREMENT,
+    collection TEXT NOT NULL REFERENCES collections(name) ON DELETE CASCADE,
+    id TEXT NOT NULL,
+    blob TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    UNIQUE (collection, id)
+);
+CREATE TABLE IF NOT EXISTS conditions (
+    rowid INTEGER PRIMARY KEY AUTOINCREMENT,
+    collection TEXT NOT NULL REFERENCES collections(name) ON DELETE CASCADE,
+    instruction TEXT,
+    index_kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    error TEXT,
+    UNIQUE (collection, instruction)
+);
+CREATE TABLE IF NOT EXISTS vectors (
+    condition INTEGER NOT NULL REFERENCES conditions(rowid) ON DELETE CASCADE,
+    item INTEGER NOT NULL REFERENCES items(rowid) ON DELETE CASCADE,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (condition, item)
+);
+CREATE INDEX IF NOT EXISTS vectors_by_item ON vectors(item);
+CREATE TABLE IF NOT EXISTS changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    collection TEXT NOT NULL,
+    condition INTEGER,
+    item INTEGER
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    rowid INTEGER PRIMARY KEY AUTOINCREMENT,
+    condition INTEGER NOT NULL REFERENCES conditions(rowid) ON DELETE CASCADE,
+    collection TEXT NOT NULL,
+    first INTEGER NOT NULL,
+    last INTEGER NOT NULL,
+    done INTEGER NOT NULL DEFAULT 0,
+    owner TEXT,
+    lease_until REAL
+);
+CREATE INDEX IF NOT EXISTS chunks_open ON chunks(condition, done);
+"""
+
+
+class SQLiteStore(Store):
+    NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+
+    def __init__(self, data_dir: Path) -> None:
+        self.blob_dir = data_dir / "blobs"
+        self.blob_dir.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(data_dir / "focalserve.sqlite3", check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()  # one connection, used from worker threads one at a time
+        for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=10000"):
+            self._db.execute(f"PRAGMA {pragma}")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[Transaction]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")  # SQLite's one writer, across processes too
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    _claim_transaction = _write
+
+    def _query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, tuple(parameters)).fetchall()
+
+    def _metadata_equals(self) -> str:
+        return "json_extract(metadata, '$.\"' || ? || '\"') IS json_extract(?, '$')"
+
+    def _next_chunk(self) -> str:
+        return (
+            "SELECT rowid FROM chunks WHERE condition = ? AND done = 0 "
+            f"AND (lease_until IS NULL OR lease_until < {self.NOW}) ORDER BY rowid LIMIT 1"
+        )
+
+    # image bytes: files named by their digest --------------------------------------------
+
+    def _blob_path(self, digest: str) -> Path:
+        return self.blob_dir / digest[:2] / digest
+
+    def _put_blob(self, tx: Transaction, digest: str, data: bytes) -> None:
+        """Written and fsynced before the rows that point at it commit: no row points at nothing."""
+        path = self._blob_path(digest)
+        if path.exists():
+            return
+        path.parent.mkdir(exist_ok=True)
+        temporary = path.with_name(f"{digest}.{os.getpid()}.{threading.get_ident()}.tmp")
+        with open(temporary, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+
+    def read_blob(self, digest: str) -> bytes:
+        return self._blob_path(digest).read_bytes()
+
+    def _forget_blobs(self) -> None:
+        self.collect_garbage()
+
+    def collect_garbage(self, min_age_s: float = 3600) -> int:
+        """Remove blob files no item refers to; returns how many.
+
+        Blobs younger than `min_age_s` stay: an add writes its blobs before committing its rows.
+        """
+        referenced = {row[0] for row in self._query("SELECT DISTINCT blob FROM items")}
+        cutoff = time.time() - min_age_s
+        removed = 0
+        for path in self.blob_dir.glob("*/*"):
+            if path.name not in referenced and path.stat().st_mtime < cutoff:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed

@@ -1,0 +1,380 @@
+"""The store: collections, items, image bytes, conditions, vectors and the change log, in SQL.
+
+One implementation of every operation, written once in SQL that SQLite and PostgreSQL both
+run; an engine (`sqlite.SQLiteStore`, `postgres.PostgresStore`) supplies connections,
+transactions, the schema, where image bytes live and the few expressions that differ.
+
+Every write appends to the change log in its own transaction, and writes are serialised (SQLite
+has one writer; PostgreSQL takes one advisory lock per writing transaction), so the log's order
+is the order in which writes committed: a replica that has applied up to `seq` has seen every
+write acknowledged with a smaller one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+import numpy as np
+
+from focalserve_client.schemas import IndexKind
+from focalserve_server.collections.model import (
+    Change,
+    ChangeKind,
+    Chunk,
+    Collection,
+    Condition,
+    ConditionsChanged,
+    Item,
+    NewItem,
+)
+
+ITEM_COLUMNS = "rowid, id, blob, metadata"
+CONDITION_COLUMNS = "rowid, collection, instruction, index_kind, status, error"
+
+
+class Transaction(Protocol):
+    """What a store's SQL runs on: `?` placeholders, DB-API style cursors."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ()) -> Any: ...
+
+    def executemany(self, sql: str, parameters: Sequence[Sequence[Any]]) -> Any: ...
+
+
+class Store(ABC):
+    """The source of truth for collections; see the module docstring for its guarantees."""
+
+    NOW: str  # SQL for the database clock in seconds: leases expire by one clock, not by each replica's
+
+    # engine hooks ------------------------------------------------------------------------
+
+    @abstractmethod
+    def _write(self) -> AbstractContextManager[Transaction]:
+        """A transaction that may append to the change log (serialised with every other such one)."""
+
+    @abstractmethod
+    def _claim_transaction(self) -> AbstractContextManager[Transaction]:
+        """A transaction for leasing build chunks; it never writes the log."""
+
+    @abstractmethod
+    def _query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one read-only statement."""
+
+    @abstractmethod
+    def _put_blob(self, tx: Transaction, digest: str, data: bytes) -> None:
+        """Store image bytes under their digest (once); durable when the transaction commits."""
+
+    @abstractmethod
+    def read_blob(self, digest: str) -> bytes: ...
+
+    @abstractmethod
+    def _metadata_equals(self) -> str:
+        """SQL comparing one metadata key (`?`) with one JSON value (`?`)."""
+
+    @abstractmethod
+    def _next_chunk(self) -> str:
+        """SQL selecting the rowid of one claimable chunk of condition `?`, locked for this transaction."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def _forget_blobs(self) -> None:
+        """Drop image bytes no item refers to (after a collection is deleted)."""
+
+    # identity and log --------------------------------------------------------------------
+
+    def identity(self) -> str:
+        """A random id made when the database was created: a snapshot of another database is not ours."""
+        rows = self._query("SELECT value FROM meta WHERE key = 'identity'")
+        if rows:
+            return str(rows[0][0])
+        with self._write() as tx:
+            tx.execute(
+                "INSERT INTO meta(key, value) VALUES ('identity', ?) ON CONFLICT (key) DO NOTHING", (uuid.uuid4().hex,)
+            )
+        return str(self._query("SELECT value FROM meta WHERE key = 'identity'")[0][0])
+
+    def head(self) -> int:
+        """The newest log position."""
+        return int(self._query("SELECT coalesce(max(seq), 0) FROM changes")[0][0])
+
+    def changes(self, after: int, limit: int) -> list[Change]:
+        rows = self._query(
+            "SELECT seq, kind, collection, condition, item FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after, limit),
+        )
+        return [Change(int(seq), kind, collection, condition, item) for seq, kind, collection, condition, item in rows]
+
+    def _log(
+        self, tx: Transaction, kind: ChangeKind, collection: str, rows: Sequence[tuple[int | None, int | None]]
+    ) -> int:
+        """Append (condition, item) changes of one kind; returns the last position written."""
+        tx.executemany(
+            "INSERT INTO changes(kind, collection, condition, item) VALUES (?, ?, ?, ?)",
+            [(kind, collection, condition, item) for condition, item in rows],
+        )
+        return int(tx.execute("SELECT max(seq) FROM changes").fetchone()[0])
+
+    # collections -------------------------------------------------------------------------
+
+    def create_collection(self, name: str, model: str) -> int | None:
+        """The log position of the creation, or None if the collection exists."""
+        with self._write() as tx:
+            created = tx.execute(
+                "INSERT INTO collections(name, model) VALUES (?, ?) ON CONFLICT (name) DO NOTHING", (name, model)
+            ).rowcount
+            return self._log(tx, "collection_created", name, [(None, None)]) if created == 1 else None
+
+    def collection(self, name: str) -> Collection | None:
+        rows = self._query("SELECT name, model FROM collections WHERE name = ?", (name,))
+        return Collection(*rows[0]) if rows else None
+
+    def collections(self) -> list[Collection]:
+        return [Collection(*row) for row in self._query("SELECT name, model FROM collections ORDER BY name")]
+
+    def delete_collection(self, name: str) -> int | None:
+        with self._write() as tx:
+            deleted = tx.execute("DELETE FROM collections WHERE name = ?", (name,)).rowcount
+            seq = self._log(tx, "collection_deleted", name, [(None, None)]) if deleted == 1 else None
+        self._forget_blobs()
+        return seq
+
+    def item_count(self, collection: str) -> int:
+        return int(self._query("SELECT count(*) FROM items WHERE collection = ?", (collection,))[0][0])
+
+    # items -------------------------------------------------------------------------------
+
+    def put_items(self, collection: str, items: Sequence[NewItem], embedded_under: set[int]) -> tuple[list[int], int]:
+        """Insert or replace items with their vectors; returns (rowids, log position).
+
+        Raises ConditionsChanged when the collection's conditions are no longer `embedded_under`
+        (one was registered meanwhile): nothing is written, and the caller embeds under it too.
+        """
+        with self._write() as tx:
+            conditions = self._conditions(tx, collection)
+            if {c.rowid for c in conditions if c.status != "failed"} != embedded_under:
+                raise ConditionsChanged(conditions)
+            rowids: list[int] = []
+            logged: list[tuple[int | None, int | None]] = []
+            for item in items:
+                digest = _digest(item.image)
+                self._put_blob(tx, digest, item.image)
+                rowid = int(
+                    tx.execute(
+                        "INSERT INTO items(collection, id, blob, metadata) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (collection, id) DO UPDATE SET blob = excluded.blob, metadata = excluded.metadata "
+                        "RETURNING rowid",
+                        (collection, item.id, digest, json.dumps(item.metadata, sort_keys=True)),
+                    ).fetchone()[0]
+                )
+                tx.execute("DELETE FROM vectors WHERE item = ?", (rowid,))
+                tx.executemany(
+                    "INSERT INTO vectors(condition, item, vector) VALUES (?, ?, ?)",
+                    [(condition, rowid, _vector_bytes(vector)) for condition, vector in item.vectors.items()],
+                )
+                rowids.append(rowid)
+                logged += [(condition, rowid) for condition in item.vectors]
+            return rowids, self._log(tx, "vector", collection, logged or [(None, None)])
+
+    def item(self, collection: str, item_id: str) -> Item | None:
+        rows = self._query(f"SELECT {ITEM_COLUMNS} FROM items WHERE collection = ? AND id = ?", (collection, item_id))
+        return _item(rows[0]) if rows else None
+
+    def items_by_rowid(self, rowids: Sequence[int]) -> dict[int, Item]:
+        if not rowids:
+            return {}
+        marks = ",".join("?" * len(rowids))
+        rows = self._query(f"SELECT {ITEM_COLUMNS} FROM items WHERE rowid IN ({marks})", tuple(rowids))
+        return {int(row[0]): _item(row) for row in rows}
+
+    def items(self, collection: str, after_rowid: int = 0, limit: int = 256) -> list[Item]:
+        """Items in rowid order, a page at a time."""
+        rows = self._query(
+            f"SELECT {ITEM_COLUMNS} FROM items WHERE collection = ? AND rowid > ? ORDER BY rowid LIMIT ?",
+            (collection, after_rowid, limit),
+        )
+        return [_item(row) for row in rows]
+
+    def delete_item(self, collection: str, item_id: str) -> int | None:
+        """The log position of the deletion, or None if there was no such item."""
+        with self._write() as tx:
+            row = tx.execute(
+                "DELETE FROM items WHERE collection = ? AND id = ? RETURNING rowid", (collection, item_id)
+            ).fetchone()
+            return self._log(tx, "item_deleted", collection, [(None, int(row[0]))]) if row else None
+
+    def matching_rowids(self, collection: str, equal: dict[str, Any]) -> np.ndarray:
+        """Rowids of items whose metadata has every key equal to the given value."""
+        clauses = " AND ".join(self._metadata_equals() for _ in equal)
+        parameters: list[Any] = [collection]
+        for key, value in equal.items():
+            parameters += [key, json.dumps(value)]
+        rows = self._query(f"SELECT rowid FROM items WHERE collection = ? AND {clauses}", tuple(parameters))
+        return np.array([row[0] for row in rows], dtype=np.int64)
+
+    # conditions --------------------------------------------------------------------------
+
+    def add_condition(
+        self, collection: str, instruction: str | None, index_kind: IndexKind, chunk_size: int
+    ) -> tuple[Condition, bool, int | None]:
+        """(condition, created now, log position); a new condition's backfill is cut into chunks
+        of `chunk_size` stored items, which any replica may claim."""
+        with self._write() as tx:
+            existing = [c for c in self._conditions(tx, collection) if c.instruction == instruction]
+            if existing:
+                return existing[0], False, None
+            rowid = int(
+                tx.execute(
+                    "INSERT INTO conditions(collection, instruction, index_kind, status) "
+                    "VALUES (?, ?, ?, 'building') RETURNING rowid",
+                    (collection, instruction, index_kind),
+                ).fetchone()[0]
+            )
+            items = [int(row[0]) for row in tx.execute(
+                "SELECT rowid FROM items WHERE collection = ? ORDER BY rowid", (collection,)
+            ).fetchall()]
+            tx.executemany(
+                "INSERT INTO chunks(condition, collection, first, last) VALUES (?, ?, ?, ?)",
+                [(rowid, collection, part[0], part[-1]) for part in _parts(items, chunk_size)],
+            )
+            seq = self._log(tx, "condition_added", collection, [(rowid, None)])
+            condition = next(c for c in self._conditions(tx, collection) if c.rowid == rowid)
+        return condition, True, seq
+
+    def conditions(self, collection: str) -> list[Condition]:
+        return [_condition(row) for row in self._query(
+            f"SELECT {CONDITION_COLUMNS} FROM conditions WHERE collection = ? ORDER BY rowid", (collection,)
+        )]
+
+    def _conditions(self, tx: Transaction, collection: str) -> list[Condition]:
+        rows = tx.execute(
+            f"SELECT {CONDITION_COLUMNS} FROM conditions WHERE collection = ? ORDER BY rowid", (collection,)
+        ).fetchall()
+        return [_condition(row) for row in rows]
+
+    def condition(self, rowid: int) -> Condition | None:
+        rows = self._query(f"SELECT {CONDITION_COLUMNS} FROM conditions WHERE rowid = ?", (rowid,))
+        return _condition(rows[0]) if rows else None
+
+    def building_conditions(self) -> list[Condition]:
+        rows = self._query(f"SELECT {CONDITION_COLUMNS} FROM conditions WHERE status = 'building' ORDER BY rowid")
+        return [_condition(row) for row in rows]
+
+    def vector_count(self, condition: int) -> int:
+        return int(self._query("SELECT count(*) FROM vectors WHERE condition = ?", (condition,))[0][0])
+
+    def vector(self, condition: int, item: int) -> np.ndarray | None:
+        rows = self._query("SELECT vector FROM vectors WHERE condition = ? AND item = ?", (condition, item))
+        return _vector(rows[0][0]) if rows else None
+
+    def vectors_of(self, pairs: Sequence[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray]:
+        """The current vectors of (condition, item) pairs; pairs deleted since are absent."""
+        found: dict[tuple[int, int], np.ndarray] = {}
+        for start in range(0, len(pairs), 400):
+            part = pairs[start : start + 400]
+            where = " OR ".join("(condition = ? AND item = ?)" for _ in part)
+            flat = [value for pair in part for value in pair]
+            rows = self._query(f"SELECT condition, item, vector FROM vectors WHERE {where}", flat)
+            for condition, item, vector in rows:
+                found[(int(condition), int(item))] = _vector(vector)
+        return found
+
+    def all_vectors(self, condition: int) -> tuple[np.ndarray, np.ndarray]:
+        """(item rowids int64 (n,), vectors float32 (n, dim)) under a condition."""
+        rows = self._query("SELECT item, vector FROM vectors WHERE condition = ? ORDER BY item", (condition,))
+        if not rows:
+            return np.empty(0, np.int64), np.empty((0, 0), np.float32)
+        return np.array([row[0] for row in rows], np.int64), np.stack([_vector(row[1]) for row in rows])
+
+    # shared condition builds -------------------------------------------------------------
+
+    def claim_chunk(self, condition: int, owner: str, lease_s: float) -> Chunk | None:
+        """Lease one unfinished chunk whose lease is free or expired (a dead replica's chunk comes back)."""
+        with self._claim_transaction() as tx:
+            row = tx.execute(self._next_chunk(), (condition,)).fetchone()
+            if row is None:
+                return None
+            claimed = tx.execute(
+                f"UPDATE chunks SET owner = ?, lease_until = {self.NOW} + ? WHERE rowid = ? "
+                "RETURNING rowid, condition, collection, first, last",
+                (owner, lease_s, row[0]),
+            ).fetchone()
+        return Chunk(*(claimed[0], claimed[1], claimed[2], claimed[3], claimed[4]))
+
+    def missing_in_chunk(self, chunk: Chunk) -> list[Item]:
+        """The chunk's items that have no vector under its condition yet."""
+        rows = self._query(
+            f"SELECT {ITEM_COLUMNS} FROM items WHERE collection = ? AND rowid BETWEEN ? AND ? AND rowid NOT IN "
+            "(SELECT item FROM vectors WHERE condition = ?) ORDER BY rowid",
+            (chunk.collection, chunk.first, chunk.last, chunk.condition),
+        )
+        return [_item(row) for row in rows]
+
+    def finish_chunk(self, chunk: Chunk, owner: str, vectors: dict[int, np.ndarray]) -> int | None:
+        """Write the chunk's vectors and mark it done, if `owner` still holds its lease; returns the
+        log position, or None when the lease was lost (another replica redoes the chunk)."""
+        with self._write() as tx:
+            held = tx.execute(
+                f"UPDATE chunks SET done = 1 WHERE rowid = ? AND owner = ? AND done = 0 AND lease_until > {self.NOW} "
+                "RETURNING rowid",
+                (chunk.rowid, owner),
+            ).fetchone()
+            if held is None:
+                return None
+            written = []
+            for item, vector in vectors.items():  # an item deleted meanwhile, or re-embedded by an add, is skipped
+                row = tx.execute(
+                    "INSERT INTO vectors(condition, item, vector) SELECT ?, ?, ? "
+                    "WHERE EXISTS (SELECT 1 FROM items WHERE rowid = ?) ON CONFLICT (condition, item) DO NOTHING "
+                    "RETURNING item",
+                    (chunk.condition, item, _vector_bytes(vector), item),
+                ).fetchone()
+                if row is not None:
+                    written.append((chunk.condition, int(row[0])))
+            return self._log(tx, "vector", chunk.collection, written or [(chunk.condition, None)])
+
+    def complete_build(self, condition: int) -> bool:
+        """Mark the condition ready once every chunk is done; False while some are not."""
+        with self._write() as tx:
+            if tx.execute("SELECT 1 FROM chunks WHERE condition = ? AND done = 0", (condition,)).fetchone():
+                return False
+            tx.execute("UPDATE conditions SET status = 'ready' WHERE rowid = ? AND status = 'building'", (condition,))
+            tx.execute("DELETE FROM chunks WHERE condition = ?", (condition,))
+        return True
+
+    def fail_build(self, condition: int, error: str) -> None:
+        with self._write() as tx:
+            tx.execute("UPDATE conditions SET status = 'failed', error = ? WHERE rowid = ?", (error, condition))
+            tx.execute("DELETE FROM chunks WHERE condition = ?", (condition,))
+
+
+def _parts(values: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _vector_bytes(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+
+
+def _vector(data: bytes | memoryview) -> np.ndarray:
+    return np.frombuffer(bytes(data), dtype=np.float32).copy()
+
+
+def _item(row: Sequence[Any]) -> Item:
+    metadata = row[3] if isinstance(row[3], dict) else json.loads(row[3])
+    return Item(rowid=int(row[0]), id=row[1], blob=row[2], metadata=metadata)
+
+
+def _condition(row: Sequence[Any]) -> Condition:
+    return Condition(int(row[0]), row[1], row[2], row[3], row[4], row[5])

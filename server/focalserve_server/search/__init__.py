@@ -1,1 +1,0 @@
-"""Vector search for collections under a condition: one FAISS index per (collection, condition)."""
