@@ -1,0 +1,245 @@
+"""Several gateways, one set of collections: three replicas on one real PostgreSQL (and two
+processes on one SQLite data dir) behave as one service."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+import pytest
+
+from focalserve_client.schemas import SEQ_HEADER
+from focalserve_devtools.launch import gateway_process
+from focalserve_training.data import ColorShapeGenerator
+from tests.helpers.images import b64
+
+COLOUR = "what colour is the shape?"
+SHAPE = "which shape is this?"
+SAMPLES = [ColorShapeGenerator(seed=91).sample(index) for index in range(160)]
+FAST_LOG = {"log_poll_interval_s": "0.05", "consistency_wait_s": "3"}
+
+
+def png(index: int) -> str:
+    buffer = io.BytesIO()
+    SAMPLES[index].image.save(buffer, "PNG")
+    return b64(buffer.getvalue())
+
+
+def item(index: int, prefix: str = "i") -> dict:
+    sample = SAMPLES[index]
+    return {"id": f"{prefix}{index}", "image": png(index), "metadata": {"colour": sample.colour, "shape": sample.shape}}
+
+
+def seq(response: httpx.Response) -> int:
+    assert response.status_code < 300, response.text
+    return int(response.headers[SEQ_HEADER])
+
+
+def wait_ready(url: str, collection: str, timeout_s: float = 120) -> list[dict]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        conditions = httpx.get(f"{url}/collections/{collection}/conditions", timeout=30).json()
+        if conditions and all(c["status"] == "ready" for c in conditions):
+            return conditions
+        assert all(c["status"] != "failed" for c in conditions), conditions
+        time.sleep(0.2)
+    raise TimeoutError(f"conditions of {collection} not ready: {conditions}")
+
+
+def search(url: str, collection: str, condition: str, query: dict, min_seq: int = 0, k: int = 10) -> httpx.Response:
+    body = {"collection": collection, "condition": condition, "query": query, "k": k, "min_seq": min_seq}
+    return httpx.post(f"{url}/search", json=body, timeout=30)
+
+
+def ranked(url: str, collection: str, condition: str, query: dict, min_seq: int = 0) -> list[tuple[str, float]]:
+    response = search(url, collection, condition, query, min_seq)
+    assert response.status_code == 200, response.text
+    return [(hit["id"], round(hit["score"], 5)) for hit in response.json()["results"]]
+
+
+@pytest.fixture(scope="module")
+def database(postgres_server) -> Iterator[str]:
+    yield postgres_server.create_database("replicas")
+
+
+@pytest.fixture(scope="module")
+def replicas(demo_repository: Path, database: str, tmp_path_factory) -> Iterator[list[str]]:
+    """Three gateways, each with its own data dir, on one database."""
+    with ExitStack() as stack:
+        urls = []
+        for name in "abc":
+            work = tmp_path_factory.mktemp(f"replica-{name}")
+            url, _ = stack.enter_context(gateway_process(
+                demo_repository, work / "gateway.log", data_dir=str(work / "data"), database_url=database, **FAST_LOG))
+            urls.append(url)
+        yield urls
+
+
+def test_a_collection_built_through_three_replicas_answers_identically_on_each(replicas):
+    a, b, c = replicas
+    assert httpx.post(f"{a}/collections", json={"name": "shared", "model": "demo"}).status_code == 201
+    added = httpx.post(f"{b}/collections/shared/items", json={"items": [item(i) for i in range(40)]}, timeout=120)
+    registered = httpx.post(f"{c}/collections/shared/conditions", json={"instruction": COLOUR}, timeout=30)
+    assert registered.status_code == 202 and seq(registered) > seq(added)
+    for url in replicas:
+        conditions = wait_ready(url, "shared")
+        assert conditions[0]["embedded"] == conditions[0]["total"] == 40
+    last = seq(httpx.post(f"{a}/collections/shared/items", json={"items": [item(40)]}, timeout=60))
+    for query in ({"item_id": "i3"}, {"text": "red"}, {"image": png(41)}):
+        results = [ranked(url, "shared", COLOUR, query, min_seq=last) for url in replicas]
+        assert results[0] == results[1] == results[2] and len(results[0]) == 10
+
+
+def test_read_your_writes_across_replicas(replicas):
+    a, b, _ = replicas
+    httpx.post(f"{a}/collections", json={"name": "ryw", "model": "demo"})
+    httpx.post(f"{a}/collections/ryw/conditions", json={"instruction": SHAPE})
+    wait_ready(a, "ryw")
+    for index in range(50, 56):  # each write on one replica, read at once on another with its position
+        position = seq(httpx.post(f"{a}/collections/ryw/items", json={"items": [item(index)]}, timeout=60))
+        ids = [hit for hit, _ in ranked(b, "ryw", SHAPE, {"image": png(index)}, min_seq=position)]
+        assert f"i{index}" in ids
+
+
+def test_a_position_this_replica_cannot_reach_gets_503_with_retry_after(replicas):
+    response = search(replicas[0], "ryw", SHAPE, {"text": "x"}, min_seq=10**12)
+    assert response.status_code == 503 and response.headers["retry-after"]
+    assert response.json()["error"]["code"] == "replica_behind"
+
+
+def test_concurrent_adds_through_every_replica_lose_nothing(replicas):
+    a = replicas[0]
+    httpx.post(f"{a}/collections", json={"name": "busy", "model": "demo"})
+    httpx.post(f"{a}/collections/busy/conditions", json={"instruction": COLOUR})
+    wait_ready(a, "busy")
+    positions: list[int] = []
+
+    def add_through(url: str, offset: int) -> None:
+        for start in range(offset, offset + 30, 5):
+            response = httpx.post(f"{url}/collections/busy/items",
+                                  json={"items": [item(i) for i in range(start, start + 5)]}, timeout=120)
+            positions.append(seq(response))
+
+    threads = [threading.Thread(target=add_through, args=(url, 30 * n)) for n, url in enumerate(replicas)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    newest = max(positions)
+    for url in replicas:
+        assert httpx.get(f"{url}/collections/busy", timeout=30).json()["items"] == 90
+        for index in (0, 29, 30, 59, 60, 89):
+            assert ranked(url, "busy", COLOUR, {"item_id": f"i{index}"}, min_seq=newest)
+
+
+def test_a_delete_on_one_replica_leaves_every_replicas_results(replicas):
+    a, b, c = replicas
+    before = ranked(c, "shared", COLOUR, {"image": png(5)})
+    assert "i5" in [hit for hit, _ in before]
+    deleted = httpx.delete(f"{a}/collections/shared/items/i5", timeout=30)
+    assert deleted.status_code == 204
+    for url in (b, c):
+        assert "i5" not in [hit for hit, _ in ranked(url, "shared", COLOUR, {"image": png(5)}, min_seq=seq(deleted))]
+
+
+def test_a_killed_replica_loses_no_acknowledged_add_and_its_build_completes_elsewhere(
+    demo_repository: Path, postgres_server, tmp_path: Path
+):
+    database = postgres_server.create_database("kill9")
+    settings = {"database_url": database, "build_chunk_size": "8", "build_lease_s": "3", **FAST_LOG}
+    with ExitStack() as stack:
+        started = [stack.enter_context(gateway_process(demo_repository, tmp_path / f"{n}.log",
+                                                       data_dir=str(tmp_path / n), **settings)) for n in "abc"]
+        (victim_url, victim), (b, _), (c, _) = started
+        httpx.post(f"{b}/collections", json={"name": "k", "model": "demo"})
+        acknowledged: list[str] = []
+
+        def add_until_killed() -> None:
+            for start in range(0, 160, 4):
+                try:
+                    response = httpx.post(f"{victim_url}/collections/k/items",
+                                          json={"items": [item(i) for i in range(start, start + 4)]}, timeout=60)
+                except httpx.TransportError:
+                    return
+                if response.status_code == 201:
+                    acknowledged.extend(f"i{i}" for i in range(start, start + 4))
+
+        adder = threading.Thread(target=add_until_killed)
+        adder.start()
+        deadline = time.monotonic() + 60
+        while len(acknowledged) < 40 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        victim.kill()  # kill -9 in the middle of adds
+        adder.join(timeout=60)
+        assert acknowledged
+        head = seq(httpx.post(f"{b}/collections/k/conditions", json={"instruction": COLOUR}, timeout=30))
+        for url in (b, c):
+            conditions = wait_ready(url, "k")
+            assert conditions[0]["embedded"] == conditions[0]["total"] >= len(acknowledged)
+            present = httpx.get(f"{url}/collections/k/items", params={"limit": 1000}, timeout=30).json()["items"]
+            assert set(acknowledged) <= {entry["id"] for entry in present}
+            for item_id in acknowledged[:: max(1, len(acknowledged) // 8)]:
+                assert ranked(url, "k", COLOUR, {"item_id": item_id}, min_seq=head)
+
+
+def test_a_replica_killed_during_a_shared_build_leaves_it_to_the_others(
+    demo_repository: Path, postgres_server, tmp_path: Path
+):
+    database = postgres_server.create_database("killbuild")
+    settings = {"database_url": database, "build_chunk_size": "4", "build_lease_s": "2", **FAST_LOG}
+    with ExitStack() as stack:
+        (a, victim), (b, _) = [stack.enter_context(gateway_process(demo_repository, tmp_path / f"{n}.log",
+                                                                   data_dir=str(tmp_path / n), **settings))
+                               for n in "ab"]
+        httpx.post(f"{a}/collections", json={"name": "kb", "model": "demo"})
+        httpx.post(f"{a}/collections/kb/items", json={"items": [item(i) for i in range(120)]}, timeout=300)
+        httpx.post(f"{a}/collections/kb/conditions", json={"instruction": SHAPE})
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # kill once the build is under way, before it is done
+            progress = httpx.get(f"{b}/collections/kb/conditions", timeout=30).json()[0]
+            if progress["embedded"] >= 8:
+                break
+            time.sleep(0.02)
+        victim.kill()
+        conditions = wait_ready(b, "kb", timeout_s=180)
+        assert conditions[0]["embedded"] == conditions[0]["total"] == 120
+        assert len(ranked(b, "kb", SHAPE, {"item_id": "i7"})) == 10
+
+
+def test_a_restarted_replica_catches_up_from_its_snapshot_and_the_log(demo_repository: Path, postgres_server,
+                                                                      tmp_path: Path):
+    database = postgres_server.create_database("restart")
+    settings = {"database_url": database, **FAST_LOG}
+    with gateway_process(demo_repository, tmp_path / "a.log", data_dir=str(tmp_path / "a"), **settings) as (a, _):
+        with gateway_process(demo_repository, tmp_path / "b.log", data_dir=str(tmp_path / "b"), **settings) as (b, _):
+            httpx.post(f"{b}/collections", json={"name": "r", "model": "demo"})
+            httpx.post(f"{b}/collections/r/items", json={"items": [item(i) for i in range(30)]}, timeout=120)
+            httpx.post(f"{b}/collections/r/conditions", json={"instruction": COLOUR})
+            wait_ready(b, "r")
+        assert list((tmp_path / "b" / "indexes").glob("*.index"))  # written at shutdown, with its position
+        last = seq(httpx.post(f"{a}/collections/r/items", json={"items": [item(i) for i in range(30, 45)]},
+                              timeout=120))
+        expected = ranked(a, "r", COLOUR, {"image": png(40)}, min_seq=last)
+        with gateway_process(demo_repository, tmp_path / "b.log", data_dir=str(tmp_path / "b"), **settings) as (b, _):
+            assert httpx.get(f"{b}/readyz").status_code == 200  # ready only once caught up
+            assert ranked(b, "r", COLOUR, {"image": png(40)}) == expected
+
+
+def test_two_processes_on_one_sqlite_data_dir_stay_consistent(demo_repository: Path, tmp_path: Path):
+    data = str(tmp_path / "data")
+    with ExitStack() as stack:
+        (a, _), (b, _) = [stack.enter_context(gateway_process(demo_repository, tmp_path / f"{n}.log", data_dir=data,
+                                                              **FAST_LOG)) for n in "ab"]
+        httpx.post(f"{a}/collections", json={"name": "local", "model": "demo"})
+        httpx.post(f"{b}/collections/local/items", json={"items": [item(i) for i in range(20)]}, timeout=120)
+        registered = httpx.post(f"{a}/collections/local/conditions", json={"instruction": COLOUR})
+        wait_ready(b, "local")
+        last = seq(httpx.post(f"{b}/collections/local/items", json={"items": [item(20)]}, timeout=60))
+        assert seq(registered) < last
+        assert ranked(a, "local", COLOUR, {"image": png(20)}, min_seq=last) == ranked(
+            b, "local", COLOUR, {"image": png(20)}, min_seq=last)
