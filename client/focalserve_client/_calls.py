@@ -79,6 +79,7 @@ def search_call(
     item_id: str | None,
     k: int,
     filter: Metadata | None,
+    min_seq: int,
 ) -> Call:
     query = {
         "image": b64_image(image) if image is not None else None,
@@ -92,6 +93,7 @@ def search_call(
             "query": query,
             "k": k,
             "filter": dict(filter or {}),
+            "min_seq": min_seq,
         }
     )
     return Call("POST", "/search", json=body.model_dump(mode="json"))

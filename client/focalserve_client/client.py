@@ -47,6 +47,7 @@ from focalserve_client.errors import (
 )
 from focalserve_client.instructions import normalise_instruction
 from focalserve_client.schemas import (
+    SEQ_HEADER,
     CollectionInfo,
     CollectionList,
     ConditionInfo,
@@ -120,6 +121,7 @@ class AsyncClient:
         self._http = httpx.AsyncClient(
             base_url=self.base_url, timeout=timeout, headers=sent_headers, transport=transport
         )
+        self.last_seq = 0  # the newest change-log position this client has seen; searches wait for it
 
     @property
     def max_inputs_per_request(self) -> int:
@@ -137,7 +139,10 @@ class AsyncClient:
         await self._http.aclose()
 
     async def _send(self, call: Call) -> httpx.Response:
-        return await send(self._http, self._policy, call)
+        response = await send(self._http, self._policy, call)
+        if (seq := response.headers.get(SEQ_HEADER, "")).isdigit():
+            self.last_seq = max(self.last_seq, int(seq))
+        return response
 
     # embeddings --------------------------------------------------------------------------
 
@@ -370,9 +375,12 @@ class AsyncClient:
         filter: Metadata | None = None,
     ) -> SearchResponse:
         """Top-k items for exactly one of `image`, `text` or `item_id`, under `condition`
-        (a registered instruction; None for a CLIP collection). `filter`: metadata equality."""
+        (a registered instruction; None for a CLIP collection). `filter`: metadata equality.
+
+        Read-your-writes: the search waits until the replica that answers has applied every write
+        this client has seen acknowledged (`last_seq`), whichever replica took it."""
         call = await asyncio.to_thread(
-            search_call, collection, condition, image, text, item_id, k, filter
+            search_call, collection, condition, image, text, item_id, k, filter, self.last_seq
         )
         return SearchResponse.model_validate_json((await self._send(call)).content)
 
@@ -458,6 +466,11 @@ class Client:
         )
         self._loop = BackgroundLoop("focalserve-client")
         self._release = weakref.finalize(self, self._loop.close)  # a client never closed
+
+    @property
+    def last_seq(self) -> int:
+        """The newest change-log position this client has seen; its searches wait for it."""
+        return self._async.last_seq
 
     @property
     def base_url(self) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from focalserve_client import Client
 from focalserve_client.schemas import SEQ_HEADER
 from focalserve_devtools.launch import gateway_process
 from focalserve_training.data import ColorShapeGenerator
@@ -104,6 +105,33 @@ def test_read_your_writes_across_replicas(replicas):
         position = seq(httpx.post(f"{a}/collections/ryw/items", json={"items": [item(index)]}, timeout=60))
         ids = [hit for hit, _ in ranked(b, "ryw", SHAPE, {"image": png(index)}, min_seq=position)]
         assert f"i{index}" in ids
+
+
+class RoundRobin(httpx.BaseTransport):
+    """A load balancer in a transport: each request goes to the next replica."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self._urls = [httpx.URL(url) for url in urls]
+        self._next = 0
+        self._http = httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        target = self._urls[self._next % len(self._urls)]
+        self._next += 1
+        request.url = request.url.copy_with(host=target.host, port=target.port)
+        return self._http.handle_request(request)
+
+
+def test_the_sdk_reads_its_own_writes_behind_a_load_balancer(replicas):
+    with Client("http://gateways", transport=RoundRobin(replicas)) as client:
+        client.create_collection("balanced", model="demo")
+        client.add_condition("balanced", COLOUR)
+        client.wait_for_condition("balanced", COLOUR, timeout=120)
+        for index in range(60, 66):  # the add lands on one replica, the search on the next
+            client.add_items("balanced", [(f"i{index}", SAMPLES[index].image, {})])
+            assert client.last_seq > 0
+            hits = client.search("balanced", COLOUR, image=SAMPLES[index].image, k=10).results
+            assert f"i{index}" in [hit.id for hit in hits]
 
 
 def test_a_position_this_replica_cannot_reach_gets_503_with_retry_after(replicas):
