@@ -98,6 +98,12 @@ class DeadlineExceeded(FocalServeError):
     status, code = 503, "deadline_exceeded"
 
 
+class StoreUnavailable(FocalServeError):
+    """The database holding the collections cannot be reached (or is busy past its timeout)."""
+
+    status, code = 503, "store_unavailable"
+
+
 class ReplicaBehind(FocalServeError):
     """This replica has not yet applied the change-log position a request needs: retry shortly."""
 

@@ -50,15 +50,18 @@ class ConditionBuilder:
         self._wake.set()
 
     async def _run(self) -> None:
+        failing = False
         while True:
             self._wake.clear()
             try:
                 worked = await self._work_once()
+                failing = False
             except asyncio.CancelledError:
                 raise
             except Exception:  # the database or the backend may be away: the lease lapses, we retry
-                logger.exception("condition build step failed; retrying")
-                worked = False
+                if not failing:  # once per outage, not once per poll
+                    logger.exception("a condition build step failed; retrying")
+                failing, worked = True, False
             if worked:
                 continue
             try:

@@ -15,10 +15,12 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from focalserve_server.collections.store import Store, Transaction
+from focalserve_server.errors import StoreUnavailable
 
+POOL_WAIT_S = 5.0  # how long a request waits for a connection before answering 503
 LOG_LOCK = 0x466F63616C  # the advisory lock every log-writing transaction holds until it commits
 
 SCHEMA = """
@@ -74,6 +76,16 @@ CREATE INDEX IF NOT EXISTS chunks_open ON chunks(condition, done);
 """
 
 
+@contextmanager
+def _reachable() -> Iterator[None]:
+    """A lost or refused connection is the database being away (503), not a server fault; the pool
+    replaces broken connections, so the next request works once the database is back."""
+    try:
+        yield
+    except (psycopg.OperationalError, PoolTimeout) as error:
+        raise StoreUnavailable(f"the collection database is unavailable: {type(error).__name__}") from error
+
+
 @functools.cache
 def _postgres(sql: str) -> str:
     """The store's `?` placeholders as psycopg's `%s` (the SQL holds no other `?` or `%`)."""
@@ -97,7 +109,8 @@ class PostgresStore(Store):
 
     def __init__(self, url: str, pool_size: int = 8, connect_timeout_s: float = 30.0) -> None:
         self._pool = ConnectionPool(
-            url, min_size=1, max_size=pool_size, kwargs={"autocommit": True}, open=False, name="focalserve"
+            url, min_size=1, max_size=pool_size, kwargs={"autocommit": True}, open=False, name="focalserve",
+            timeout=POOL_WAIT_S, check=ConnectionPool.check_connection,
         )
         self._pool.open(wait=True, timeout=connect_timeout_s)
         with self._pool.connection() as connection, connection.transaction():
@@ -109,17 +122,17 @@ class PostgresStore(Store):
 
     @contextmanager
     def _write(self) -> Iterator[Transaction]:
-        with self._pool.connection() as connection, connection.transaction():
+        with _reachable(), self._pool.connection() as connection, connection.transaction():
             connection.execute("SELECT pg_advisory_xact_lock(%s)", (LOG_LOCK,))
             yield _Cursor(connection)
 
     @contextmanager
     def _claim_transaction(self) -> Iterator[Transaction]:
-        with self._pool.connection() as connection, connection.transaction():
+        with _reachable(), self._pool.connection() as connection, connection.transaction():
             yield _Cursor(connection)
 
     def _query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._pool.connection() as connection:
+        with _reachable(), self._pool.connection() as connection:
             return connection.execute(_postgres(sql), tuple(parameters)).fetchall()
 
     def _metadata_equals(self) -> str:

@@ -101,14 +101,18 @@ class Replica:
 
     async def _follow(self) -> None:
         head = await asyncio.to_thread(self._store.head)
+        failing = False
         while True:
             self._wake.clear()  # before reading: a wake-up that arrives while applying is not lost
             try:
                 await self._apply_pending()
+                failing = False
             except asyncio.CancelledError:
                 raise
             except Exception:  # the database may be away for a while: keep the last good state, retry
-                logger.exception("applying the change log failed; retrying")
+                if not failing:  # once per outage, not once per poll
+                    logger.exception("applying the change log failed; retrying every %.2f s", self._poll_interval_s)
+                failing = True
             if not self.caught_up and self.applied >= head:
                 self.caught_up = True
             try:
