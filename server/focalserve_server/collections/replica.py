@@ -161,9 +161,10 @@ class Replica:
         pending: dict[int, dict[int, np.ndarray]] = defaultdict(dict)  # vectors by condition, added together
         for change in page.changes:
             if change.kind == "vector":
-                key = (change.condition, change.item)
-                if change.condition in self._entries and key in page.vectors:
-                    pending[change.condition][key[1]] = page.vectors[key]  # type: ignore[index]
+                if change.condition is not None and change.item is not None:
+                    vector = page.vectors.get((change.condition, change.item))
+                    if vector is not None and change.condition in self._entries:
+                        pending[change.condition][change.item] = vector
                 continue
             self._add(pending)
             pending = defaultdict(dict)
@@ -196,13 +197,12 @@ class Replica:
     def _forget(self, collection: str) -> None:
         for rowid in [r for r, entry in self._entries.items() if entry.collection == collection]:
             del self._entries[rowid]
-            for path in self._snapshot_paths(rowid):
-                path.unlink(missing_ok=True)
+            self._snapshot_path(rowid).unlink(missing_ok=True)
 
     # snapshots ---------------------------------------------------------------------------
 
-    def _snapshot_paths(self, condition: int) -> tuple[Path, ...]:
-        return (self._snapshot_dir / f"{condition}.index",)
+    def _snapshot_path(self, condition: int) -> Path:
+        return self._snapshot_dir / f"{condition}.index"
 
     def _load_snapshots(self) -> int:
         """Load every condition's snapshot of this database, or rebuild it from the store's vectors;
@@ -213,16 +213,14 @@ class Replica:
             for condition in self._store.conditions(collection.name):
                 loaded = self._load_snapshot(condition)
                 if loaded is not None:
-                    entry, seq = loaded
+                    self._entries[condition.rowid], seq = loaded
                     start = min(start, seq)
-                else:
-                    entry = self._rebuild(condition)  # vectors as of at least `head`
-                if entry is not None:
-                    self._entries[condition.rowid] = entry
+                elif (rebuilt := self._rebuild(condition)) is not None:  # vectors as of at least `head`
+                    self._entries[condition.rowid] = rebuilt
         return start
 
     def _load_snapshot(self, condition: Condition) -> tuple[_Entry, int] | None:
-        path = self._snapshot_paths(condition.rowid)[0]
+        path = self._snapshot_path(condition.rowid)
         if not path.exists():
             return None
         try:
@@ -255,5 +253,5 @@ class Replica:
         self._snapshot_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         for rowid, entry in list(self._entries.items()):
-            entry.index.save(self._snapshot_paths(rowid)[0], {"database": self._database, "seq": self.applied})
+            entry.index.save(self._snapshot_path(rowid), {"database": self._database, "seq": self.applied})
         logger.info("saved %d index snapshots in %.2f s", len(self._entries), time.monotonic() - started)

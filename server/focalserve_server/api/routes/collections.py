@@ -80,7 +80,7 @@ def with_seq(response: Response, seq: int) -> Response:
 
 
 @router.post("", status_code=201, dependencies=[WriteAccess], response_model=CollectionInfo, responses=ERRORS)
-async def create_collection(body: CollectionCreate, gateway: GatewayDep) -> FastJSONResponse:
+async def create_collection(body: CollectionCreate, gateway: GatewayDep) -> Response:
     """Create a collection bound to one model family."""
     service = gateway.collections
     collection, seq = await service.create_collection(body.name, body.model, body.index)
@@ -124,7 +124,7 @@ async def delete_collection(name: CollectionName, gateway: GatewayDep) -> Respon
         }
     },
 )
-async def add_items(name: CollectionName, request: Request, gateway: GatewayDep) -> FastJSONResponse:
+async def add_items(name: CollectionName, request: Request, gateway: GatewayDep) -> Response:
     """Add (or replace) items; acknowledged only once committed and embedded under every ready condition."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         uploads = [await _multipart_item(request)]
@@ -210,7 +210,7 @@ def _checked_id(item_id: str) -> str:
 @router.post(
     "/{name}/conditions", status_code=202, dependencies=[WriteAccess], response_model=ConditionInfo, responses=ERRORS
 )
-async def add_condition(name: CollectionName, body: ConditionCreate, gateway: GatewayDep) -> FastJSONResponse:
+async def add_condition(name: CollectionName, body: ConditionCreate, gateway: GatewayDep) -> Response:
     """Register an instruction: every item is embedded under it and indexed in the background."""
     service = gateway.collections
     condition, created, seq = await service.add_condition(name, body.instruction, body.index)
