@@ -43,12 +43,14 @@ $(DATA)/.demo-collection: $(REPO)/demo_image/1/model.pt
 serve: $(REPO)/demo_image/1/model.pt $(DATA)/.demo-collection
 	$(BIN)/focalserve serve --host $(HOST) --port $(PORT) --model-repository $(REPO) --data-dir $(DATA)
 
-# `docker compose up` without Docker: tritonserver (CPU, python backend) + gateway as processes.
+# `docker compose up` without Docker: PostgreSQL, tritonserver (CPU, python backend) and two gateways
+# sharing collections through that database (ports PORT and PORT+1), as processes on 127.0.0.1; all
+# stop on exit. The database persists in .stack/postgres (on port STACK_PG_PORT, 5433 by default).
 DEMO_CHECKPOINT := runs/demo/focallens/checkpoints/latest.pt
-stack: $(REPO)/demo_image/1/model.pt
+stack: $(REPO)/demo_image/1/model.pt $(PG_BIN)/initdb
 	$(BIN)/focalserve export --family focallens --model focalserve-tiny --checkpoint $(DEMO_CHECKPOINT) \
 		--name demo --repository .stack/model_repository --backend python
-	HOST=$(HOST) PORT=$(PORT) deploy/stack.sh
+	HOST=$(HOST) PORT=$(PORT) PG_BIN=$(PG_BIN) deploy/stack.sh
 
 # The search tests run on the trained demo family, so the suite builds it first (once).
 $(CHROMIUM):

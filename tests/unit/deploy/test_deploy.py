@@ -7,6 +7,7 @@ import json
 import re
 import shlex
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -23,6 +24,27 @@ def compose() -> dict:
 
 def k8s(name: str) -> list[dict]:
     return [doc for doc in yaml.safe_load_all((ROOT / "deploy" / "k8s" / name).read_text()) if doc]
+
+
+def k8s_one(name: str, kind: str) -> dict:
+    (doc,) = [doc for doc in k8s(name) if doc["kind"] == kind]
+    return doc
+
+
+def compose_defaults(value: str) -> str:
+    """A compose value as it reads with no variables set: `${NAME:-default}` becomes `default`."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+
+
+def compose_variables(value: str) -> set[str]:
+    return set(re.findall(r"\$\{([A-Z_]+)", value))
+
+
+def secret_ref(env: dict, name: str) -> tuple[str, str]:
+    """The (Secret, key) a container's variable reads; never a literal value."""
+    assert "value" not in env[name], f"{name} must come from a Secret"
+    ref = env[name]["valueFrom"]["secretKeyRef"]
+    return ref["name"], ref["key"]
 
 
 def gateway_routes() -> set[str]:
@@ -50,7 +72,7 @@ def test_dockerfile_env_names_are_settings():
 
 def test_compose_services_files_ports_and_env():
     services = compose()["services"]
-    assert set(services) == {"triton", "gateway", "prometheus", "export"}
+    assert set(services) == {"triton", "postgres", "gateway", "prometheus", "export"}
     triton, gateway = services["triton"], services["gateway"]
     assert triton["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert "./model_repository:/models:ro" in triton["volumes"]
@@ -69,6 +91,30 @@ def test_compose_services_files_ports_and_env():
                 assert (ROOT / source).exists(), source
         for port in service.get("ports", []):
             assert port.startswith("127.0.0.1:"), port  # nothing published beyond the host
+
+
+def test_compose_gateway_keeps_its_collections_in_the_postgres_service():
+    config = compose()
+    postgres, gateway = config["services"]["postgres"], config["services"]["gateway"]
+    assert postgres["image"].removeprefix("${POSTGRES_IMAGE:-").startswith("postgres:16")
+    volume, mount = postgres["volumes"][0].split(":")[:2]
+    assert volume in config["volumes"] and mount == "/var/lib/postgresql/data"  # a named volume, not the container
+    environment = postgres["environment"]
+    for name in ("POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"):
+        # overridable from the host's environment, with a default so `docker compose up` works as it is
+        assert re.fullmatch(rf"\$\{{{name}:-[^}}]+\}}", environment[name]), environment[name]
+    check = postgres["healthcheck"]
+    assert check["test"][0] == "CMD-SHELL" and "pg_isready" in check["test"][1] and check["retries"] >= 1
+    assert gateway["depends_on"]["postgres"]["condition"] == "service_healthy"
+    url = gateway["environment"]["FOCALSERVE_DATABASE_URL"]
+    # the gateway logs in with the very variables the server was created with
+    assert compose_variables(url) <= compose_variables(" ".join(environment.values()))
+    parts = urlsplit(compose_defaults(url))
+    assert (parts.scheme, parts.hostname, parts.port) == ("postgresql", "postgres", 5432)
+    assert parts.username == compose_defaults(environment["POSTGRES_USER"])
+    assert parts.password == compose_defaults(environment["POSTGRES_PASSWORD"])
+    assert parts.path == "/" + compose_defaults(environment["POSTGRES_DB"])
+    assert "ports" not in postgres  # only the gateway talks to it, over the compose network
 
 
 def test_prometheus_scrapes_the_compose_services():
@@ -99,7 +145,7 @@ def test_kubernetes_probes_point_at_real_endpoints_and_ports_agree():
             assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
         else:
             assert ports == {"http": 8000}
-            env = {e["name"]: e["value"] for e in container["env"]}
+            env = {e["name"]: e.get("value") for e in container["env"]}
             assert env["FOCALSERVE_TRITON_URL"] == "triton:8001"
             assert all(name.removeprefix("FOCALSERVE_").lower() in Settings.model_fields for name in env)
 
@@ -115,3 +161,73 @@ def test_grafana_dashboard_uses_the_gateways_metrics(metric):
 
     exported = {m.name for m in Metrics().registry.collect()}
     assert metric.removesuffix("_total") in exported
+
+
+def test_kubernetes_gateways_hold_no_state_and_read_the_database_url_from_a_secret():
+    pod = k8s_one("gateway.yaml", "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    secret = k8s_one("secret.example.yaml", "Secret")
+    name, key = secret_ref(env, "FOCALSERVE_DATABASE_URL")
+    assert name == secret["metadata"]["name"] and key in secret["stringData"]
+    volumes = {volume["name"]: volume for volume in pod.get("volumes", [])}
+    # a cache at most: no claim, and every scratch volume says it is one
+    assert not any("persistentVolumeClaim" in volume for volume in volumes.values())
+    assert all("cache" in name for name, volume in volumes.items() if "emptyDir" in volume), volumes
+    mounts = {mount["mountPath"]: mount["name"] for mount in container.get("volumeMounts", [])}
+    data_dir = env["FOCALSERVE_DATA_DIR"]["value"]
+    assert "cache" in mounts[data_dir] and "emptyDir" in volumes[mounts[data_dir]]
+
+
+def test_kubernetes_postgres_is_a_statefulset_with_a_claim_a_headless_service_and_probes():
+    statefulset = k8s_one("postgres.yaml", "StatefulSet")
+    service = k8s_one("postgres.yaml", "Service")
+    assert sorted(doc["kind"] for doc in k8s("postgres.yaml")) == ["Service", "StatefulSet"]
+    spec = statefulset["spec"]
+    assert spec["replicas"] == 1  # one writer: a second replica would be a second database, not a standby
+    assert spec["serviceName"] == service["metadata"]["name"] and service["spec"]["clusterIP"] == "None"
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    assert service["spec"]["selector"].items() <= labels.items()
+    (claim,) = spec["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] and claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    (container,) = spec["template"]["spec"]["containers"]
+    assert container["image"].startswith("postgres:")
+    env = {e["name"]: e for e in container["env"]}
+    mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
+    # the database lives on the claim, in a subdirectory (a fresh volume's root may hold lost+found)
+    assert env["PGDATA"]["value"].startswith(mounts[claim["metadata"]["name"]] + "/")
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    (service_port,) = service["spec"]["ports"]
+    assert ports[service_port["targetPort"]] == service_port["port"] == 5432
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        command = " ".join(container[probe]["exec"]["command"])
+        assert "pg_isready" in command and "-h 127.0.0.1" in command, probe  # TCP: not the init-time server
+    secret = k8s_one("secret.example.yaml", "Secret")
+    for name in ("POSTGRES_USER", "POSTGRES_PASSWORD"):
+        secret_name, key = secret_ref(env, name)
+        assert secret_name == secret["metadata"]["name"] and key in secret["stringData"]
+
+
+def test_kubernetes_secret_example_is_a_placeholder_that_points_the_gateways_at_the_statefulset():
+    text = (ROOT / "deploy" / "k8s" / "secret.example.yaml").read_text()
+    assert "placeholder" in text and "external" in text and "Replace" in text
+    data = k8s_one("secret.example.yaml", "Secret")["stringData"]
+    assert "CHANGE-ME" in data["password"]
+    statefulset = k8s_one("postgres.yaml", "StatefulSet")
+    url = urlsplit(data["url"])
+    database = {e["name"]: e.get("value") for e in statefulset["spec"]["template"]["spec"]["containers"][0]["env"]}
+    # the first (only) pod by its stable name under the headless Service
+    assert url.hostname == f"{statefulset['metadata']['name']}-0.{statefulset['spec']['serviceName']}"
+    assert (url.scheme, url.port, url.path) == ("postgresql", 5432, "/" + database["POSTGRES_DB"])
+    assert (url.username, url.password) == (data["username"], data["password"])
+
+
+def test_stack_script_binds_postgres_to_loopback_and_stops_everything_on_exit():
+    script = (ROOT / "deploy" / "stack.sh").read_text()
+    assert "listen_addresses=127.0.0.1" in script and "trap cleanup EXIT" in script
+    cleanup = script[script.index("cleanup() {"):script.index("\n}\n", script.index("cleanup() {"))]
+    assert "pg_ctl\" stop" in cleanup and "kill" in cleanup
+    assert 'FOCALSERVE_DATABASE_URL="$DATABASE_URL"' in script and '"$((PORT + 1))"' in script
+    make = (ROOT / "Makefile").read_text()
+    assert re.search(r"^stack: .*\$\(PG_BIN\)/initdb", make, re.M)  # installs PostgreSQL when it is missing
