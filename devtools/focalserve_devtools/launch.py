@@ -55,6 +55,35 @@ def running_gateway(repository: Path, log_file: Path, **settings: str) -> Iterat
 @contextmanager
 def gateway_process(repository: Path, log_file: Path, **settings: str) -> Iterator[tuple[str, subprocess.Popen]]:
     """As `running_gateway`, also yielding the process (to signal or kill it)."""
+    with gateway_processes(repository, [(log_file, settings)]) as [started]:
+        yield started
+
+
+@contextmanager
+def gateway_processes(
+    repository: Path, configs: list[tuple[Path, dict[str, str]]]
+) -> Iterator[list[tuple[str, subprocess.Popen]]]:
+    """Several gateways, each with its log file and FOCALSERVE_* settings, started together (their
+    start-up is mostly imports and model loading, which overlap) and always stopped."""
+    started: list[tuple[str, subprocess.Popen]] = []
+    try:
+        for log_file, settings in configs:
+            started.append(_start_gateway(repository, log_file, settings))
+        for url, process in started:
+            wait_until_ready(f"{url}/readyz", process, what="gateway")
+        yield started
+    finally:
+        for _, process in started:
+            process.terminate()
+        for _, process in started:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def _start_gateway(repository: Path, log_file: Path, settings: dict[str, str]) -> tuple[str, subprocess.Popen]:
     port = free_port()
     env = {**os.environ, "FOCALSERVE_MODEL_REPOSITORY": str(repository), "FOCALSERVE_HOST": "127.0.0.1",
            "FOCALSERVE_PORT": str(port)}
@@ -64,17 +93,7 @@ def gateway_process(repository: Path, log_file: Path, **settings: str) -> Iterat
             [sys.executable, "-m", "focalserve_server", "serve", "--log-level", "warning"],
             env=env, stdout=log, stderr=log,
         )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(f"{url}/readyz", process, what="gateway")
-        yield url, process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    return f"http://127.0.0.1:{port}", process
 
 
 @dataclass
