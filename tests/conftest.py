@@ -1,8 +1,10 @@
-"""Session fixtures: one exported tiny FocalLens family and one CLIP family; one PostgreSQL server."""
+"""Session fixtures: one exported tiny FocalLens family and one CLIP family, one tritonserver, one
+PostgreSQL server."""
 
 from __future__ import annotations
 
 import contextlib
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from focalserve_devtools.launch import LocalTriton
 from focalserve_training.export import export_family
 from tests.helpers.models import TINY, tiny_clip, tiny_focallens
 from tests.helpers.postgres import LocalPostgres
@@ -41,6 +44,29 @@ def demo_repository() -> Path:
     if not (repository / "demo_image" / "1" / "model.pt").is_file():
         pytest.fail("the demo family is missing: run `make demo-model` (make test does it first)")
     return repository
+
+
+@pytest.fixture(scope="session")
+def shared_triton(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTriton]:
+    """One tritonserver (CPU, python backend) over `model_repository` for the whole session.
+
+    Each start costs ~25 s of both cores (one python-backend stub per model, each importing
+    torch), so tests share it; use it through `triton`, which restarts it if a test killed it.
+    """
+    server = LocalTriton.on_free_ports(model_repository, tmp_path_factory.mktemp("triton"))
+    server.start()
+    yield server
+    server.kill()  # nothing to flush, and SIGTERM waits seconds for the stubs
+
+
+@pytest.fixture
+def triton(shared_triton: LocalTriton) -> Iterator[LocalTriton]:
+    """The shared tritonserver, running; afterwards never left stopped (SIGSTOP) by a failed test."""
+    if shared_triton.process is None or shared_triton.process.poll() is not None:
+        shared_triton.start()  # a test killed it and failed before restarting it
+    yield shared_triton
+    if shared_triton.process is not None and shared_triton.process.poll() is None:
+        shared_triton.process.send_signal(signal.SIGCONT)
 
 
 @pytest.fixture(scope="session")

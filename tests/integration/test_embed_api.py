@@ -18,9 +18,9 @@ RED = shape_png((220, 30, 30))
 BLUE = shape_png((30, 30, 220))
 
 
-def embed(url: str, inputs: list[dict], model: str | None = "tiny") -> httpx.Response:
+def embed(gateway: httpx.Client, inputs: list[dict], model: str | None = "tiny") -> httpx.Response:
     body = {"inputs": inputs} if model is None else {"model": model, "inputs": inputs}
-    return httpx.post(f"{url}/embed", json=body, timeout=30)
+    return gateway.post("/embed", json=body)
 
 
 def vectors(response: httpx.Response) -> np.ndarray:
@@ -28,9 +28,9 @@ def vectors(response: httpx.Response) -> np.ndarray:
     return np.array([item["embedding"] for item in response.json()["data"]], dtype=np.float32)
 
 
-def test_response_shape_and_normalisation(gateway_url):
-    response = embed(gateway_url, [{"image": b64(RED), "instruction": "  What COLOUR is\tthe shape? "},
-                                   {"text": "red"}])
+def test_response_shape_and_normalisation(gateway):
+    response = embed(gateway, [{"image": b64(RED), "instruction": "  What COLOUR is\tthe shape? "},
+                               {"text": "red"}])
     body = response.json()
     assert body["model"] == "tiny" and body["dim"] == 64
     first, second = body["data"]
@@ -39,39 +39,39 @@ def test_response_shape_and_normalisation(gateway_url):
     assert np.linalg.norm(vectors(response), axis=1) == pytest.approx([1, 1], abs=1e-5)
 
 
-def test_same_image_under_two_instructions_gives_different_embeddings(gateway_url):
-    out = vectors(embed(gateway_url, [{"image": b64(RED), "instruction": "what colour is the shape?"},
-                                      {"image": b64(RED), "instruction": "which shape is this?"}]))
+def test_same_image_under_two_instructions_gives_different_embeddings(gateway):
+    out = vectors(embed(gateway, [{"image": b64(RED), "instruction": "what colour is the shape?"},
+                                  {"image": b64(RED), "instruction": "which shape is this?"}]))
     assert np.abs(out[0] - out[1]).max() > 1e-3
-    spaces = [d["space"] for d in embed(gateway_url, [{"image": b64(RED), "instruction": "a"},
-                                                      {"image": b64(RED), "instruction": "b"}]).json()["data"]]
+    spaces = [d["space"] for d in embed(gateway, [{"image": b64(RED), "instruction": "a"},
+                                                  {"image": b64(RED), "instruction": "b"}]).json()["data"]]
     assert spaces[0] != spaces[1]
 
 
-def test_identical_requests_give_identical_embeddings(gateway_url):
+def test_identical_requests_give_identical_embeddings(gateway):
     inputs = [{"image": b64(BLUE), "instruction": "what colour is the shape?"}]
-    np.testing.assert_array_equal(vectors(embed(gateway_url, inputs)), vectors(embed(gateway_url, inputs)))
+    np.testing.assert_array_equal(vectors(embed(gateway, inputs)), vectors(embed(gateway, inputs)))
 
 
-async def test_embedding_alone_equals_embedding_inside_a_batch(gateway_url):
-    alone = vectors(embed(gateway_url, [{"image": b64(RED), "instruction": "what colour is the shape?"}]))[0]
+async def test_embedding_alone_equals_embedding_inside_a_batch(gateway):
+    alone = vectors(embed(gateway, [{"image": b64(RED), "instruction": "what colour is the shape?"}]))[0]
     images = [shape_png((30 * i, 200 - 20 * i, 90)) for i in range(8)]
-    async with httpx.AsyncClient(base_url=gateway_url, timeout=30) as client:
+    async with gateway.async_client() as client:
         concurrent = [client.post("/embed", json={"model": "tiny", "inputs": [
             {"image": b64(image), "instruction": f"question {i}"}]}) for i, image in enumerate(images)]
         concurrent.append(client.post("/embed", json={"model": "tiny", "inputs": [
             {"image": b64(RED), "instruction": "what colour is the shape?"}]}))
         responses = await asyncio.gather(*concurrent)
     np.testing.assert_allclose(vectors(responses[-1])[0], alone, atol=1e-5)
-    in_one_request = vectors(embed(gateway_url, [{"image": b64(i), "instruction": "x"} for i in images[:3]]
-                                   + [{"image": b64(RED), "instruction": "what colour is the shape?"}]))
+    in_one_request = vectors(embed(gateway, [{"image": b64(i), "instruction": "x"} for i in images[:3]]
+                               + [{"image": b64(RED), "instruction": "what colour is the shape?"}]))
     np.testing.assert_allclose(in_one_request[-1], alone, atol=1e-5)
 
 
-def test_gateway_equals_the_eager_model(gateway_url, focallens_model):
+def test_gateway_equals_the_eager_model(gateway, focallens_model):
     """Decode, open_clip preprocessing, tokenizer, condition and image model match eager PyTorch."""
     instruction = "what colour is the shape?"
-    served = vectors(embed(gateway_url, [{"image": b64(RED), "instruction": instruction}, {"text": "red"}]))
+    served = vectors(embed(gateway, [{"image": b64(RED), "instruction": instruction}, {"text": "red"}]))
     transform = open_clip.image_transform(32, is_train=False)
     tokenizer = open_clip.get_tokenizer("focalserve-tiny", context_length=16)
     pixels = transform(Image.open(io.BytesIO(RED)).convert("RGB")).unsqueeze(0)
@@ -83,23 +83,22 @@ def test_gateway_equals_the_eager_model(gateway_url, focallens_model):
     np.testing.assert_allclose(served[1], text, atol=1e-5)
 
 
-def test_multipart_upload_equals_json(gateway_url):
+def test_multipart_upload_equals_json(gateway):
     instruction = "which shape is this?"
     files = {"image": ("red.png", RED, "image/png")}
-    response = httpx.post(f"{gateway_url}/embed", data={"instruction": instruction, "model": "tiny"},
-                          files=files, timeout=30)
-    np.testing.assert_allclose(vectors(response), vectors(embed(gateway_url, [
+    response = gateway.post("/embed", data={"instruction": instruction, "model": "tiny"}, files=files)
+    np.testing.assert_allclose(vectors(response), vectors(embed(gateway, [
         {"image": b64(RED), "instruction": instruction}])), atol=1e-6)
 
 
-def test_plain_clip_family_embeds_without_instruction(gateway_url):
-    out = embed(gateway_url, [{"image": b64(RED)}, {"text": "a red circle"}], model="tinyclip")
+def test_plain_clip_family_embeds_without_instruction(gateway):
+    out = embed(gateway, [{"image": b64(RED)}, {"text": "a red circle"}], model="tinyclip")
     assert vectors(out).shape == (2, 64)
     assert out.json()["data"][0]["space"].endswith(":none")
 
 
-def test_model_may_be_omitted_only_when_one_family_is_loaded(gateway_url):
-    response = embed(gateway_url, [{"text": "red"}], model=None)
+def test_model_may_be_omitted_only_when_one_family_is_loaded(gateway):
+    response = embed(gateway, [{"text": "red"}], model=None)
     assert response.status_code == 404
     assert "tiny" in response.json()["error"]["message"]
 
@@ -139,75 +138,75 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize(("inputs", "model", "status", "code"), [case[1:] for case in BAD_INPUTS],
                          ids=[case[0] for case in BAD_INPUTS])
-def test_bad_input_gets_a_clear_4xx(gateway_url, inputs, model, status, code):
-    response = embed(gateway_url, inputs, model=model)
+def test_bad_input_gets_a_clear_4xx(gateway, inputs, model, status, code):
+    response = embed(gateway, inputs, model=model)
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["code"] == code and error["message"]
 
 
-def test_errors_locate_their_input_and_name_the_limit(gateway_url):
+def test_errors_locate_their_input_and_name_the_limit(gateway):
     long_instruction = [{"text": "ok"}, {"image": b64(RED), "instruction": "why " * 40}]
-    error = embed(gateway_url, long_instruction).json()["error"]
+    error = embed(gateway, long_instruction).json()["error"]
     assert (error["loc"], error["limit"], error["code"]) == (["inputs", 1, "instruction"], 64, "invalid_instruction")
     assert not error["message"].startswith("inputs")  # the position is in `loc`, not spliced into the text
 
-    error = embed(gateway_url, [{"text": "x"}] * 17).json()["error"]
+    error = embed(gateway, [{"text": "x"}] * 17).json()["error"]
     assert (error["loc"], error["limit"], error["code"]) == (["inputs"], 16, "too_many_inputs")
 
-    error = embed(gateway_url, [{"text": "x"}, {"text": "y"}, {"image": "not base64!"}]).json()["error"]
+    error = embed(gateway, [{"text": "x"}, {"text": "y"}, {"image": "not base64!"}]).json()["error"]
     assert (error["loc"], error["code"]) == (["inputs", 2, "image"], "invalid_image") and "limit" not in error
 
-    error = embed(gateway_url, [{"image": b64(RED)}]).json()["error"]
+    error = embed(gateway, [{"image": b64(RED)}]).json()["error"]
     assert (error["loc"], error["code"]) == (["inputs", 0, "instruction"], "invalid_instruction")
 
-    error = embed(gateway_url, [{"text": "x"}, {"img": b64(RED)}]).json()["error"]
+    error = embed(gateway, [{"text": "x"}, {"img": b64(RED)}]).json()["error"]
     assert error["code"] == "invalid_request" and error["loc"][:2] == ["inputs", 1]
 
-    error = embed(gateway_url, [{"text": "x"}], model="nope").json()["error"]
+    error = embed(gateway, [{"text": "x"}], model="nope").json()["error"]
     assert (error["loc"], error["code"]) == (["model"], "unknown_model")
 
 
 @pytest.mark.parametrize("body", [b"{not json", b"[]", b'{"inputs": "x"}'])
-def test_malformed_json_gets_422(gateway_url, body):
-    response = httpx.post(f"{gateway_url}/embed", content=body, headers={"content-type": "application/json"})
+def test_malformed_json_gets_422(gateway, body):
+    response = gateway.post("/embed", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "invalid_request"
 
 
-def test_multipart_without_image_gets_422(gateway_url):
-    response = httpx.post(f"{gateway_url}/embed", data={"instruction": "x"}, files={"other": ("a", b"b")})
+def test_multipart_without_image_gets_422(gateway):
+    response = gateway.post("/embed", data={"instruction": "x"}, files={"other": ("a", b"b")})
     assert response.status_code == 422
 
 
-def test_unknown_route_is_a_json_404(gateway_url):
-    response = httpx.get(f"{gateway_url}/nope")
+def test_unknown_route_is_a_json_404(gateway):
+    response = gateway.get("/nope")
     assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
 
 
-def test_service_endpoints(gateway_url):
-    assert httpx.get(f"{gateway_url}/healthz").json()["status"] == "ok"
-    assert httpx.get(f"{gateway_url}/readyz").json() == {"status": "ok", "detail": {}}
-    models = {m["name"]: m for m in httpx.get(f"{gateway_url}/models").json()["models"]}
+def test_service_endpoints(gateway):
+    assert gateway.get("/healthz").json()["status"] == "ok"
+    assert gateway.get("/readyz").json() == {"status": "ok", "detail": {}}
+    models = {m["name"]: m for m in gateway.get("/models").json()["models"]}
     assert models["tiny"]["requires_instruction"] and not models["tinyclip"]["requires_instruction"]
-    embed(gateway_url, [{"image": b64(RED), "instruction": "cache me"}])
-    embed(gateway_url, [{"image": b64(BLUE), "instruction": "cache me"}])
-    metrics = httpx.get(f"{gateway_url}/metrics").text
+    embed(gateway, [{"image": b64(RED), "instruction": "cache me"}])
+    embed(gateway, [{"image": b64(BLUE), "instruction": "cache me"}])
+    metrics = gateway.get("/metrics").text
     for name in ("focalserve_request_duration_seconds_bucket", "focalserve_batch_size_bucket",
                  "focalserve_queue_depth", 'focalserve_condition_cache_total{model="tiny",result="hit"}'):
         assert name in metrics
 
 
-def _instruction_batches(url: str) -> float:
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
+def _instruction_batches(gateway: httpx.Client) -> float:
+    for line in gateway.get("/metrics").text.splitlines():
         if line.startswith('focalserve_batch_size_count{model="tiny_instruction"}'):
             return float(line.split()[-1])
     return 0.0
 
 
-def test_a_repeated_instruction_costs_no_instruction_model_call(gateway_url):
-    before = _instruction_batches(gateway_url)
+def test_a_repeated_instruction_costs_no_instruction_model_call(gateway):
+    before = _instruction_batches(gateway)
     for image in (RED, BLUE, RED):
-        embed(gateway_url, [{"image": b64(image), "instruction": "Is it  ROUND?"}])
-    embed(gateway_url, [{"image": b64(BLUE), "instruction": "is it round?"}])  # same once normalised
-    assert _instruction_batches(gateway_url) == before + 1
+        embed(gateway, [{"image": b64(image), "instruction": "Is it  ROUND?"}])
+    embed(gateway, [{"image": b64(BLUE), "instruction": "is it round?"}])  # same once normalised
+    assert _instruction_batches(gateway) == before + 1

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 
-import httpx
 import numpy as np
 import openai
 import pytest
@@ -13,6 +13,7 @@ from openai.types import CreateEmbeddingResponse
 
 from focalserve_client import Client
 from tests.helpers.images import b64, shape_png
+from tests.helpers.inprocess import BASE_URL, InProcessGateway
 
 RED = shape_png((220, 30, 30))
 COLOUR = "what colour is the shape?"
@@ -31,14 +32,14 @@ def vectors(response: CreateEmbeddingResponse) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def oai(gateway_url):
-    with OpenAI(base_url=gateway_url + "/v1", api_key="unused", max_retries=0) as client:
-        yield client
+def oai(gateway: InProcessGateway) -> OpenAI:
+    # Not closed here: closing it would close the shared gateway client it sends through.
+    return OpenAI(base_url=BASE_URL + "/v1", api_key="unused", max_retries=0, http_client=gateway)
 
 
 @pytest.fixture(scope="module")
-def sdk(gateway_url):
-    with Client(gateway_url) as client:
+def sdk(gateway: InProcessGateway) -> Iterator[Client]:
+    with Client(BASE_URL, transport=gateway.transport()) as client:
         yield client
 
 
@@ -60,10 +61,9 @@ def test_texts_equal_the_native_text_embeddings(oai, sdk):
     np.testing.assert_allclose(vectors(single)[0], native[0], atol=1e-6)
 
 
-def test_base64_is_little_endian_float32(gateway_url, sdk):
-    body = httpx.post(
-        f"{gateway_url}/v1/embeddings",
-        timeout=30,
+def test_base64_is_little_endian_float32(gateway, sdk):
+    body = gateway.post(
+        "/v1/embeddings",
         json={"model": "tiny", "input": ["red"], "encoding_format": "base64"},
     ).json()
     decoded = np.frombuffer(base64.b64decode(body["data"][0]["embedding"]), dtype="<f4")
@@ -158,8 +158,8 @@ def test_plain_clip_embeds_an_image_alone_and_refuses_an_instruction(oai, sdk):
         ({"model": "nope", "input": "red"}, 404, "unknown_model", "nope"),
     ],
 )
-def test_refusals(gateway_url, body, status, code, words):
-    response = httpx.post(f"{gateway_url}/v1/embeddings", json=body, timeout=30)
+def test_refusals(gateway, body, status, code, words):
+    response = gateway.post("/v1/embeddings", json=body)
     assert response.status_code == status
     error = response.json()["error"]
     assert error["code"] == code and words in error["message"]

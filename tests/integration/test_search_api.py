@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -13,6 +15,7 @@ import pytest
 from focalserve_devtools.launch import running_gateway
 from focalserve_training.data import ColorShapeGenerator
 from tests.helpers.images import b64
+from tests.helpers.inprocess import InProcessGateway, gateway_settings
 
 COLOUR = "what colour is the shape?"
 SHAPE = "which shape is this?"
@@ -41,30 +44,28 @@ def wait_ready(client: httpx.Client, name: str, timeout_s: float = 120) -> list[
 
 
 @pytest.fixture(scope="module")
-def demo_gateway(demo_repository, tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("data")
-    log = tmp_path_factory.mktemp("logs") / "gateway.log"
-    with running_gateway(demo_repository, log, data_dir=str(data_dir)) as url:
-        yield url, data_dir
+def demo_gateway(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessGateway]:
+    with InProcessGateway(gateway_settings(demo_repository, tmp_path_factory.mktemp("data"))) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
-def products(demo_gateway):
-    url, _ = demo_gateway
-    with httpx.Client(base_url=url, timeout=60) as client:
-        assert client.post("/collections", json={"name": "products", "model": "demo"}).status_code == 201
-        for start in range(0, len(ITEMS), 40):
-            response = client.post("/collections/products/items", json={"items": ITEMS[start:start + 40]})
-            assert response.status_code == 201 and response.json() == {"added": 40}
-        for instruction, index in ((COLOUR, "flat"), (SHAPE, "hnsw")):
-            assert client.post("/collections/products/conditions",
-                               json={"instruction": instruction, "index": index}).status_code == 202
-        wait_ready(client, "products")
-    return url
+def products(demo_gateway: InProcessGateway) -> InProcessGateway:
+    """The demo gateway once the collection `products` is filled and both its conditions are built."""
+    assert demo_gateway.post("/collections", json={"name": "products", "model": "demo"}).status_code == 201
+    for start in range(0, len(ITEMS), 40):
+        response = demo_gateway.post("/collections/products/items", json={"items": ITEMS[start:start + 40]})
+        assert response.status_code == 201 and response.json() == {"added": 40}
+    for instruction, index in ((COLOUR, "flat"), (SHAPE, "hnsw")):
+        registered = demo_gateway.post("/collections/products/conditions", json={"instruction": instruction,
+                                                                                  "index": index})
+        assert registered.status_code == 202
+    wait_ready(demo_gateway, "products")
+    return demo_gateway
 
 
-def search(url: str, **body) -> httpx.Response:
-    return httpx.post(f"{url}/search", json={"collection": "products", **body}, timeout=60)
+def search(client: httpx.Client, **body) -> httpx.Response:
+    return client.post("/search", json={"collection": "products", **body})
 
 
 def precision(results: list[dict], key: str, value: str) -> float:
@@ -74,10 +75,10 @@ def precision(results: list[dict], key: str, value: str) -> float:
 QUERIES = [ColorShapeGenerator(seed=78).sample(index) for index in range(20)]  # not in the collection
 
 
-def mean_precision_at_5(url: str, condition: str, attribute: str) -> float:
+def mean_precision_at_5(client: httpx.Client, condition: str, attribute: str) -> float:
     precisions = []
     for query in QUERIES:
-        results = search(url, condition=condition, query={"image": b64(png(query.image))}, k=5).json()["results"]
+        results = search(client, condition=condition, query={"image": b64(png(query.image))}, k=5).json()["results"]
         precisions.append(precision(results, attribute, getattr(query, attribute)))
     return float(np.mean(precisions))
 
@@ -114,19 +115,19 @@ def test_item_query_and_metadata_filter(products):
 
 
 def test_collection_info_and_items(products):
-    info = httpx.get(f"{products}/collections/products").json()
+    info = products.get("/collections/products").json()
     assert info["items"] == 120 and info["family"] == "focallens" and info["dim"] == 64
     assert {(c["instruction"], c["index"], c["status"], c["embedded"]) for c in info["conditions"]} == {
         (COLOUR, "flat", "ready", 120), (SHAPE, "hnsw", "ready", 120)}
-    item = httpx.get(f"{products}/collections/products/items/item-3").json()
+    item = products.get("/collections/products/items/item-3").json()
     assert item["id"] == "item-3" and item["metadata"]["colour"] == SAMPLES[3].colour
-    image = httpx.get(f"{products}/collections/products/items/item-3/image")
+    image = products.get("/collections/products/items/item-3/image")
     assert image.headers["content-type"] == "image/png" and image.content == png(SAMPLES[3].image)
-    assert "products" in [c["name"] for c in httpx.get(f"{products}/collections").json()["collections"]]
+    assert "products" in [c["name"] for c in products.get("/collections").json()["collections"]]
 
 
 def test_new_and_replaced_and_deleted_items_follow_every_index(products):
-    client = httpx.Client(base_url=products, timeout=60)
+    client = products
     red = next(s for s in SAMPLES if s.colour == "red")
     added = client.post("/collections/products/items", json={"items": [
         {"id": "late", "image": b64(png(red.image)), "metadata": {"colour": "red", "shape": red.shape}}]})
@@ -146,7 +147,7 @@ def test_new_and_replaced_and_deleted_items_follow_every_index(products):
 
 
 def test_a_new_condition_builds_from_stored_images(products):
-    client = httpx.Client(base_url=products, timeout=60)
+    client = products
     response = client.post("/collections/products/conditions", json={"instruction": "What is the colour of the object?",
                                                                       "index": "ivfpq"})
     assert response.status_code == 202 and response.json()["instruction"] == "what is the colour of the object?"
@@ -173,7 +174,7 @@ BAD = [
 
 @pytest.mark.parametrize(("body", "status"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
 def test_bad_searches_get_4xx_json(products, body, status):
-    response = httpx.post(f"{products}/search", json={"collection": "products", **body}, timeout=30)
+    response = products.post("/search", json={"collection": "products", **body})
     assert response.status_code == status, response.text
     assert response.json()["error"]["message"]
 
@@ -186,10 +187,10 @@ def test_unregistered_condition_lists_the_registered_ones(products):
 def test_search_errors_are_located(products):
     error = search(products, condition=COLOUR, query={"image": "@@@"}).json()["error"]
     assert (error["loc"], error["code"]) == (["query", "image"], "invalid_image")
-    error = httpx.get(f"{products}/collections/products/items", params={"limit": 5000}).json()["error"]
+    error = products.get("/collections/products/items", params={"limit": 5000}).json()["error"]
     assert error["loc"] == ["query", "limit"] and error["code"] == "invalid_request"
     bad_item = {"items": [{"id": "a", "image": ITEMS[0]["image"]}, {"id": "b", "image": "@@@"}]}
-    error = httpx.post(f"{products}/collections/products/items", json=bad_item, timeout=30).json()["error"]
+    error = products.post("/collections/products/items", json=bad_item).json()["error"]
     assert (error["loc"], error["code"]) == (["items", 1, "image"], "invalid_image")
 
 
@@ -209,7 +210,7 @@ def test_search_errors_are_located(products):
     ("post", "/collections/products/conditions", {"instruction": "x", "index": "lsh"}, 422),
 ])
 def test_bad_collection_requests_get_4xx_json(products, method, path, body, status):
-    response = httpx.request(method, f"{products}{path}", json=body, timeout=30)
+    response = products.request(method, path, json=body)
     assert response.status_code == status, response.text
     assert response.json()["error"]["code"]
 
@@ -233,20 +234,19 @@ def test_everything_survives_a_restart(demo_repository, tmp_path):
 
 def test_multipart_item_upload(products):
     query = SAMPLES[7]
-    response = httpx.post(f"{products}/collections/products/items", files={"image": ("q.png", png(query.image),
-                                                                                      "image/png")},
-                          data={"id": "multipart-1", "metadata": json.dumps({"colour": query.colour})}, timeout=60)
+    response = products.post("/collections/products/items", files={"image": ("q.png", png(query.image), "image/png")},
+                             data={"id": "multipart-1", "metadata": json.dumps({"colour": query.colour})})
     assert response.status_code == 201 and response.json() == {"added": 1}
-    item = httpx.get(f"{products}/collections/products/items/multipart-1").json()
+    item = products.get("/collections/products/items/multipart-1").json()
     assert item["metadata"] == {"colour": query.colour}
-    bad = httpx.post(f"{products}/collections/products/items", files={"image": ("q.png", b"not an image", "image/png")},
-                     data={"id": "multipart-2"}, timeout=60)
+    bad = products.post("/collections/products/items", files={"image": ("q.png", b"not an image", "image/png")},
+                        data={"id": "multipart-2"})
     assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_image"
-    assert httpx.delete(f"{products}/collections/products/items/multipart-1").status_code == 204
+    assert products.delete("/collections/products/items/multipart-1").status_code == 204
 
 
-def test_a_plain_clip_collection_has_one_unconditional_view(gateway_url):
-    client = httpx.Client(base_url=gateway_url, timeout=60)
+def test_a_plain_clip_collection_has_one_unconditional_view(gateway):
+    client = gateway
     created = client.post("/collections", json={"name": "plain", "model": "tinyclip", "index": "hnsw"})
     assert created.status_code == 201
     assert [(c["instruction"], c["index"]) for c in created.json()["conditions"]] == [(None, "hnsw")]

@@ -1,16 +1,23 @@
-"""The gateway on a real tritonserver (python backend on the CPU) serving the exported repository."""
+"""The gateway on a real tritonserver (python backend on the CPU) serving the exported repository.
+
+Triton is a real process (the session's shared one: see `triton` in tests/conftest.py), killed and
+restarted for real; the gateway in front of it runs in this process.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from focalserve_devtools.launch import LocalTriton, running_gateway
+from focalserve_devtools.launch import LocalTriton
 from tests.helpers.images import b64, shape_png
+from tests.helpers.inprocess import InProcessGateway, gateway_settings
 
 INPUTS = [
     {"image": b64(shape_png((200, 40, 40))), "instruction": "what colour is the shape?"},
@@ -20,49 +27,43 @@ INPUTS = [
 
 
 @pytest.fixture(scope="module")
-def triton(model_repository, tmp_path_factory):
-    server = LocalTriton.on_free_ports(model_repository, tmp_path_factory.mktemp("triton"))
-    server.start()
-    yield server
-    server.stop()
+def triton_gateway(shared_triton: LocalTriton, model_repository: Path,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessGateway]:
+    settings = gateway_settings(model_repository, tmp_path_factory.mktemp("data"), backend="triton",
+                                triton_url=shared_triton.grpc_url, triton_timeout_s=10)
+    with InProcessGateway(settings) as client:
+        yield client
 
 
-@pytest.fixture(scope="module")
-def triton_gateway(triton, model_repository, tmp_path_factory):
-    log = tmp_path_factory.mktemp("logs") / "gateway-triton.log"
-    with running_gateway(model_repository, log, backend="triton", triton_url=triton.grpc_url,
-                         data_dir=str(tmp_path_factory.mktemp("data")), triton_timeout_s="10") as url:
-        yield url
+def embed(gateway: httpx.Client, inputs: list[dict], model: str = "tiny") -> httpx.Response:
+    return gateway.post("/embed", json={"model": model, "inputs": inputs})
 
 
-def embed(url: str, inputs: list[dict], model: str = "tiny") -> httpx.Response:
-    return httpx.post(f"{url}/embed", json={"model": model, "inputs": inputs}, timeout=60)
-
-
-def test_triton_embeddings_equal_the_embedded_backend(triton_gateway, gateway_url):
+def test_triton_embeddings_equal_the_embedded_backend(triton, triton_gateway, gateway):
     via_triton = embed(triton_gateway, INPUTS).json()
-    in_process = embed(gateway_url, INPUTS).json()
+    in_process = embed(gateway, INPUTS).json()
     for a, b in zip(via_triton["data"], in_process["data"]):
         np.testing.assert_allclose(a["embedding"], b["embedding"], atol=1e-5)
         assert a["space"] == b["space"]
     clip = [{"image": INPUTS[0]["image"]}, {"text": "red"}]
     np.testing.assert_allclose([d["embedding"] for d in embed(triton_gateway, clip, "tinyclip").json()["data"]],
-                               [d["embedding"] for d in embed(gateway_url, clip, "tinyclip").json()["data"]],
+                               [d["embedding"] for d in embed(gateway, clip, "tinyclip").json()["data"]],
                                atol=1e-5)
 
 
-def test_metadata_comes_from_tritons_model_config(triton_gateway, gateway_url):
-    assert httpx.get(f"{triton_gateway}/models").json() == httpx.get(f"{gateway_url}/models").json()
+def test_metadata_comes_from_tritons_model_config(triton, triton_gateway, gateway):
+    assert triton_gateway.get("/models").json() == gateway.get("/models").json()
 
 
 async def test_tritons_dynamic_batcher_merges_requests(triton, model_repository, tmp_path):
     """With the gateway's own batching off (batch size 1), every item is one Triton request:
     fewer executions than requests means Triton's dynamic batcher merged them."""
-    with running_gateway(model_repository, tmp_path / "gateway.log", backend="triton", triton_url=triton.grpc_url,
-                         data_dir=str(tmp_path / "data"), max_batch_size="1") as url:
+    settings = gateway_settings(model_repository, tmp_path / "data", backend="triton", triton_url=triton.grpc_url,
+                                max_batch_size=1)
+    with InProcessGateway(settings) as gateway:
         before = triton.statistics("tiny_image")
         images = [b64(shape_png((i * 7 % 255, 90, 200 - i))) for i in range(48)]
-        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        async with gateway.async_client() as client:
             responses = await asyncio.gather(*(client.post("/embed", json={"model": "tiny", "inputs": [
                 {"image": image, "instruction": "what colour is the shape?"}]}) for image in images))
     assert all(r.status_code == 200 for r in responses)
@@ -78,20 +79,21 @@ def test_killing_triton_gives_503_and_restarting_recovers(triton, triton_gateway
     response = embed(triton_gateway, [{"image": INPUTS[0]["image"], "instruction": "a fresh instruction"}])
     assert response.status_code == 503 and response.json()["error"]["code"] == "backend_unavailable"
     assert "Retry-After" in response.headers
-    ready = httpx.get(f"{triton_gateway}/readyz")
+    ready = triton_gateway.get("/readyz")
     assert ready.status_code == 503 and "backend" in ready.json()["detail"]
     triton.start()
     deadline = time.monotonic() + 60
-    while httpx.get(f"{triton_gateway}/readyz").status_code != 200:
+    while triton_gateway.get("/readyz").status_code != 200:
         assert time.monotonic() < deadline, "gateway did not become ready again"
-        time.sleep(0.5)
+        time.sleep(0.1)
     assert embed(triton_gateway, INPUTS).status_code == 200
 
 
-def test_the_http_protocol_gives_the_same_embeddings(triton, model_repository, gateway_url, tmp_path):
-    with running_gateway(model_repository, tmp_path / "gateway.log", backend="triton", triton_url=triton.http_url
-                         .removeprefix("http://"), triton_protocol="http", data_dir=str(tmp_path / "data")) as url:
-        via_http = embed(url, INPUTS).json()["data"]
-    in_process = embed(gateway_url, INPUTS).json()["data"]
+def test_the_http_protocol_gives_the_same_embeddings(triton, model_repository, gateway, tmp_path):
+    settings = gateway_settings(model_repository, tmp_path / "data", backend="triton",
+                                triton_url=triton.http_url.removeprefix("http://"), triton_protocol="http")
+    with InProcessGateway(settings) as via_http_gateway:
+        via_http = embed(via_http_gateway, INPUTS).json()["data"]
+    in_process = embed(gateway, INPUTS).json()["data"]
     for a, b in zip(via_http, in_process):
         np.testing.assert_allclose(a["embedding"], b["embedding"], atol=1e-5)

@@ -1,19 +1,20 @@
-"""Gateways for the reliability suite: real uvicorn on 127.0.0.1 over the tiny exported families."""
+"""Gateways for the reliability suite: the app in this process over the tiny exported families."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
-from focalserve_devtools.launch import running_gateway
+from tests.helpers.inprocess import InProcessGateway, gateway_settings
 
 API_KEY = "fs-test-key-8c1d7e"
+HARDENED = {"max_body_bytes": 2 * 1024 * 1024, "max_instruction_chars": 64, "api_keys": f"another-key,{API_KEY}"}
 
 
 @pytest.fixture(scope="module")
-def hardened_gateway(model_repository, tmp_path_factory):
+def hardened_gateway(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessGateway]:
     """Small limits, API keys on, so each limit can be hit cheaply."""
-    logs = tmp_path_factory.mktemp("logs")
-    with running_gateway(model_repository, logs / "gateway.log", data_dir=str(tmp_path_factory.mktemp("data")),
-                         max_body_bytes=str(2 * 1024 * 1024), max_instruction_chars="64",
-                         api_keys=f"another-key,{API_KEY}") as url:
-        yield url, logs / "gateway.log"
+    with InProcessGateway(gateway_settings(model_repository, tmp_path_factory.mktemp("data"), **HARDENED)) as client:
+        yield client

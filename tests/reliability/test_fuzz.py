@@ -7,6 +7,7 @@ import io
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -14,6 +15,8 @@ from PIL import Image
 
 from focalserve_server.errors import ImageTooLarge, InvalidImage
 from focalserve_server.images import decode_image
+from tests.helpers.inprocess import gateway_settings, serving_in_thread
+from tests.reliability.conftest import API_KEY, HARDENED
 
 
 def seed_png() -> bytes:
@@ -49,10 +52,11 @@ def test_mutated_pngs_decode_or_are_refused(flips, cut):
     decode_or_refuse(bytes(data[:cut] if cut else data))
 
 
-def test_schemathesis_finds_no_server_error(hardened_gateway, tmp_path):
-    url, _ = hardened_gateway
-    command = [shutil.which("st") or str(__import__("pathlib").Path(sys.executable).with_name("st")), "run",
-               f"{url}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "25", "--seed", "7",
-               "--request-timeout", "30", "--header", "Authorization: Bearer fs-test-key-8c1d7e"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+def test_schemathesis_finds_no_server_error(model_repository: Path, tmp_path: Path):
+    """schemathesis is a program of its own and needs a URL: the hardened gateway under uvicorn, on a thread."""
+    with serving_in_thread(gateway_settings(model_repository, tmp_path / "data", **HARDENED)) as url:
+        command = [shutil.which("st") or str(Path(sys.executable).with_name("st")), "run",
+                   f"{url}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "25", "--seed", "7",
+                   "--request-timeout", "30", "--header", f"Authorization: Bearer {API_KEY}"]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import AsyncIterator
 
-import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -53,22 +53,18 @@ LEGITIMATE = {
 
 @pytest.mark.parametrize("name", sorted(LEGITIMATE))
 def test_legitimate_but_unusual_images_embed(hardened_gateway, name):
-    url, _ = hardened_gateway
-    response = httpx.post(
-        f"{url}/embed",
+    response = hardened_gateway.post(
+        "/embed",
         json={"model": "tiny", "inputs": [{"image": b64(LEGITIMATE[name]), "instruction": "what colour is it?"}]},
-        timeout=30,
     )
     assert response.status_code == 200, response.text
     assert np.linalg.norm(response.json()["data"][0]["embedding"]) == pytest.approx(1, abs=1e-4)
 
 
 def test_broken_exif_is_not_a_server_error(hardened_gateway):
-    url, _ = hardened_gateway
-    response = httpx.post(
-        f"{url}/embed",
+    response = hardened_gateway.post(
+        "/embed",
         json={"model": "tiny", "inputs": [{"image": b64(broken_exif_jpeg()), "instruction": "x"}]},
-        timeout=30,
     )
     assert response.status_code in (200, 422), response.text
 
@@ -102,36 +98,30 @@ HOSTILE = [
 
 @pytest.mark.parametrize(("body", "status", "code"), [h[1:] for h in HOSTILE], ids=[h[0] for h in HOSTILE])
 def test_hostile_embed_requests_get_4xx(hardened_gateway, body, status, code):
-    url, _ = hardened_gateway
-    response = httpx.post(
-        f"{url}/embed", content=json.dumps(body), headers={"content-type": "application/json"}, timeout=60
-    )
+    response = hardened_gateway.post("/embed", content=json.dumps(body), headers={"content-type": "application/json"})
     assert response.status_code == status, response.text[:300]
     assert response.json()["error"]["code"] == code
 
 
 def test_unicode_instructions_are_normalised_not_refused(hardened_gateway):
-    url, _ = hardened_gateway
-    response = httpx.post(
-        f"{url}/embed",
+    response = hardened_gateway.post(
+        "/embed",
         json={
             "model": "tiny",
             "inputs": [{"image": b64(shape_png()), "instruction": "Ｗｈａｔ\u200b colour\u202e\tis it? 🎨"}],
         },
-        timeout=30,
     )
     assert response.status_code == 200
     assert response.json()["data"][0]["instruction"] == "what colour is it? 🎨"
 
 
-def test_a_streamed_body_over_the_limit_is_refused_while_it_arrives(hardened_gateway):
-    url, _ = hardened_gateway
-
-    def chunks():
+async def test_a_streamed_body_over_the_limit_is_refused_while_it_arrives(hardened_gateway):
+    async def chunks() -> AsyncIterator[bytes]:
         for _ in range(64):
-            yield b"x" * 65536  # 4 MiB in all, no Content-Length
+            yield b"x" * 65536  # 4 MiB in all, no Content-Length; each chunk reaches the app on its own
 
-    response = httpx.post(f"{url}/embed", content=chunks(), headers={"content-type": "application/json"}, timeout=60)
+    async with hardened_gateway.async_client() as client:
+        response = await client.post("/embed", content=chunks(), headers={"content-type": "application/json"})
     assert response.status_code == 413 and response.json()["error"]["code"] == "payload_too_large"
 
 
@@ -146,27 +136,23 @@ def test_a_streamed_body_over_the_limit_is_refused_while_it_arrives(hardened_gat
     ],
 )
 def test_hostile_items_get_4xx(hardened_gateway, item, status):
-    url, _ = hardened_gateway
-    client = httpx.Client(base_url=url, headers=AUTH, timeout=30)
-    client.post("/collections", json={"name": "hostile", "model": "tiny"})
-    response = client.post("/collections/hostile/items", json={"items": [item]})
+    hardened_gateway.post("/collections", json={"name": "hostile", "model": "tiny"}, headers=AUTH)
+    response = hardened_gateway.post("/collections/hostile/items", json={"items": [item]}, headers=AUTH)
     assert response.status_code == status, response.text[:300]
     assert response.json()["error"]["code"] == "invalid_request"
 
 
 @pytest.mark.parametrize("k", [-1, 0, 1001, 10**12])
 def test_k_out_of_range(hardened_gateway, k):
-    url, _ = hardened_gateway
-    response = httpx.post(
-        f"{url}/search", json={"collection": "hostile", "condition": "x", "query": {"text": "red"}, "k": k}, timeout=30
+    response = hardened_gateway.post(
+        "/search", json={"collection": "hostile", "condition": "x", "query": {"text": "red"}, "k": k}
     )
     assert response.status_code == 422 and response.json()["error"]["loc"] == ["k"]
 
 
 def test_the_worker_still_serves_after_the_corpus(hardened_gateway):
-    url, _ = hardened_gateway
-    assert httpx.get(f"{url}/readyz").status_code == 200
-    response = httpx.post(f"{url}/embed", json={"model": "tiny", "inputs": [{"text": "still alive"}]}, timeout=30)
+    assert hardened_gateway.get("/readyz").status_code == 200
+    response = hardened_gateway.post("/embed", json={"model": "tiny", "inputs": [{"text": "still alive"}]})
     assert response.status_code == 200
 
 
@@ -176,7 +162,6 @@ def test_the_worker_still_serves_after_the_corpus(hardened_gateway):
     ("photo.png", "image/png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 32),
 ])
 def test_non_image_bytes_with_an_image_content_type(hardened_gateway, filename, content_type, data):
-    url, _ = hardened_gateway
-    response = httpx.post(f"{url}/embed", files={"image": (filename, data, content_type)},
-                          data={"instruction": "x", "model": "tiny"}, timeout=30)
+    response = hardened_gateway.post("/embed", files={"image": (filename, data, content_type)},
+                                     data={"instruction": "x", "model": "tiny"})
     assert response.status_code == 422 and response.json()["error"]["code"] == "invalid_image"
