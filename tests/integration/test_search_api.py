@@ -43,9 +43,15 @@ def wait_ready(client: httpx.Client, name: str, timeout_s: float = 120) -> list[
     raise TimeoutError(f"conditions of {name} not ready")
 
 
-@pytest.fixture(scope="module")
-def demo_gateway(demo_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessGateway]:
-    with InProcessGateway(gateway_settings(demo_repository, tmp_path_factory.mktemp("data"))) as client:
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def demo_gateway(
+    request: pytest.FixtureRequest, demo_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InProcessGateway]:
+    """The demo family's gateway on each store engine: every collection test runs on both."""
+    database = {}
+    if request.param == "postgres":
+        database["database_url"] = request.getfixturevalue("postgres_server").create_database("search_api")
+    with InProcessGateway(gateway_settings(demo_repository, tmp_path_factory.mktemp("data"), **database)) as client:
         yield client
 
 
