@@ -1,6 +1,6 @@
-"""`make bench`: the serving and FAISS benchmarks, then RESULTS.md's generated sections rewritten.
+"""`make bench`: the serving, FAISS and replication benchmarks, then RESULTS.md's generated sections rewritten.
 
-    .venv/bin/python -m benchmarks [--parts serving faiss] [--seconds S] [--faiss-sizes N ...]
+    .venv/bin/python -m benchmarks [--parts serving faiss replication] [--seconds S] [--faiss-sizes N ...]
 
 RESULTS.md keeps its prose; only the text between `<!-- generated:NAME -->` and
 `<!-- /generated:NAME -->` is replaced, so the tables always come from the last full run.
@@ -15,9 +15,10 @@ import shlex
 import sys
 from pathlib import Path
 
-from benchmarks import faiss_bench, serving
+from benchmarks import faiss_bench, replication, serving
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
+PARTS = ("serving", "faiss", "replication")
 
 
 def replace_generated(text: str, name: str, content: str) -> str:
@@ -43,7 +44,7 @@ def run_section(command: str, machine: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", nargs="+", choices=["serving", "faiss"], default=["serving", "faiss"],
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
                         help="what to run; only its sections of RESULTS.md are rewritten")
     parser.add_argument("--seconds", type=float, default=5.0, help="timed part of each serving measurement")
     parser.add_argument("--faiss-sizes", nargs="+", default=["100000", "1000000"])
@@ -58,6 +59,11 @@ def main(argv: list[str] | None = None) -> None:
         searched = faiss_bench.main(["--sizes", *args.faiss_sizes])
         text = replace_generated(text, "faiss_run", run_section(searched["command"], searched["machine"]))
         text = replace_all(text, searched["tables"])
+    if "replication" in args.parts:
+        replicated = replication.main([])
+        command = shlex.join(["python", "-m", "benchmarks", *sys.argv[1:]])
+        text = replace_generated(text, "replication_run", run_section(command, replicated["machine"]))
+        text = replace_all(text, replicated["tables"])
     RESULTS_MD.write_text(text)
     print(f"updated {RESULTS_MD}")
 

@@ -25,7 +25,8 @@ def test_a_missing_section_is_an_error_not_a_silent_skip():
 
 def test_results_md_has_every_section_make_bench_writes():
     text = RESULTS_MD.read_text()
-    for name in ("run", "serving", "raw", "variants", "faiss_run", "faiss_indexes", "faiss_search"):
+    for name in ("run", "serving", "raw", "variants", "faiss_run", "faiss_indexes", "faiss_search", "replication_run",
+                 "replication_summary", "replication_scaling", "replication_lag", "replication_catchup"):
         replace_generated(text, name, "ok")
 
 
