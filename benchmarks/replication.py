@@ -58,6 +58,7 @@ from benchmarks.workload import Workload
 from focalserve_client.instructions import normalise_instruction
 from focalserve_client.schemas import SEQ_HEADER
 from focalserve_devtools.launch import gateway_process, gateway_processes
+from focalserve_devtools.postgres import LocalPostgres
 from focalserve_family.config import families_from_configs, read_repository
 from focalserve_server.collections.indexes import VectorIndex
 from focalserve_server.collections.model import NewItem
@@ -65,7 +66,6 @@ from focalserve_server.collections.postgres import LOG_LOCK, PostgresStore
 from focalserve_server.collections.replica import LOG_PAGE
 from focalserve_server.config import Settings
 from focalserve_training.data import COLOR_NAMES
-from tests.helpers.postgres import LocalPostgres
 
 WORK_DIR = Path(__file__).parent / ".work" / "replication"
 MODEL = "demo"

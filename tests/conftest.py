@@ -13,9 +13,9 @@ import psycopg
 import pytest
 
 from focalserve_devtools.launch import LocalTriton
+from focalserve_devtools.postgres import LocalPostgres
 from focalserve_training.export import export_family
 from tests.helpers.models import TINY, tiny_clip, tiny_focallens
-from tests.helpers.postgres import LocalPostgres
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.helpers.postgres import LocalPostgres
+from focalserve_devtools.postgres import LocalPostgres
 
 
 def rows(url: str) -> list[str]:

@@ -15,9 +15,9 @@ import pytest
 from focalserve_client import Client
 from focalserve_client.schemas import SEQ_HEADER
 from focalserve_devtools.launch import gateway_process, gateway_processes
+from focalserve_devtools.postgres import LocalPostgres
 from focalserve_training.data import ColorShapeGenerator
 from tests.helpers.images import b64
-from tests.helpers.postgres import LocalPostgres
 
 COLOUR = "what colour is the shape?"
 SHAPE = "which shape is this?"

@@ -104,7 +104,7 @@ def test_sigterm_drains_in_flight_requests_and_flushes_indexes(model_repository,
     assert answered and all(r.status_code == 200 for r in answered)  # accepted requests completed
     refused = [r for r in results if not isinstance(r, httpx.Response)]
     assert all(isinstance(e, httpx.TransportError) for e in refused)  # the rest were refused, not half-answered
-    snapshots = list((data_dir / "indexes").glob("*.stamp"))
+    snapshots = list((data_dir / "indexes").glob("*.index"))  # written by the replica as it stops
     assert snapshots, "index snapshots were not flushed at shutdown"
     with running_gateway(model_repository, tmp_path / "again.log", data_dir=str(data_dir)) as url:
         hits = httpx.post(f"{url}/search", json={"collection": "drain", "condition": "what colour?",
