@@ -130,10 +130,9 @@ def test_the_sdk_reads_its_own_writes_behind_a_load_balancer(replicas):
             assert f"i{index}" in [hit.id for hit in hits]
 
 
-def test_a_position_this_replica_cannot_reach_gets_503_with_retry_after(replicas):
+def test_a_position_no_write_has_reached_is_a_client_error(replicas):
     response = search(replicas[0], "ryw", SHAPE, {"text": "x"}, min_seq=10**12)
-    assert response.status_code == 503 and response.headers["retry-after"]
-    assert response.json()["error"]["code"] == "replica_behind"
+    assert response.status_code == 422 and response.json()["error"]["loc"] == ["min_seq"]
 
 
 def test_concurrent_adds_through_every_replica_lose_nothing(replicas):

@@ -235,6 +235,9 @@ class CollectionService:
     async def search(
         self, name: str, instruction: str | None, query: dict[str, Any], k: int, equal: dict[str, Any], min_seq: int
     ) -> tuple[Condition, list[Hit]]:
+        if min_seq > self._replica.applied and min_seq > await asyncio.to_thread(self._store.head):
+            raise InvalidRequest(f"min_seq {min_seq} is beyond the newest write; send a FocalServe-Seq you were given",
+                                 loc=("min_seq",))
         if not await self._replica.wait_for(min_seq, self._wait_s):
             raise ReplicaBehind(
                 f"this replica has applied the change log up to {self._replica.applied}, not yet {min_seq}; retry",
