@@ -13,6 +13,7 @@ from focalserve_client.client import DEFAULT_MAX_INPUTS, AsyncClient, Client
 from focalserve_client.errors import (
     ConditionFailedError,
     FocalServeError,
+    InsufficientStorageError,
     InvalidRequestError,
     NotFoundError,
     OverloadedError,
@@ -41,6 +42,7 @@ __all__ = [
     "ConditionFailedError",
     "ConditionInfo",
     "FocalServeError",
+    "InsufficientStorageError",
     "InvalidRequestError",
     "ItemInfo",
     "ItemPage",

@@ -1,9 +1,11 @@
 """One HTTP call with retries: exponential backoff, full jitter, Retry-After honoured (capped).
 
-Retried: failures to connect, and 503 answers (`overloaded`, `backend_unavailable`). A dropped
-connection after the request was sent is retried only for idempotent calls (every call of this
-API is, except creating a collection). Never retried: any 4xx, other 5xx, read timeouts (the
-server may still be working; sending the request again would only add load).
+Retried: failures to connect, and 503 answers (`overloaded`, `backend_unavailable`,
+`database_unavailable`, ...). A dropped connection after the request was sent, and a 503
+`write_outcome_unknown` (the database lost the connection while committing), are retried only for
+idempotent calls (every call of this API is, except creating a collection). Never retried: any
+4xx, other 5xx, read timeouts (the server may still be working; sending the request again would
+only add load).
 """
 
 from __future__ import annotations
@@ -102,7 +104,16 @@ def _http_failure(response: httpx.Response) -> tuple[FocalServeError, httpx.HTTP
 
 
 def _should_retry_answer(response: httpx.Response, call: Call) -> bool:
-    return response.status_code == 503 and 503 not in call.answers
+    if response.status_code != 503 or 503 in call.answers:
+        return False
+    return call.idempotent or _error_code(response) != "write_outcome_unknown"
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    try:
+        return str(response.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 async def send(http: httpx.AsyncClient, policy: RetryPolicy, call: Call) -> httpx.Response:

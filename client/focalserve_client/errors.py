@@ -8,7 +8,8 @@ and where known the failing input's `loc` and the `limit` it exceeded.
     ├── NotFoundError           404: unknown model, collection, item or condition
     ├── InvalidRequestError     any other 4xx: bad image, instruction, limits, conflict
     └── ServerError             any other 5xx, e.g. 503 `backend_unavailable` (after retries)
-        └── ConditionFailedError   a condition's index build failed
+        ├── InsufficientStorageError  507: the server's disk is full or read-only; nothing stored
+        └── ConditionFailedError      a condition's index build failed
 
 Transport failures are raised `from` the httpx exception, so the cause stays visible. The names
 do not shadow Python's builtins; `ConnectionError` and `TimeoutError`, their old names, still
@@ -92,6 +93,14 @@ class ServerError(FocalServeError):
     """Any other 5xx, including 503 `backend_unavailable` once the retries are spent."""
 
 
+class InsufficientStorageError(ServerError):
+    """507 `insufficient_storage`: the server's disk (or its database's) is full or read-only.
+
+    Nothing of the write was stored; reads still work, and the same write succeeds once space returns.
+    Not retried: freeing space takes an operator, not a pause.
+    """
+
+
 class ConditionFailedError(ServerError):
     """A condition's background index build ended with status `failed`."""
 
@@ -125,6 +134,8 @@ def _kind(status: int, code: str | None) -> type[FocalServeError]:
         return OverloadedError
     if status == 404:
         return NotFoundError
+    if status == 507:
+        return InsufficientStorageError
     if 400 <= status < 500:
         return InvalidRequestError
     return ServerError

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from focalserve_server.api.errors import install_error_handlers
-from focalserve_server.api.middleware import RecordLatency, RequestLimits
+from focalserve_server.api.middleware import ContainErrors, RecordLatency, RequestLimits
 from focalserve_server.api.routes import collections as collection_routes
 from focalserve_server.api.routes import embed, health, models, search
 from focalserve_server.api.routes import openai as openai_routes
@@ -19,6 +19,7 @@ from focalserve_server.backends.base import ModelBackend
 from focalserve_server.backends.embedded import EmbeddedBackend
 from focalserve_server.backends.triton import TritonBackend
 from focalserve_server.collections.factory import collection_service, open_store
+from focalserve_server.collections.health import StoreHealth
 from focalserve_server.config import Settings
 from focalserve_server.engine import Engine
 from focalserve_server.images import ImageDecoder
@@ -46,7 +47,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         engine = await Engine.load(backend, images, settings, metrics)
         engine.start()
-        store = await asyncio.to_thread(open_store, settings)
+        health = StoreHealth(on_error=lambda code: metrics.store_errors.labels(code).inc())
+        store = await asyncio.to_thread(open_store, settings, health)
         collections = collection_service(settings, store, engine)
         await collections.start()
         app.state.gateway = Gateway(settings, metrics, backend, engine, collections)
@@ -79,5 +81,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.request_latency.labels(method, route, status).observe(seconds)
 
     app.add_middleware(RecordLatency, observe=observe_latency)
+    app.add_middleware(ContainErrors)  # outermost of ours: whatever escapes the layers inside
 
     return app

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
         SecretStr(""),
         description="postgresql://user@host:port/db shared by every replica; empty = SQLite in the data dir.",
     )
+    database_timeout_s: float = Field(
+        5.0, gt=0, description="How long a call waits for a database connection before 503 database_unavailable."
+    )
     log_poll_interval_s: float = Field(0.1, gt=0, description="How often a replica reads the change log.")
     consistency_wait_s: float = Field(
         5.0, gt=0, description="How long a search waits for `min_seq` to be applied here before 503."

@@ -9,6 +9,7 @@ the error is raised, and never rewritten.
 from __future__ import annotations
 
 import copy
+import errno
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -98,10 +99,35 @@ class DeadlineExceeded(FocalServeError):
     status, code = 503, "deadline_exceeded"
 
 
-class StoreUnavailable(FocalServeError):
-    """The database holding the collections cannot be reached (or is busy past its timeout)."""
+class DatabaseUnavailable(FocalServeError):
+    """The database holding the collections cannot be reached, is restarting, or refuses writes
+    (a standby during fail-over): nothing was written, so the request may simply be retried."""
 
-    status, code = 503, "store_unavailable"
+    status, code = 503, "database_unavailable"
+
+
+class WriteOutcomeUnknown(FocalServeError):
+    """The connection was lost while the database committed: the write may or may not have landed.
+    Retrying is safe where the write is idempotent (adds are, by item id)."""
+
+    status, code = 503, "write_outcome_unknown"
+
+
+class InsufficientStorage(FocalServeError):
+    """The disk (or the database's disk) is full, over quota or read-only: the write was rolled back.
+    Reads keep working; writes work again as soon as space returns."""
+
+    status, code = 507, "insufficient_storage"
+
+    STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+    @classmethod
+    def from_os_error(cls, error: OSError) -> InsufficientStorage | None:
+        """The error for an exhausted or read-only file system; None for other OS errors."""
+        if error.errno not in cls.STORAGE_ERRNOS:
+            return None
+        return cls(f"the server cannot write to its disk ({error.strerror or errno.errorcode[error.errno]}); "
+                   "nothing was stored")
 
 
 class ReplicaBehind(FocalServeError):

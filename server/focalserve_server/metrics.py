@@ -26,6 +26,14 @@ class Metrics:
             "focalserve_rejected_total", "Items refused because a queue was full.", ["model"],
             registry=self.registry,
         )
+        self.store_errors = Counter(
+            "focalserve_store_errors_total", "Store calls that failed beneath the gateway (disk, database).",
+            ["code"], registry=self.registry,
+        )
+        self.store_failing = Gauge(
+            "focalserve_store_failing", "1 while that part beneath the store fails (storage: writes, database: calls).",
+            ["part"], registry=self.registry,
+        )
         self.condition_cache = Counter(
             "focalserve_condition_cache_total", "Condition cache lookups.", ["model", "result"],
             registry=self.registry,

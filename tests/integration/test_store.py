@@ -1,18 +1,21 @@
 """The store, on both engines (SQLite and a real PostgreSQL): items and vectors, replacement,
-cascades, filters, image bytes, the change log and leased build chunks."""
+cascades, filters, image bytes, the change log, leased build chunks, and failed writes."""
 
 from __future__ import annotations
 
+import errno
 import time
 from collections.abc import Iterator
 
 import numpy as np
+import psycopg
 import pytest
 
 from focalserve_server.collections.model import ConditionsChanged, NewItem
 from focalserve_server.collections.postgres import PostgresStore
 from focalserve_server.collections.sqlite import SQLiteStore
 from focalserve_server.collections.store import Store
+from focalserve_server.errors import DatabaseUnavailable, InsufficientStorage
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -97,12 +100,14 @@ def test_a_condition_backfill_is_cut_into_chunks_that_leases_share(store):
     assert store.finish_chunk(first, "replica-1", {r: vec(r) for r in rowids[:2]}) == store.head()
     assert store.vector_count(condition.rowid) == 2 and not store.complete_build(condition.rowid)
     third = store.claim_chunk(condition.rowid, "replica-1", lease_s=0.2)
-    assert store.claim_chunk(condition.rowid, "replica-2", lease_s=60) is None  # all leased
+    assert store.claim_chunk(condition.rowid, "replica-3", lease_s=60) is None  # all leased
+    # a replica whose build step failed (the database went away) takes its own chunk up again at once
+    assert store.claim_chunk(condition.rowid, "replica-2", lease_s=60).rowid == second.rowid
     time.sleep(0.4)  # replica-1 "dies": its lease expires and the chunk comes back
-    retaken = store.claim_chunk(condition.rowid, "replica-2", lease_s=60)
+    retaken = store.claim_chunk(condition.rowid, "replica-3", lease_s=60)
     assert retaken is not None and retaken.rowid == third.rowid
     assert store.finish_chunk(third, "replica-1", {}) is None
-    store.finish_chunk(retaken, "replica-2", {rowids[4]: vec(4)})
+    store.finish_chunk(retaken, "replica-3", {rowids[4]: vec(4)})
     store.finish_chunk(second, "replica-2", {r: vec(r) for r in rowids[2:4]})
     assert store.complete_build(condition.rowid)
     assert store.conditions("c")[0].status == "ready" and store.vector_count(condition.rowid) == 5
@@ -110,3 +115,34 @@ def test_a_condition_backfill_is_cut_into_chunks_that_leases_share(store):
 
 def test_the_database_has_one_identity(store):
     assert store.identity() == store.identity() and len(store.identity()) == 32
+
+
+def test_a_failed_write_leaves_nothing_and_reports_the_part_that_failed(store):
+    class DiskGone(Exception):
+        pass
+
+    with pytest.raises(DiskGone), store._write() as tx:  # a write that fails half-way through
+        store._put_blob(tx, "ab" * 32, b"image bytes")
+        tx.execute("INSERT INTO collections(name, model) VALUES (?, ?)", ("half", "demo"))
+        raise DiskGone
+    assert store.collection("half") is None
+    if isinstance(store, SQLiteStore):
+        assert not list(store.blob_dir.glob("*/*"))  # the blob file went with the rows
+    full = OSError(errno.ENOSPC, "No space left on device")
+    with pytest.raises(InsufficientStorage), store._write():
+        raise full
+    assert set(store.health.failing()) == {"storage"}
+    store.probe_write()  # space is back: the probe clears the report
+    assert store.health.failing() == {}
+
+
+def test_database_errors_translate_to_what_a_client_can_act_on(postgres_url):
+    store = PostgresStore(postgres_url)
+    try:
+        assert isinstance(store._translate(psycopg.errors.DiskFull()), InsufficientStorage)
+        assert isinstance(store._translate(psycopg.errors.ReadOnlySqlTransaction()), DatabaseUnavailable)  # fail-over
+        assert isinstance(store._translate(psycopg.OperationalError("server closed the connection")),
+                          DatabaseUnavailable)
+        assert store._translate(psycopg.errors.UndefinedTable()) is None  # a bug stays a bug
+    finally:
+        store.close()

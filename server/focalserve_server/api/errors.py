@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from focalserve_server.api.responses import FastJSONResponse, error_response
-from focalserve_server.errors import FocalServeError, InvalidRequest
+from focalserve_server.errors import FocalServeError, InsufficientStorage, InvalidRequest
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,15 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
         return error_response(error.status_code, code, str(error.detail), getattr(error, "headers", None))
 
-    @app.exception_handler(Exception)
-    async def unexpected_error(request: Request, error: Exception) -> FastJSONResponse:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error", "internal server error")
+    @app.exception_handler(OSError)
+    async def os_error(request: Request, error: OSError) -> FastJSONResponse:
+        """A full or read-only disk met outside the store, e.g. spooling a large multipart upload."""
+        full = InsufficientStorage.from_os_error(error)
+        if full is None:
+            logger.exception("unhandled error on %s %s", request.method, request.url.path)
+            return internal_error()
+        return render_error(full, retry_after_s)
+
+
+def internal_error() -> FastJSONResponse:
+    return error_response(500, "internal_error", "internal server error")

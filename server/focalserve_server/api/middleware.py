@@ -1,4 +1,5 @@
-"""ASGI middleware for the limits every request obeys: body size and a deadline.
+"""ASGI middleware: the limits every request obeys (body size, a deadline), latency metrics, and a
+last line for unexpected errors.
 
 Pure ASGI (not BaseHTTPMiddleware) so an oversized body is refused as it streams in, before it
 is buffered, whatever Content-Length claims.
@@ -7,13 +8,16 @@ is buffered, whatever Content-Length claims.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from focalserve_server.api.errors import render_error
+from focalserve_server.api.errors import internal_error, render_error
 from focalserve_server.errors import DeadlineExceeded, FocalServeError, PayloadTooLarge
+
+logger = logging.getLogger(__name__)
 
 
 class _BodyTooLarge(Exception):
@@ -108,3 +112,33 @@ class RecordLatency:
             route = scope.get("route")
             self.observe(scope["method"], getattr(route, "path", "unmatched"), str(status),
                          time.perf_counter() - start)
+
+
+class ContainErrors:
+    """An unexpected error becomes a JSON 500 on a connection that stays open.
+
+    Starlette's outermost handler answers 500 and then re-raises, and the server drops the
+    connection on the way out, so a keep-alive client's next request would meet a reset.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked_send)
+        except Exception:
+            logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if started:
+                raise  # half an answer is out: only closing the connection can tell the client
+            await internal_error()(scope, receive, send)

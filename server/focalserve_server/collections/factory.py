@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from focalserve_server.collections.builder import ConditionBuilder
+from focalserve_server.collections.health import StoreHealth
 from focalserve_server.collections.replica import Replica
 from focalserve_server.collections.service import CollectionService
 from focalserve_server.collections.sqlite import SQLiteStore
@@ -13,15 +14,15 @@ from focalserve_server.config import Settings
 from focalserve_server.engine import Engine
 
 
-def open_store(settings: Settings) -> Store:
+def open_store(settings: Settings, health: StoreHealth) -> Store:
     """PostgreSQL when `database_url` is set (shared by every replica), else SQLite in the data dir."""
     url = settings.database_url.get_secret_value()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if url:
         from focalserve_server.collections.postgres import PostgresStore  # psycopg only where it is used
 
-        return PostgresStore(url)
-    return SQLiteStore(settings.data_dir)
+        return PostgresStore(url, wait_s=settings.database_timeout_s, health=health)
+    return SQLiteStore(settings.data_dir, health)
 
 
 def collection_service(settings: Settings, store: Store, engine: Engine) -> CollectionService:

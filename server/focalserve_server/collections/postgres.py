@@ -17,10 +17,10 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from focalserve_server.collections.health import StoreHealth
 from focalserve_server.collections.store import Store, Transaction
-from focalserve_server.errors import StoreUnavailable
+from focalserve_server.errors import DatabaseUnavailable, FocalServeError, InsufficientStorage, WriteOutcomeUnknown
 
-POOL_WAIT_S = 5.0  # how long a request waits for a connection before answering 503
 LOG_LOCK = 0x466F63616C  # the advisory lock every log-writing transaction holds until it commits
 
 SCHEMA = """
@@ -76,16 +76,6 @@ CREATE INDEX IF NOT EXISTS chunks_open ON chunks(condition, done);
 """
 
 
-@contextmanager
-def _reachable() -> Iterator[None]:
-    """A lost or refused connection is the database being away (503), not a server fault; the pool
-    replaces broken connections, so the next request works once the database is back."""
-    try:
-        yield
-    except (psycopg.OperationalError, PoolTimeout) as error:
-        raise StoreUnavailable(f"the collection database is unavailable: {type(error).__name__}") from error
-
-
 @functools.cache
 def _postgres(sql: str) -> str:
     """The store's `?` placeholders as psycopg's `%s` (the SQL holds no other `?` or `%`)."""
@@ -107,10 +97,16 @@ class _Cursor:
 class PostgresStore(Store):
     NOW = "extract(epoch from clock_timestamp())::double precision"
 
-    def __init__(self, url: str, pool_size: int = 8, connect_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, url: str, pool_size: int = 8, connect_timeout_s: float = 30.0, wait_s: float = 5.0,
+        health: StoreHealth | None = None,
+    ) -> None:
+        """`wait_s`: how long a call waits for a connection (all busy, or the database away) before 503."""
+        super().__init__(health)
         self._pool = ConnectionPool(
-            url, min_size=1, max_size=pool_size, kwargs={"autocommit": True}, open=False, name="focalserve",
-            timeout=POOL_WAIT_S, check=ConnectionPool.check_connection,
+            url, min_size=1, max_size=pool_size, open=False, name="focalserve", timeout=wait_s,
+            kwargs={"autocommit": True, "connect_timeout": max(1, round(wait_s))},
+            check=ConnectionPool.check_connection,
         )
         self._pool.open(wait=True, timeout=connect_timeout_s)
         with self._pool.connection() as connection, connection.transaction():
@@ -121,19 +117,48 @@ class PostgresStore(Store):
         self._pool.close()
 
     @contextmanager
-    def _write(self) -> Iterator[Transaction]:
-        with _reachable(), self._pool.connection() as connection, connection.transaction():
-            connection.execute("SELECT pg_advisory_xact_lock(%s)", (LOG_LOCK,))
-            yield _Cursor(connection)
+    def _write_transaction(self) -> Iterator[Transaction]:
+        with self._transaction(log_lock=True) as tx:
+            yield tx
 
     @contextmanager
     def _claim_transaction(self) -> Iterator[Transaction]:
-        with _reachable(), self._pool.connection() as connection, connection.transaction():
-            yield _Cursor(connection)
+        with self._transaction(log_lock=False) as tx:
+            yield tx
 
-    def _query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with _reachable(), self._pool.connection() as connection:
+    @contextmanager
+    def _transaction(self, log_lock: bool) -> Iterator[Transaction]:
+        """A connection from the pool (which replaces broken ones, so the database coming back is
+        enough to recover) in one transaction. Losing the connection while COMMIT is in flight
+        leaves the outcome unknown, and says so."""
+        committing = False
+        try:
+            with self._pool.connection() as connection, connection.transaction():
+                if log_lock:
+                    connection.execute("SELECT pg_advisory_xact_lock(%s)", (LOG_LOCK,))
+                yield _Cursor(connection)
+                committing = True
+        except psycopg.OperationalError as error:
+            if committing and not isinstance(error, psycopg.errors.DiskFull):  # a refused COMMIT is known failed
+                raise WriteOutcomeUnknown(
+                    "the connection to the database was lost while it committed: the write may or may not "
+                    "have been stored; retrying is safe for adds (idempotent by item id)"
+                ) from error
+            raise
+
+    def _rows(self, sql: str, parameters: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with self._pool.connection() as connection:
             return connection.execute(_postgres(sql), tuple(parameters)).fetchall()
+
+    def _translate(self, error: Exception) -> FocalServeError | None:
+        if isinstance(error, psycopg.errors.DiskFull):
+            return InsufficientStorage("the database's disk is full; nothing was stored")
+        # a lost or refused connection, a pool with none to give, a standby that refuses writes (fail-over)
+        if isinstance(error, (psycopg.OperationalError, PoolTimeout, psycopg.errors.ReadOnlySqlTransaction)):
+            return DatabaseUnavailable(
+                f"the collection database is unavailable ({type(error).__name__}); retry shortly"
+            )
+        return super()._translate(error)
 
     def _metadata_equals(self) -> str:
         return "(metadata::jsonb -> ?) = ?::jsonb"
@@ -141,14 +166,18 @@ class PostgresStore(Store):
     def _next_chunk(self) -> str:
         return (
             "SELECT rowid FROM chunks WHERE condition = ? AND done = 0 "
-            f"AND (lease_until IS NULL OR lease_until < {self.NOW}) ORDER BY rowid LIMIT 1 FOR UPDATE SKIP LOCKED"
+            f"AND (lease_until IS NULL OR lease_until < {self.NOW} OR owner = ?) ORDER BY rowid LIMIT 1 "
+            "FOR UPDATE SKIP LOCKED"
         )
 
     def _put_blob(self, tx: Transaction, digest: str, data: bytes) -> None:
         tx.execute("INSERT INTO blobs(digest, data) VALUES (?, ?) ON CONFLICT (digest) DO NOTHING", (digest, data))
 
-    def read_blob(self, digest: str) -> bytes:
-        return bytes(self._query("SELECT data FROM blobs WHERE digest = ?", (digest,))[0][0])
+    def _probe_disk(self) -> None:
+        """Nothing: image bytes are rows too, so the probe's row is the whole test."""
+
+    def _blob(self, digest: str) -> bytes:
+        return bytes(self._rows("SELECT data FROM blobs WHERE digest = ?", (digest,))[0][0])
 
     def _forget_blobs(self) -> None:
         """Blobs no item refers to; under the log lock, so no add can be about to refer to one."""

@@ -26,6 +26,7 @@ from focalserve_server.collections.indexes import VectorIndex
 from focalserve_server.collections.model import Change, Condition
 from focalserve_server.collections.store import Store
 from focalserve_server.engine import Engine
+from focalserve_server.errors import InsufficientStorage
 
 logger = logging.getLogger(__name__)
 
@@ -249,9 +250,17 @@ class Replica:
         """Write every index with the position it includes (at shutdown, and when a build completes).
 
         On the event loop, like every change to the indexes: nothing moves while they are written.
+        A snapshot the disk refuses is skipped (the previous one, if any, stays whole).
         """
-        self._snapshot_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
+        saved = 0
         for rowid, entry in list(self._entries.items()):
-            entry.index.save(self._snapshot_path(rowid), {"database": self._database, "seq": self.applied})
-        logger.info("saved %d index snapshots in %.2f s", len(self._entries), time.monotonic() - started)
+            try:
+                self._snapshot_dir.mkdir(parents=True, exist_ok=True)
+                entry.index.save(self._snapshot_path(rowid), {"database": self._database, "seq": self.applied})
+                saved += 1
+            except OSError as error:  # a snapshot is a cache: without it, a restart replays more of the log
+                logger.warning("could not write the index snapshot of condition %d: %s", rowid, error)
+                if (full := InsufficientStorage.from_os_error(error)) is not None:
+                    self._store.health.failed(full)
+        logger.info("saved %d of %d index snapshots in %.2f s", saved, len(self._entries), time.monotonic() - started)

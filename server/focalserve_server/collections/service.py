@@ -10,6 +10,7 @@ has applied it: read-your-writes across replicas.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -18,12 +19,14 @@ import numpy as np
 
 from focalserve_client.schemas import IndexKind
 from focalserve_server.collections.builder import ConditionBuilder
+from focalserve_server.collections.health import Failure, Part
 from focalserve_server.collections.model import Collection, Condition, ConditionsChanged, Item, NewItem
 from focalserve_server.collections.replica import Replica
 from focalserve_server.collections.store import Store
 from focalserve_server.engine import Engine, FamilyEngine
 from focalserve_server.errors import (
     Conflict,
+    FocalServeError,
     InvalidInstruction,
     InvalidRequest,
     NotFound,
@@ -78,6 +81,14 @@ class CollectionService:
     @property
     def applied(self) -> int:
         return self._replica.applied
+
+    async def failing(self) -> dict[Part, Failure]:
+        """What fails beneath the store now. While writes fail for lack of space, one small probe
+        write first checks whether space has returned, so the report clears without a client write."""
+        if "storage" in self._store.health.failing():
+            with contextlib.suppress(FocalServeError):
+                await asyncio.to_thread(self._store.probe_write)
+        return self._store.health.failing()
 
     async def _applied_here(self, seq: int | None) -> int | None:
         """Wait until this replica has applied a write it committed, so its own reads see it."""

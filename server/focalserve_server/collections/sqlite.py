@@ -13,7 +13,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from focalserve_server.collections.health import StoreHealth
 from focalserve_server.collections.store import Store, Transaction
+from focalserve_server.errors import FocalServeError, InsufficientStorage
+
+# SQLite's primary result codes for a disk that refuses writes: full, read-only, failing I/O
+STORAGE_CODES = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR})
+PROBE_BYTES = 1 << 20  # what a probe writes to the blob dir: room for an image, not just for a row
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -71,11 +77,13 @@ CREATE INDEX IF NOT EXISTS chunks_open ON chunks(condition, done);
 class SQLiteStore(Store):
     NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, health: StoreHealth | None = None) -> None:
+        super().__init__(health)
         self.blob_dir = data_dir / "blobs"
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(data_dir / "focalserve.sqlite3", check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()  # one connection, used from worker threads one at a time
+        self._new_blobs: list[Path] = []  # blob files the open write transaction created
         for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=10000"):
             self._db.execute(f"PRAGMA {pragma}")
         self._db.executescript(SCHEMA)
@@ -85,21 +93,42 @@ class SQLiteStore(Store):
             self._db.close()
 
     @contextmanager
-    def _write(self) -> Iterator[Transaction]:
+    def _write_transaction(self) -> Iterator[Transaction]:
         with self._lock:
+            self._new_blobs = []
             self._db.execute("BEGIN IMMEDIATE")  # SQLite's one writer, across processes too
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._roll_back()
                 raise
-            self._db.execute("COMMIT")
 
-    _claim_transaction = _write
+    _claim_transaction = _write_transaction
 
-    def _query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def _roll_back(self) -> None:
+        """Undo a failed transaction, the blob files it wrote too: a failed write leaves nothing behind.
+
+        A COMMIT refused for a full disk may already have rolled back; ROLLBACK then fails harmlessly.
+        """
+        try:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        for path in self._new_blobs:  # no other writer can point at them: writers are serialised
+            path.unlink(missing_ok=True)
+        self._new_blobs = []
+
+    def _rows(self, sql: str, parameters: Sequence[Any]) -> list[tuple[Any, ...]]:
         with self._lock:
             return self._db.execute(sql, tuple(parameters)).fetchall()
+
+    def _translate(self, error: Exception) -> FocalServeError | None:
+        if isinstance(error, sqlite3.Error) and getattr(error, "sqlite_errorcode", 0) & 0xFF in STORAGE_CODES:
+            name = getattr(error, "sqlite_errorname", "SQLITE_FULL")
+            return InsufficientStorage(f"the server cannot write to its disk ({name}); nothing was stored")
+        return super()._translate(error)
 
     def _metadata_equals(self) -> str:
         return "json_extract(metadata, '$.\"' || ? || '\"') IS json_extract(?, '$')"
@@ -107,7 +136,7 @@ class SQLiteStore(Store):
     def _next_chunk(self) -> str:
         return (
             "SELECT rowid FROM chunks WHERE condition = ? AND done = 0 "
-            f"AND (lease_until IS NULL OR lease_until < {self.NOW}) ORDER BY rowid LIMIT 1"
+            f"AND (lease_until IS NULL OR lease_until < {self.NOW} OR owner = ?) ORDER BY rowid LIMIT 1"
         )
 
     # image bytes: files named by their digest --------------------------------------------
@@ -116,20 +145,35 @@ class SQLiteStore(Store):
         return self.blob_dir / digest[:2] / digest
 
     def _put_blob(self, tx: Transaction, digest: str, data: bytes) -> None:
-        """Written and fsynced before the rows that point at it commit: no row points at nothing."""
+        """Written and fsynced before the rows that point at it commit: no row points at nothing;
+        removed again if the transaction fails (`_roll_back`)."""
         path = self._blob_path(digest)
         if path.exists():
             return
         path.parent.mkdir(exist_ok=True)
-        temporary = path.with_name(f"{digest}.{os.getpid()}.{threading.get_ident()}.tmp")
-        with open(temporary, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
+        self._write_file(path, data)
+        self._new_blobs.append(path)
 
-    def read_blob(self, digest: str) -> bytes:
+    def _write_file(self, path: Path, data: bytes) -> None:
+        """Whole or not at all: a temporary file, fsynced, renamed into place; removed if any step fails."""
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            with open(temporary, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+
+    def _blob(self, digest: str) -> bytes:
         return self._blob_path(digest).read_bytes()
+
+    def _probe_disk(self) -> None:
+        probe = self.blob_dir / "probe"
+        self._write_file(probe, bytes(PROBE_BYTES))
+        probe.unlink()
 
     def _forget_blobs(self) -> None:
         self.collect_garbage()

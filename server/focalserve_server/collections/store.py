@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, Protocol
 
 import numpy as np
 
 from focalserve_client.schemas import IndexKind
+from focalserve_server.collections.health import StoreHealth
 from focalserve_server.collections.model import (
     Change,
     ChangeKind,
@@ -33,6 +35,7 @@ from focalserve_server.collections.model import (
     Item,
     NewItem,
 )
+from focalserve_server.errors import FocalServeError, InsufficientStorage
 
 ITEM_COLUMNS = "rowid, id, blob, metadata"
 CONDITION_COLUMNS = "rowid, collection, instruction, index_kind, status, error"
@@ -51,18 +54,22 @@ class Store(ABC):
 
     NOW: str  # SQL for the database clock in seconds: leases expire by one clock, not by each replica's
 
+    def __init__(self, health: StoreHealth | None = None) -> None:
+        self.health = health or StoreHealth()
+
     # engine hooks ------------------------------------------------------------------------
 
     @abstractmethod
-    def _write(self) -> AbstractContextManager[Transaction]:
-        """A transaction that may append to the change log (serialised with every other such one)."""
+    def _write_transaction(self) -> AbstractContextManager[Transaction]:
+        """A transaction that may append to the change log (serialised with every other such one);
+        a failed one leaves nothing behind, image bytes included."""
 
     @abstractmethod
     def _claim_transaction(self) -> AbstractContextManager[Transaction]:
         """A transaction for leasing build chunks; it never writes the log."""
 
     @abstractmethod
-    def _query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def _rows(self, sql: str, parameters: Sequence[Any]) -> list[tuple[Any, ...]]:
         """Rows of one read-only statement."""
 
     @abstractmethod
@@ -70,7 +77,7 @@ class Store(ABC):
         """Store image bytes under their digest (once); durable when the transaction commits."""
 
     @abstractmethod
-    def read_blob(self, digest: str) -> bytes: ...
+    def _blob(self, digest: str) -> bytes: ...
 
     @abstractmethod
     def _metadata_equals(self) -> str:
@@ -78,7 +85,8 @@ class Store(ABC):
 
     @abstractmethod
     def _next_chunk(self) -> str:
-        """SQL selecting the rowid of one claimable chunk of condition `?`, locked for this transaction."""
+        """SQL selecting the rowid of one chunk of condition `?` that owner `?` may claim, locked for
+        this transaction."""
 
     @abstractmethod
     def close(self) -> None: ...
@@ -86,6 +94,54 @@ class Store(ABC):
     @abstractmethod
     def _forget_blobs(self) -> None:
         """Drop image bytes no item refers to (after a collection is deleted)."""
+
+    def _translate(self, error: Exception) -> FocalServeError | None:
+        """The client's error for what the disk or the database raised; None for anything else (a bug)."""
+        return InsufficientStorage.from_os_error(error) if isinstance(error, OSError) else None
+
+    # every call goes through here: faults beneath become client errors and health -----------
+
+    @contextmanager
+    def _guard(self, writes: bool) -> Iterator[None]:
+        try:
+            yield
+        except FocalServeError as error:
+            self.health.failed(error)
+            raise
+        except Exception as error:
+            translated = self._translate(error)
+            if translated is None:
+                raise
+            self.health.failed(translated)
+            raise translated from error
+        self.health.succeeded(writes)
+
+    @contextmanager
+    def _write(self) -> Iterator[Transaction]:
+        with self._guard(writes=True), self._write_transaction() as tx:
+            yield tx
+
+    def _query(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._guard(writes=False):
+            return self._rows(sql, parameters)
+
+    def read_blob(self, digest: str) -> bytes:
+        with self._guard(writes=False):
+            return self._blob(digest)
+
+    def probe_write(self) -> None:
+        """One small real write, to learn whether writes work again (raises as a failed write does)."""
+        with self._write() as tx:
+            tx.execute(
+                "INSERT INTO meta(key, value) VALUES ('probe', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (str(time.time()),),
+            )
+            self._probe_disk()
+
+    @abstractmethod
+    def _probe_disk(self) -> None:
+        """Write whatever else a write needs besides the database's rows (SQLite: a blob file)."""
 
     # identity and log --------------------------------------------------------------------
 
@@ -295,9 +351,10 @@ class Store(ABC):
     # shared condition builds -------------------------------------------------------------
 
     def claim_chunk(self, condition: int, owner: str, lease_s: float) -> Chunk | None:
-        """Lease one unfinished chunk whose lease is free or expired (a dead replica's chunk comes back)."""
-        with self._claim_transaction() as tx:
-            row = tx.execute(self._next_chunk(), (condition,)).fetchone()
+        """Lease one unfinished chunk whose lease is free, expired (a dead replica's chunk comes back) or
+        already `owner`'s (a chunk this replica abandoned when the database went away, taken up again at once)."""
+        with self._guard(writes=True), self._claim_transaction() as tx:
+            row = tx.execute(self._next_chunk(), (condition, owner)).fetchone()
             if row is None:
                 return None
             claimed = tx.execute(

@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from focalserve_client import AsyncClient, Client, InvalidRequestError
+from focalserve_client import AsyncClient, Client, InvalidRequestError, ServerError
 from focalserve_client.schemas import ItemPage
 
 
@@ -220,3 +220,24 @@ def test_a_gzip_answer_through_a_sync_transport_is_decoded_once():
 
     with Client("http://fake", transport=httpx.MockTransport(handler)) as client:
         assert client.health().status == "ok"
+
+
+def test_write_outcome_unknown_is_retried_only_where_a_retry_is_safe():
+    """The server's answer when its database lost the connection during COMMIT (a stand-in server:
+    the real one's answer is tests/reliability/test_database_faults.py's)."""
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.method)
+        error = {"error": {"code": "write_outcome_unknown", "message": "may or may not"}}
+        if len(calls) == 1 or request.method == "POST":
+            return httpx.Response(503, json=error, headers={"Retry-After": "0"})
+        return httpx.Response(204)
+
+    with Client("http://fake", transport=httpx.MockTransport(handler), backoff_base=0) as client:
+        with pytest.raises(ServerError) as raised:
+            client.create_collection("c")  # a retry could answer 409 for the collection this call made
+        assert raised.value.code == "write_outcome_unknown" and calls == ["POST"]
+        calls.clear()
+        client.delete_item("c", "x")  # idempotent: retried after the unknown outcome
+        assert calls == ["DELETE", "DELETE"]

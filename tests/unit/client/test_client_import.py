@@ -17,6 +17,7 @@ from focalserve_client._images import as_image_list, encode_image
 from focalserve_client._transport import RetryPolicy, parse_retry_after
 from focalserve_client.errors import (
     FocalServeError,
+    InsufficientStorageError,
     InvalidRequestError,
     NotFoundError,
     OverloadedError,
@@ -79,6 +80,8 @@ def test_client_normalises_instructions_as_the_server_does(text):
         (413, "too_many_inputs", InvalidRequestError),
         (409, "conflict", InvalidRequestError),
         (500, "internal_error", ServerError),
+        (507, "insufficient_storage", InsufficientStorageError),
+        (503, "database_unavailable", ServerError),
     ],
 )
 def test_error_answers_map_onto_the_hierarchy(status, code, kind):

@@ -34,7 +34,9 @@ from focalserve_server.engine import Engine
 from focalserve_server.errors import InvalidRequest, check_at
 
 router = APIRouter(prefix="/collections", tags=["collections"], dependencies=[ReadAccess])
-ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (404, 409, 413, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (404, 409, 413, 422, 503, 507)
+}
 CollectionName = Annotated[str, Path(pattern=NAME_PATTERN)]
 ItemId = Annotated[str, Path(pattern=ITEM_ID_PATTERN)]
 MULTIPART_ITEM = {

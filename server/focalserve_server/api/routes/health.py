@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
+
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from focalserve_client.schemas import HealthResponse
 from focalserve_server.api.deps import GatewayDep, ReadAccess
 from focalserve_server.api.responses import FastJSONResponse
+from focalserve_server.collections.health import PARTS
 
 router = APIRouter(tags=["health"])
 
@@ -20,7 +23,11 @@ async def healthz() -> FastJSONResponse:
 
 @router.get("/readyz", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
 async def readyz(gateway: GatewayDep) -> FastJSONResponse:
-    """Models loaded, backend reachable, every batcher running and making progress."""
+    """Models loaded, backend reachable, every batcher running and making progress, the log caught up.
+
+    A full disk or a lost database is reported in `detail` without failing readiness: every replica
+    shares them, and a load balancer with no ready replica refuses connections instead of passing on
+    the gateway's 507 / 503 answers, which say what is wrong and when to retry."""
     detail = {}
     if not await gateway.backend.ready():
         detail["backend"] = f"{gateway.backend.name} backend not ready"
@@ -28,6 +35,12 @@ async def readyz(gateway: GatewayDep) -> FastJSONResponse:
         detail["models"] = "no model family loaded"
     if not gateway.collections.caught_up:
         detail["collections"] = f"catching up with the change log (applied {gateway.collections.applied})"
+    degraded = {}  # shared by every replica: taking them all out of rotation would only turn 503s into refusals
+    for part, failure in (await gateway.collections.failing()).items():
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(failure.since))
+        degraded[part] = (f"{'writes' if part == 'storage' else 'calls'} failing since {since} ({failure.errors} "
+                          f"errors): {failure.message}; searches answer from the log position "
+                          f"{gateway.collections.applied}")
     for family in gateway.engine.families.values():
         for batcher in family.batchers.values():
             if not batcher.running:
@@ -35,7 +48,8 @@ async def readyz(gateway: GatewayDep) -> FastJSONResponse:
             elif batcher.stalled(gateway.settings.stall_timeout_s):
                 detail[batcher.name] = f"no progress for over {gateway.settings.stall_timeout_s:g} s"
     status = 503 if detail else 200
-    return FastJSONResponse({"status": "not_ready" if detail else "ok", "detail": detail}, status_code=status)
+    return FastJSONResponse({"status": "not_ready" if detail else "ok", "detail": {**detail, **degraded}},
+                            status_code=status)
 
 
 @router.get("/metrics", response_class=Response, dependencies=[ReadAccess])
@@ -44,4 +58,7 @@ async def metrics(gateway: GatewayDep) -> Response:
     for family in gateway.engine.families.values():
         for batcher in family.batchers.values():
             gateway.metrics.queue_depth.labels(batcher.name).set(batcher.queue_depth)
+    failing = await gateway.collections.failing()
+    for part in PARTS:
+        gateway.metrics.store_failing.labels(part).set(1 if part in failing else 0)
     return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
