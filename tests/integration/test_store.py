@@ -146,3 +146,13 @@ def test_database_errors_translate_to_what_a_client_can_act_on(postgres_url):
         assert store._translate(psycopg.errors.UndefinedTable()) is None  # a bug stays a bug
     finally:
         store.close()
+
+
+def test_image_bytes_of_replaced_and_deleted_items_are_collected(store):
+    if isinstance(store, SQLiteStore):
+        store.blob_grace_s = 0  # no add is in flight here
+    store.put_items("c", [NewItem("a", b"first", {}, {}), NewItem("b", b"second", {}, {})], set())
+    store.put_items("c", [NewItem("a", b"replaced", {}, {})], set())
+    store.delete_item("c", "b")
+    assert store.collect_garbage() == 2  # b"first" and b"second"
+    assert store.read_blob(store.item("c", "a").blob) == b"replaced" and store.collect_garbage() == 0

@@ -179,7 +179,9 @@ class PostgresStore(Store):
     def _blob(self, digest: str) -> bytes:
         return bytes(self._rows("SELECT data FROM blobs WHERE digest = ?", (digest,))[0][0])
 
-    def _forget_blobs(self) -> None:
-        """Blobs no item refers to; under the log lock, so no add can be about to refer to one."""
+    def collect_garbage(self) -> int:
+        """Under the log lock, so no add can be about to refer to a blob it drops."""
         with self._write() as tx:
-            tx.execute("DELETE FROM blobs WHERE NOT EXISTS (SELECT 1 FROM items WHERE items.blob = blobs.digest)")
+            return int(tx.execute(
+                "DELETE FROM blobs WHERE NOT EXISTS (SELECT 1 FROM items WHERE items.blob = blobs.digest)"
+            ).rowcount)

@@ -37,6 +37,7 @@ from focalserve_server.errors import (
 
 logger = logging.getLogger(__name__)
 
+GARBAGE_INTERVAL_S = 3600.0  # image bytes of deleted or replaced items are dropped this often (and at start)
 ADD_ATTEMPTS = 5  # conditions registered while an add embeds: embed under them too, this many times at most
 
 
@@ -64,14 +65,29 @@ class CollectionService:
         self._builder = builder
         self._chunk_size = chunk_size
         self._wait_s = wait_s  # how long a write waits for its own replica, a search for `min_seq`
+        self._garbage: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self._replica.start()
         self._builder.start()
+        self._garbage = asyncio.get_running_loop().create_task(self._collect_garbage())
 
     async def stop(self) -> None:
+        if self._garbage is not None:
+            self._garbage.cancel()
+            await asyncio.gather(self._garbage, return_exceptions=True)
         await self._builder.stop()
         await self._replica.stop()
+
+    async def _collect_garbage(self) -> None:
+        while True:
+            try:
+                removed = await asyncio.to_thread(self._store.collect_garbage)
+                if removed:
+                    logger.info("dropped the image bytes of %d deleted or replaced items", removed)
+            except FocalServeError as error:  # the disk or the database is away: next time
+                logger.warning("collecting unreferenced image bytes failed: %s", error.message)
+            await asyncio.sleep(GARBAGE_INTERVAL_S)
 
     @property
     def caught_up(self) -> bool:

@@ -19,6 +19,7 @@ from focalserve_server.errors import FocalServeError, InsufficientStorage
 
 # SQLite's primary result codes for a disk that refuses writes: full, read-only, failing I/O
 STORAGE_CODES = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR})
+BLOB_GRACE_S = 3600.0  # far longer than any add takes between writing its blobs and committing
 PROBE_BYTES = 1 << 20  # what a probe writes to the blob dir: room for an image, not just for a row
 
 SCHEMA = """
@@ -84,6 +85,7 @@ class SQLiteStore(Store):
         self._db = sqlite3.connect(data_dir / "focalserve.sqlite3", check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()  # one connection, used from worker threads one at a time
         self._new_blobs: list[Path] = []  # blob files the open write transaction created
+        self.blob_grace_s = BLOB_GRACE_S
         for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=10000"):
             self._db.execute(f"PRAGMA {pragma}")
         self._db.executescript(SCHEMA)
@@ -175,16 +177,11 @@ class SQLiteStore(Store):
         self._write_file(probe, bytes(PROBE_BYTES))
         probe.unlink()
 
-    def _forget_blobs(self) -> None:
-        self.collect_garbage()
-
-    def collect_garbage(self, min_age_s: float = 3600) -> int:
-        """Remove blob files no item refers to; returns how many.
-
-        Blobs younger than `min_age_s` stay: an add writes its blobs before committing its rows.
-        """
+    def collect_garbage(self) -> int:
+        """Blob files younger than `blob_grace_s` stay: an add (of any process) writes its blobs
+        before it commits the rows that refer to them, and this runs without the write lock."""
         referenced = {row[0] for row in self._query("SELECT DISTINCT blob FROM items")}
-        cutoff = time.time() - min_age_s
+        cutoff = time.time() - self.blob_grace_s
         removed = 0
         for path in self.blob_dir.glob("*/*"):
             if path.name not in referenced and path.stat().st_mtime < cutoff:

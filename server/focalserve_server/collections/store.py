@@ -92,8 +92,9 @@ class Store(ABC):
     def close(self) -> None: ...
 
     @abstractmethod
-    def _forget_blobs(self) -> None:
-        """Drop image bytes no item refers to (after a collection is deleted)."""
+    def collect_garbage(self) -> int:
+        """Drop image bytes no item refers to any more (deleted or replaced items, a crash between
+        writing a blob and committing its row); returns how many."""
 
     def _translate(self, error: Exception) -> FocalServeError | None:
         """The client's error for what the disk or the database raised; None for anything else (a bug)."""
@@ -198,7 +199,7 @@ class Store(ABC):
         with self._write() as tx:
             deleted = tx.execute("DELETE FROM collections WHERE name = ?", (name,)).rowcount
             seq = self._log(tx, "collection_deleted", name, [(None, None)]) if deleted == 1 else None
-        self._forget_blobs()
+        self.collect_garbage()
         return seq
 
     def item_count(self, collection: str) -> int:
