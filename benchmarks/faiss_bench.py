@@ -1,30 +1,33 @@
 """FAISS benchmark: the index kinds at scale, and /search end to end against FAISS called directly.
 
-Part `indexes` builds flat, HNSW and IVF-PQ through `focalserve_server.collections.indexes.VectorIndex` with the
-gateway's own `IndexParams`, so it measures what the gateway runs, on synthetic vectors: a
+Part `indexes` builds every kind (`flat`, `hnsw`, `ivfpq`, `auto`) as a condition of that kind gets
+it from the gateway's background rebuild: `index_kinds.choose` sizes the config for the base set,
+`VectorIndex.build` trains it (IVF-PQ) and adds everything. Vectors are synthetic by default, a
 mixture of Gaussian clusters on the unit sphere (clusters give IVF lists and HNSW neighbourhoods
-something to find; uniform noise would make every method look equally bad). Vectors go in
-`build_chunk_size` (a setting) at a time, as a condition build adds them; `--add-chunk 0` adds everything at once,
-as a rebuild from SQLite does. The two differ for IVF-PQ, which trains once, on what it holds
-when it first crosses its training threshold. A build stopped by `--build-budget-s` is reported
-as partial, with its search numbers and recall measured on the part that was built.
+something to find; uniform noise would make every method look equally bad), or any float32
+arrays from `--vectors` / `--query-vectors` (normalised here, as the gateway's are). HNSW, built
+insert by insert, stops at `--build-budget-s` and is reported as partial, with its search numbers
+and recall measured on the part that was built and a projected full build time.
 
 Part `search` starts a real gateway on the demo family, loads a collection through the SDK and
 drives /search with item-id and text queries; the same-sized index searched in-process gives the
 floor, so the p50 ratio shows what HTTP, JSON and the service add.
 
     .venv/bin/python -m benchmarks.faiss_bench --sizes 100000 1000000
+    .venv/bin/python -m benchmarks.faiss_bench --parts indexes --vectors base.npy --query-vectors q.npy \
+        --kinds ivfpq auto --json rows.json
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import shlex
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -37,8 +40,10 @@ from benchmarks.loadgen import run_load
 from benchmarks.report import machine, markdown_table, percentiles_ms, save_json
 from benchmarks.targets import http_session
 from focalserve_client import Client
+from focalserve_client.schemas import IndexKind
 from focalserve_devtools.launch import running_gateway
-from focalserve_server.collections.indexes import INDEX_KINDS, Hit, IndexKind, IndexParams, VectorIndex, recall_at_k
+from focalserve_server.collections.index_kinds import INDEX_KINDS, AutoPolicy, HNSWConfig, IndexPolicy, choose
+from focalserve_server.collections.indexes import Hit, VectorIndex, recall_at_k
 from focalserve_server.config import Settings
 from focalserve_training.data import COLOR_NAMES, ColorShapeGenerator
 
@@ -46,6 +51,7 @@ WORK_DIR = Path(__file__).parent / ".work"
 QUERY_KINDS = ("item_id", "text")
 _CENTRES, _BASE, _QUERIES = 0, 1, 2  # random streams: base and queries never share a draw
 _SAMPLE_CHUNK = 16384  # rows generated at a time: bounds the temporaries, not the output
+_HNSW_CHUNK = 16384  # vectors per add while an HNSW build watches its time budget
 
 
 @dataclass(frozen=True)
@@ -97,9 +103,8 @@ def exact_top_k(base: np.ndarray, queries: np.ndarray, k: int) -> list[list[Hit]
 class IndexSettings:
     """How each index is built and searched; every loop is bounded in count and in time."""
 
-    params: IndexParams = field(default_factory=IndexParams)
-    add_chunk: int = Settings.model_fields["build_chunk_size"].default  # 0: one add of everything
-    build_budget_s: float = 90.0  # 0: unbounded; checked between adds, so one add can overrun it
+    policy: IndexPolicy = field(default_factory=IndexPolicy)
+    build_budget_s: float = 90.0  # HNSW only (the one kind built by plain adds); 0: unbounded
     k: int = 10
     single_queries: int = 200
     single_seconds: float = 10.0
@@ -108,26 +113,25 @@ class IndexSettings:
 @dataclass(frozen=True)
 class Built:
     index: VectorIndex
-    seconds: float  # inside VectorIndex.add only
-    trained_at: int | None  # IVF-PQ: vectors held when it trained, which fixed its nlist
+    seconds: float
 
 
 def build(kind: IndexKind, base: np.ndarray, settings: IndexSettings) -> Built:
-    """Add base rows (id = row number) in chunks until done or over the time budget."""
-    index = VectorIndex(base.shape[1], kind, settings.params)
-    chunk = settings.add_chunk or len(base)
-    spent, trained_at = 0.0, None
-    for start in range(0, len(base), chunk):
-        if settings.build_budget_s and spent >= settings.build_budget_s:
+    """The index a condition of `kind` gets for `base` (id = row number), built as the gateway's
+    background rebuild builds it. HNSW, which FAISS builds insert by insert, stops at the budget."""
+    dim = base.shape[1]
+    config = choose(kind, len(base), dim, settings.policy.defaults, settings.policy.auto)
+    ids = np.arange(len(base), dtype=np.int64)
+    began = time.perf_counter()
+    if not isinstance(config, HNSWConfig):
+        return Built(VectorIndex.build(dim, config, ids, base), time.perf_counter() - began)
+    index = VectorIndex(dim, config)
+    for start in range(0, len(base), _HNSW_CHUNK):  # at least one chunk, then as the budget allows
+        index.add(ids[start:start + _HNSW_CHUNK], base[start:start + _HNSW_CHUNK])
+        if settings.build_budget_s and time.perf_counter() - began >= settings.build_budget_s:
             break
-        ids = np.arange(start, min(start + chunk, len(base)), dtype=np.int64)
-        was_trained = index.trained
-        began = time.perf_counter()
-        index.add(ids, base[start:start + chunk])
-        spent += time.perf_counter() - began
-        if index.trained and not was_trained:
-            trained_at = index.ntotal
-    return Built(index, spent, trained_at)
+    index.built_for = len(index)
+    return Built(index, time.perf_counter() - began)
 
 
 def single_latencies(index: VectorIndex, queries: np.ndarray, k: int, count: int, seconds: float) -> list[float]:
@@ -147,7 +151,7 @@ def single_latencies(index: VectorIndex, queries: np.ndarray, k: int, count: int
 def bench_index(
     kind: IndexKind, base: np.ndarray, queries: np.ndarray, truth: list[list[Hit]], settings: IndexSettings
 ) -> dict[str, Any]:
-    """Build time, batch QPS, single-query latency and recall@k of one kind on one base set."""
+    """Build time, memory, batch QPS, single-query latency and recall@k of one kind on one base set."""
     built = build(kind, base, settings)
     size = len(built.index)
     if size < len(base):  # stopped by the budget: score against the part that was built
@@ -157,38 +161,69 @@ def bench_index(
     batch_s = time.perf_counter() - began
     latencies = single_latencies(built.index, queries, settings.k, settings.single_queries, settings.single_seconds)
     single = percentiles_ms(latencies)
+    config = built.index.config
     return {
         "kind": kind,
+        "factory": config.factory(),
         "size": len(base),
         "built": size,
         "build_s": built.seconds,
         # partial builds only; linear, so a lower bound for HNSW, whose inserts slow as it grows
         "projected_build_s": built.seconds * len(base) / size if size < len(base) else None,
-        "trained": built.index.trained,
-        "nlist": settings.params.nlist_for(built.trained_at) if built.trained_at else None,
+        "bytes_per_vector": config.bytes_per_vector(base.shape[1]),
         "batch_queries": len(queries),
         "batch_qps": len(queries) / batch_s,
         "single_queries": len(latencies),
         "single_p50_ms": single["p50_ms"],
         "single_p99_ms": single["p99_ms"],
-        "recall_at_k": recall_at_k(truth, found, settings.k),
+        f"recall_at_{settings.k}": recall_at_k(truth, found, settings.k),
     }
 
 
+@dataclass(frozen=True)
+class Vectors:
+    """The base and query sets: a synthetic mixture, or float32 arrays from .npy files."""
+
+    mixture: Mixture
+    base_file: Path | None = None
+    query_file: Path | None = None
+
+    @property
+    def dim(self) -> int:
+        return int(np.load(self.base_file, mmap_mode="r").shape[1]) if self.base_file else self.mixture.dim
+
+    def base(self, n: int) -> np.ndarray:
+        if self.base_file is None:
+            return self.mixture.base(n)
+        return _normalised(np.load(self.base_file, mmap_mode="r")[:n])
+
+    def queries(self, n: int) -> np.ndarray:
+        if self.query_file is None:
+            return replace(self.mixture, dim=self.dim).queries(n)
+        return _normalised(np.load(self.query_file, mmap_mode="r")[:n])
+
+
+def _normalised(rows: np.ndarray) -> np.ndarray:
+    """float32, unit length (the gateway's vectors are; files may hold anything)."""
+    vectors = np.array(rows, dtype=np.float32)
+    faiss.normalize_L2(vectors)
+    return vectors
+
+
 def bench_indexes(
-    sizes: list[int], kinds: list[IndexKind], mixture: Mixture, n_queries: int, settings: IndexSettings
+    sizes: list[int], kinds: list[IndexKind], vectors: Vectors, n_queries: int, settings: IndexSettings
 ) -> list[dict[str, Any]]:
     """Every kind at every size; one base set in memory at a time (1M x 512 float32 is 2 GB)."""
-    queries = mixture.queries(n_queries)
+    queries = vectors.queries(n_queries)
     rows = []
     for size in sizes:
-        _progress(f"{size} vectors of dim {mixture.dim}: generating, exact top-{settings.k}, then {kinds}")
-        base = mixture.base(size)
+        base = vectors.base(size)
+        _progress(f"{len(base)} vectors of dim {base.shape[1]}: exact top-{settings.k}, then {kinds}")
         truth = exact_top_k(base, queries, settings.k)
         for kind in kinds:
             rows.append(bench_index(kind, base, queries, truth, settings))
-            _progress(f"{size} {kind}: built {rows[-1]['built']} in {rows[-1]['build_s']:.1f} s, "
-                      f"recall@{settings.k} {rows[-1]['recall_at_k']:.3f}")
+            _progress(f"{len(base)} {kind} ({rows[-1]['factory']}): built {rows[-1]['built']} in "
+                      f"{rows[-1]['build_s']:.1f} s, recall@{settings.k} {rows[-1][f'recall_at_{settings.k}']:.3f}")
         del base, truth
     return rows
 
@@ -249,8 +284,7 @@ async def gateway_load(
 def direct_search(items: int, dim: int, kind: IndexKind, mixture: Mixture, load: LoadSettings) -> dict[str, float]:
     """The floor: VectorIndex.search in-process, one query at a time, on an index like the gateway's."""
     data = replace(mixture, dim=dim)
-    index = VectorIndex(dim, kind)
-    index.add(np.arange(items, dtype=np.int64), data.base(items))
+    index = build(kind, data.base(items), IndexSettings()).index
     latencies = single_latencies(index, data.queries(load.requests), load.k, load.requests, load.seconds)
     return {"requests": len(latencies), "requests_per_s": len(latencies) / sum(latencies), **percentiles_ms(latencies)}
 
@@ -279,16 +313,12 @@ def bench_search(
 
 
 def index_table(rows: list[dict[str, Any]], k: int) -> str:
-    headers = ["size", "kind", "built", "build s", "full build s (projected)", "nlist", "batch QPS",
-               "single p50 ms", "single p99 ms", f"recall@{k}"]
+    headers = ["size", "kind", "FAISS index", "built", "build s", "full build s (projected)", "bytes / vector",
+               "batch QPS", "single p50 ms", "single p99 ms", f"recall@{k}"]
     return markdown_table(headers, [
-        [r["size"], r["kind"], r["built"], r["build_s"], r["projected_build_s"] or "-", _nlist_cell(r), r["batch_qps"],
-         r["single_p50_ms"], r["single_p99_ms"], r["recall_at_k"]] for r in rows])
-
-
-def _nlist_cell(row: dict[str, Any]) -> object:
-    """An IVF-PQ index below its training threshold still answers exactly: say so."""
-    return row["nlist"] or ("-" if row["trained"] else "untrained: exact")
+        [r["size"], r["kind"], f"`{r['factory']}`", r["built"], r["build_s"], r["projected_build_s"] or "-",
+         r["bytes_per_vector"], r["batch_qps"], r["single_p50_ms"], r["single_p99_ms"], r[f"recall_at_{k}"]]
+        for r in rows])
 
 
 def search_table(result: dict[str, Any]) -> str:
@@ -305,8 +335,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     defaults, load = IndexSettings(), LoadSettings()
     parser = argparse.ArgumentParser(prog="python -m benchmarks.faiss_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--parts", nargs="+", choices=["indexes", "search"], default=["indexes", "search"])
-    parser.add_argument("--sizes", nargs="+", type=int, default=[100_000, 1_000_000])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[100_000, 1_000_000],
+                        help="base set sizes (with --vectors: the first rows of the file; default: all of it)")
     parser.add_argument("--kinds", nargs="+", choices=INDEX_KINDS, default=list(INDEX_KINDS))
+    parser.add_argument("--vectors", type=Path, help="float32 .npy (n, d) base vectors instead of synthetic ones")
+    parser.add_argument("--query-vectors", type=Path, help="float32 .npy (m, d) queries (default: synthetic)")
+    parser.add_argument("--json", type=Path, help="also write the index rows to this file, as a JSON list")
     parser.add_argument("--dim", type=int, default=Mixture.dim)
     parser.add_argument("--clusters", type=int, default=Mixture.clusters)
     parser.add_argument("--spread", type=float, default=Mixture.spread)
@@ -314,11 +348,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--queries", type=int, default=1000, help="batch queries; also the recall set")
     parser.add_argument("--single-queries", type=int, default=defaults.single_queries)
     parser.add_argument("--single-seconds", type=float, default=defaults.single_seconds)
-    parser.add_argument("--add-chunk", type=int, default=defaults.add_chunk,
-                        help="vectors per VectorIndex.add (the gateway's condition build uses %(default)s); "
-                             "0: one add, as a rebuild from SQLite")
+    parser.add_argument("--exact-max", type=int, default=Settings.model_fields["index_exact_max"].default,
+                        help="`auto` is exact up to this many vectors (the gateway's index_exact_max)")
+    parser.add_argument("--memory-budget-mb", type=int,
+                        default=Settings.model_fields["index_memory_budget_mb"].default,
+                        help="`auto` re-ranks with exact vectors while the index fits this (index_memory_budget_mb)")
     parser.add_argument("--build-budget-s", type=float, default=defaults.build_budget_s,
-                        help="stop a build past this many seconds and report it as partial; 0: unbounded")
+                        help="stop an HNSW build past this many seconds and report it as partial; 0: unbounded")
     parser.add_argument("--threads", type=int, default=1,
                         help="faiss OpenMP threads here (the gateway leaves faiss at all cores). 1 by default: on "
                              "2 cores shared with other jobs, 2 spin-waiting threads made single flat queries 9x "
@@ -339,19 +375,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     gateway_threads = faiss.omp_get_max_threads()  # what a fresh process, such as the gateway, starts with
     faiss.omp_set_num_threads(args.threads)
     mixture = Mixture(args.dim, args.clusters, args.spread, args.seed)
-    settings = IndexSettings(add_chunk=args.add_chunk, build_budget_s=args.build_budget_s,
+    vectors = Vectors(mixture, args.vectors, args.query_vectors)
+    policy = IndexPolicy(auto=AutoPolicy(args.exact_max, args.memory_budget_mb << 20))
+    settings = IndexSettings(policy=policy, build_budget_s=args.build_budget_s,
                              single_queries=args.single_queries, single_seconds=args.single_seconds)
     payload: dict[str, Any] = {
         "machine": machine(),
         "command": shlex.join([sys.executable, "-m", "benchmarks.faiss_bench", *argv]),
-        "settings": {**vars(args), "repository": str(args.repository), "faiss_threads": faiss.omp_get_max_threads(),
-                     "gateway_faiss_threads": gateway_threads,
-                     "index_params": asdict(settings.params), "k": settings.k},
+        "settings": {**vars(args), **{key: str(getattr(args, key)) for key in ("repository", "vectors",
+                                                                              "query_vectors", "json")},
+                     "faiss_threads": faiss.omp_get_max_threads(), "gateway_faiss_threads": gateway_threads,
+                     "k": settings.k},
     }
     if "indexes" in args.parts:
-        payload["indexes"] = bench_indexes(args.sizes, args.kinds, mixture, args.queries, settings)
+        sizes = args.sizes if args.vectors is None or "--sizes" in argv else [len(np.load(args.vectors,
+                                                                                          mmap_mode="r"))]
+        payload["indexes"] = bench_indexes(sizes, args.kinds, vectors, args.queries, settings)
         payload.setdefault("tables", {})["faiss_indexes"] = index_table(payload["indexes"], settings.k)
         print(payload["tables"]["faiss_indexes"], end="\n\n")
+        if args.json is not None:
+            args.json.write_text(json.dumps(payload["indexes"], indent=2))
     if "search" in args.parts:
         load = LoadSettings(args.search_requests, args.search_seconds, concurrencies=tuple(args.concurrency))
         payload["search"] = bench_search(args.repository, args.search_items, args.instruction, args.search_index,

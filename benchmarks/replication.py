@@ -517,7 +517,7 @@ def rebuild_parts(store: PostgresStore, condition: int, dim: int) -> dict[str, f
     ids, vectors = store.all_vectors(condition)
     read_s = time.perf_counter() - began
     began = time.perf_counter()
-    VectorIndex(dim, "flat").add(ids, vectors)
+    VectorIndex(dim).add(ids, vectors)
     return {"read_vectors_s": read_s, "faiss_add_s": time.perf_counter() - began, "vectors": len(ids)}
 
 

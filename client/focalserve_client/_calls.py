@@ -52,9 +52,9 @@ def embed_call(inputs: list[dict[str, Any]], model: str | None) -> Call:
     return Call("POST", "/embed", json=body.model_dump(exclude_none=True))
 
 
-def create_collection_call(name: str, model: str | None, index: IndexKind) -> Call:
-    body = CollectionCreate.model_validate({"name": name, "model": model, "index": index})
-    return Call("POST", "/collections", json=body.model_dump(mode="json"), idempotent=False)
+def create_collection_call(name: str, model: str | None, index: IndexKind, options: Mapping[str, Any]) -> Call:
+    body = CollectionCreate.model_validate({"name": name, "model": model, "index": index, "index_options": options})
+    return Call("POST", "/collections", json=body.model_dump(mode="json", exclude_none=True), idempotent=False)
 
 
 def add_items_call(collection: str, chunk: list[Item]) -> Call:
@@ -66,9 +66,10 @@ def add_items_call(collection: str, chunk: list[Item]) -> Call:
     return Call("POST", f"{collection_path(collection)}/items", json=body)
 
 
-def add_condition_call(collection: str, instruction: str, index: IndexKind) -> Call:
-    body = ConditionCreate.model_validate({"instruction": instruction, "index": index})
-    return Call("POST", f"{collection_path(collection)}/conditions", json=body.model_dump(mode="json"))
+def add_condition_call(collection: str, instruction: str, index: IndexKind, options: Mapping[str, Any]) -> Call:
+    body = ConditionCreate.model_validate({"instruction": instruction, "index": index, "index_options": options})
+    return Call("POST", f"{collection_path(collection)}/conditions",
+                json=body.model_dump(mode="json", exclude_none=True))
 
 
 def search_call(

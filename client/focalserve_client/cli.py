@@ -13,10 +13,11 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from focalserve_client.client import Client
 from focalserve_client.errors import FocalServeError, NotFoundError
+from focalserve_client.schemas import IndexKind
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 PAGE_SIZE = 1000  # the server's largest page of ids
@@ -58,12 +59,12 @@ def existing_ids(client: Client, collection: str) -> set[str]:
         after = page.next_after
 
 
-def ensure_collection(client: Client, collection: str, model: str | None) -> None:
-    """Create the collection (with `model`'s family) unless it exists."""
+def ensure_collection(client: Client, collection: str, model: str | None, index: IndexKind) -> None:
+    """Create the collection (with `model`'s family; `index` for a CLIP collection's view) unless it exists."""
     try:
         client.get_collection(collection)
     except NotFoundError:
-        client.create_collection(collection, model=model)
+        client.create_collection(collection, model=model, index=index)
 
 
 def items(
@@ -85,6 +86,8 @@ def add_index_command(subcommands: argparse._SubParsersAction[argparse.ArgumentP
     add.add_argument("--metadata", type=Path, default=None, help="JSONL: one {'file': ..., key: value} per line")
     add.add_argument("--url", default="http://127.0.0.1:8000")
     add.add_argument("--model", default=None, help="create the collection with this family if it does not exist")
+    add.add_argument("--index", choices=get_args(IndexKind), default="auto",
+                     help="index of a new plain CLIP collection's view (auto: exact, then IVF-PQ as it grows)")
     add.add_argument("--batch-size", type=int, default=32, help="items per request (lowered to the server's limit)")
     add.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     add.add_argument("--api-key", default=None)
@@ -96,7 +99,7 @@ def _add(args: argparse.Namespace) -> None:
     metadata = read_metadata(args.metadata)
     try:
         with Client(args.url, args.api_key, timeout=UPLOAD_TIMEOUT_S) as client:
-            ensure_collection(client, args.collection, args.model)
+            ensure_collection(client, args.collection, args.model, args.index)
             done = existing_ids(client, args.collection)
             todo = [path for path in files if path.relative_to(args.images).as_posix() not in done]
             skipped = len(files) - len(todo)

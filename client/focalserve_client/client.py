@@ -230,10 +230,14 @@ class AsyncClient:
     # collections -------------------------------------------------------------------------
 
     async def create_collection(
-        self, name: str, model: str | None = None, index: IndexKind = "flat"
+        self, name: str, model: str | None = None, index: IndexKind = "auto",
+        index_options: Mapping[str, Any] | None = None,
     ) -> CollectionInfo:
-        """Create a collection bound to one model family (InvalidRequestError 409 if it exists)."""
-        response = await self._send(create_collection_call(name, model, index))
+        """Create a collection bound to one model family (InvalidRequestError 409 if it exists).
+
+        `index` and `index_options` apply to a plain CLIP collection's one view (see `add_condition`).
+        """
+        response = await self._send(create_collection_call(name, model, index, index_options or {}))
         return CollectionInfo.model_validate_json(response.content)
 
     async def get_collection(self, name: str) -> CollectionInfo:
@@ -329,10 +333,16 @@ class AsyncClient:
     # conditions and search ---------------------------------------------------------------
 
     async def add_condition(
-        self, collection: str, instruction: str, index: IndexKind = "flat"
+        self, collection: str, instruction: str, index: IndexKind = "auto",
+        index_options: Mapping[str, Any] | None = None,
     ) -> ConditionInfo:
-        """Register an instruction on a collection; its index builds in the background."""
-        response = await self._send(add_condition_call(collection, instruction, index))
+        """Register an instruction on a collection; its index builds in the background.
+
+        `index`: "auto" (exact while small, then IVF-PQ with re-ranking, as the collection grows),
+        "flat", "hnsw" or "ivfpq"; `index_options`: IndexOptions fields (nprobe, k_factor, ...),
+        anything left out chosen from the collection's size.
+        """
+        response = await self._send(add_condition_call(collection, instruction, index, index_options or {}))
         return ConditionInfo.model_validate_json(response.content)
 
     async def list_conditions(self, collection: str) -> list[ConditionInfo]:

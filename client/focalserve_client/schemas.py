@@ -105,20 +105,51 @@ class ErrorResponse(_Response):
 
 # --- collections and search -------------------------------------------------------------
 
-IndexKind = Literal["flat", "hnsw", "ivfpq"]
+IndexKind = Literal["flat", "hnsw", "ivfpq", "auto"]
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 ITEM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 ._:@/+-]{0,255}$"
+
+
+class IndexOptions(_Request):
+    """Index parameters of one condition; whatever is left out is chosen from the collection's size."""
+
+    nlist: int | None = Field(default=None, ge=1, description="IVF-PQ: coarse lists (default ~sqrt(n)).")
+    nprobe: int | None = Field(default=None, ge=1, description="IVF-PQ: lists scanned per query.")
+    pq_m: int | None = Field(default=None, ge=1, description="IVF-PQ: bytes per code; must divide the dimension.")
+    pq_nbits: int | None = Field(default=None, ge=4, le=12, description="IVF-PQ: bits per sub-quantiser.")
+    refine: Literal["flat", "sq8", "none"] | None = Field(
+        default=None, description="IVF-PQ: re-rank candidates with exact (flat) or 8-bit vectors, or not at all."
+    )
+    k_factor: int | None = Field(default=None, ge=1, le=64, description="IVF-PQ: candidates re-ranked per result.")
+    hnsw_m: int | None = Field(default=None, ge=4, le=128, description="HNSW: links per node.")
+    ef_construction: int | None = Field(default=None, ge=1, description="HNSW: build-time search width.")
+    ef_search: int | None = Field(default=None, ge=1, description="HNSW: query-time search width.")
 
 
 class CollectionCreate(_Request):
     name: str = Field(pattern=NAME_PATTERN, description="Letters, digits, '.', '_', '-'; at most 128.")
     model: str | None = Field(default=None, description="Model family; optional when one is loaded.")
-    index: IndexKind = Field(default="flat", description="Index type of the unconditional view (plain CLIP).")
+    index: IndexKind = Field(default="auto", description="Index type of the unconditional view (plain CLIP).")
+    index_options: IndexOptions = Field(default_factory=IndexOptions)
+
+
+class IndexInUse(_Response):
+    """The index one gateway holds for a condition now (each gateway builds its own)."""
+
+    kind: Literal["flat", "hnsw", "ivfpq"]
+    factory: str = Field(description="The FAISS index_factory string, e.g. 'IVF1000,PQ64x8,Refine(SQ8)'.")
+    parameters: dict[str, int | str] = Field(default_factory=dict)
+    vectors: int
+    tombstones: int = Field(description="Deleted or replaced vectors still inside, filtered out of results.")
+    built_for: int = Field(description="Vectors it was sized for when built.")
+    rebuilding: bool = Field(description="A replacement is being built in the background.")
 
 
 class ConditionInfo(_Response):
     instruction: str | None = Field(description="Normalised instruction; null for a CLIP collection's view.")
     index: IndexKind
+    index_options: dict[str, int | str] = Field(default_factory=dict, description="Options set at registration.")
+    index_in_use: IndexInUse | None = Field(default=None, description="Null until this gateway has the index.")
     status: Literal["building", "ready", "failed"]
     embedded: int = Field(description="Items embedded under this condition so far.")
     total: int = Field(description="Items to embed when the build started or since.")
@@ -160,7 +191,8 @@ class ItemInfo(_Response):
 
 class ConditionCreate(_Request):
     instruction: str
-    index: IndexKind = "flat"
+    index: IndexKind = Field(default="auto", description="'auto' follows the collection's size.")
+    index_options: IndexOptions = Field(default_factory=IndexOptions)
 
 
 class SearchQuery(_Request):

@@ -8,6 +8,9 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from focalserve_client.schemas import IndexOptions
+from focalserve_server.collections.index_kinds import AutoPolicy, IndexPolicy
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FOCALSERVE_", extra="ignore")
@@ -57,9 +60,32 @@ class Settings(BaseSettings):
         60.0, gt=0, description="How long a replica holds a backfill chunk before another may retry it."
     )
 
+    index_options: IndexOptions = Field(
+        default_factory=IndexOptions,
+        description='Default index options, JSON (e.g. {"nprobe": 32}); a condition\'s own override them.',
+    )
+    index_exact_max: int = Field(50_000, ge=0, description="`auto` indexes are exact up to this many vectors.")
+    index_memory_budget_mb: int = Field(
+        4096, ge=1, description="`auto`: an IVF-PQ re-ranks with exact vectors while it fits, 8-bit ones beyond."
+    )
+    index_tombstone_ratio: float = Field(
+        0.25, gt=0, description="Deleted or replaced vectors per live one past which an index is rebuilt."
+    )
+    index_growth_factor: float = Field(
+        4.0, gt=1, description="An IVF-PQ is rebuilt (retrained) once it holds this many times its trained size."
+    )
+
     api_keys: SecretStr = Field(SecretStr(""), description="Comma-separated API keys; empty = no auth.")
     auth_all: bool = Field(False, description="Require a key for reads (/embed, /search, GET) too, not only writes.")
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS; empty = CORS off.")
 
     def api_key_list(self) -> list[str]:
         return [key.strip() for key in self.api_keys.get_secret_value().split(",") if key.strip()]
+
+    def index_policy(self) -> IndexPolicy:
+        return IndexPolicy(
+            defaults=self.index_options,
+            auto=AutoPolicy(self.index_exact_max, self.index_memory_budget_mb << 20),
+            tombstone_ratio=self.index_tombstone_ratio,
+            growth_factor=self.index_growth_factor,
+        )

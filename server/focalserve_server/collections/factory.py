@@ -26,7 +26,8 @@ def open_store(settings: Settings, health: StoreHealth) -> Store:
 
 
 def collection_service(settings: Settings, store: Store, engine: Engine) -> CollectionService:
-    replica = Replica(store, engine, settings.data_dir / "indexes", settings.log_poll_interval_s)
+    replica = Replica(store, engine, settings.data_dir / "indexes", settings.log_poll_interval_s,
+                      settings.index_policy())
     owner = uuid.uuid4().hex  # this process, as the holder of build leases
     builder = ConditionBuilder(store, engine, replica, owner, settings.build_lease_s, settings.log_poll_interval_s)
     return CollectionService(store, engine, replica, builder, settings.build_chunk_size, settings.consistency_wait_s)

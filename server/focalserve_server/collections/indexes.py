@@ -1,144 +1,118 @@
-"""FAISS indexes over int64 item ids: exact (flat), HNSW or IVF-PQ.
+"""FAISS indexes over int64 item ids, in any of the kinds `index_kinds` configures.
 
 Preconditions: vectors and queries are L2-normalised float32, so inner product is cosine.
-The store is the source of truth (docs/design.md section 4); an index is a snapshot that its owner
-rebuilds when it is missing, stale or, for HNSW, when `needs_rebuild` says tombstones have
-piled up. A `VectorIndex` is not thread-safe: its owner serialises writes and searches.
+The store is the source of truth (docs/design.md section 4); an index is a cache its owner
+rebuilds, in the background, when it is missing, stale, full of tombstones, outgrown, or no
+longer the kind its condition would choose (`rebuild_reason`).
+
+FAISS keys are internal slots in insertion order. Removing or replacing an id tombstones its
+slot and searches filter tombstones out inside FAISS, so every kind behaves alike, including
+those FAISS cannot delete from (HNSW, refine indexes). A `VectorIndex` is not thread-safe: its
+owner serialises writes and searches; a replacement is built as a separate object.
 
 Snapshot format (`save` / `load`): one `.npz` file, written to a temporary file beside the
 target and moved into place with `os.replace`, holding
-  `header` - UTF-8 JSON: format version, kind, dim, params, trained;
-  `index`  - the FAISS index as `faiss.serialize_index` bytes (an untrained IVF-PQ is its
-             exact index, so its raw vectors travel inside);
-  `ids`    - HNSW: the external id of every internal slot, -1 for a tombstone;
-             flat and IVF-PQ: the live ids.
+  `header` - UTF-8 JSON: format version, dim, the index config, the size it was built for;
+  `index`  - the FAISS index as `faiss.serialize_index` bytes;
+  `ids`    - the item id of every slot, -1 for a tombstone.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, cast, get_args
+from typing import Any
 
 import faiss
 import numpy as np
 
-from focalserve_client.schemas import IndexKind  # the API names the kinds; the indexes implement them
-
-INDEX_KINDS: tuple[IndexKind, ...] = get_args(IndexKind)
+from focalserve_server.collections.index_kinds import FlatConfig, IndexConfig, from_dict, to_dict
 
 Hit = tuple[int, float]
 
-# Bytes per code that faiss's GPU IVF-PQ accepts (8-bit codes): choosing from these keeps an
-# automatically sized index clonable to a GPU.
-_GPU_PQ_CODE_SIZES = (1, 2, 3, 4, 8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 96)
+EXACT = FlatConfig()
 _GPU_MAX_K = 2048  # faiss GPU k-selection limit
-_FORMAT = 1
-
-
-@dataclass(frozen=True)
-class IndexParams:
-    """Build and search settings; a 0 means "choose from the data" where noted."""
-
-    hnsw_m: int = 32
-    hnsw_ef_construction: int = 80
-    hnsw_ef_search: int = 64
-    ivf_nlist: int = 0  # 0: about 4 * sqrt(n) at training time
-    ivf_nprobe: int = 16
-    pq_m: int = 0  # 0: see `pq_subquantizers`
-    pq_nbits: int = 8
-    train_min_vectors: int = 0  # 0: max(1024, 39 * nlist)
-    rebuild_ratio: float = 0.25
-
-    def __post_init__(self) -> None:
-        for name in ("hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nprobe"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        for name in ("ivf_nlist", "pq_m", "train_min_vectors"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be 0 (automatic) or positive")
-        if not 1 <= self.pq_nbits <= 16:
-            raise ValueError("pq_nbits must be between 1 and 16")
-        if self.rebuild_ratio < 0:
-            raise ValueError("rebuild_ratio must not be negative")
-
-    def nlist_for(self, n: int) -> int:
-        """Coarse lists for n training vectors; never more than n, as k-means needs a point each."""
-        nlist = self.ivf_nlist or round(4 * math.sqrt(n))
-        return max(1, min(nlist, n))
-
-    def training_threshold(self, nlist: int) -> int:
-        """Vectors needed before IVF-PQ trains: k-means wants ~39 per list and one per PQ code."""
-        wanted = self.train_min_vectors or max(1024, 39 * nlist)
-        return max(wanted, 2**self.pq_nbits)
-
-    def ready_to_train(self, n: int) -> bool:
-        return n >= self.training_threshold(self.nlist_for(n))
-
-    def pq_subquantizers(self, dim: int) -> int:
-        """pq_m, or the largest GPU-supported code size that divides dim and is at most dim / 4."""
-        if self.pq_m:
-            if dim % self.pq_m:
-                raise ValueError(f"pq_m={self.pq_m} does not divide dim={dim}")
-            return self.pq_m
-        limit = max(1, dim // 4)
-        return max(m for m in _GPU_PQ_CODE_SIZES if m <= limit and dim % m == 0)
+_FORMAT = 2
+_ADD_CHUNK = 65_536  # vectors per FAISS add during a build: bounds its temporaries
 
 
 class VectorIndex:
-    """Nearest neighbours by inner product over int64 ids; adding an existing id replaces it.
+    """Nearest neighbours by inner product over int64 ids; adding an existing id replaces it."""
 
-    HNSW cannot delete in FAISS, so its removals are tombstoned internal slots that searches
-    filter out inside FAISS; a re-added id gets a fresh slot. IVF-PQ answers exactly from a
-    flat index until `IndexParams.ready_to_train` holds, then trains on everything it holds.
-    """
-
-    def __init__(self, dim: int, kind: IndexKind = "flat", params: IndexParams = IndexParams()):
+    def __init__(self, dim: int, config: IndexConfig = EXACT) -> None:
+        """An empty index; kinds that train (IVF-PQ) are made with `build` instead."""
         if dim < 1:
             raise ValueError(f"dim must be at least 1, got {dim}")
-        if kind not in INDEX_KINDS:
-            raise ValueError(f"unknown index kind {kind!r}; expected one of {INDEX_KINDS}")
         self.dim = dim
-        self.kind: IndexKind = kind
-        self.params = params
+        self.config = config
+        self.built_for = 0  # vectors it was sized for
         self.snapshot_meta: dict[str, Any] = {}
-        self._pq_m = params.pq_subquantizers(dim) if kind == "ivfpq" else 0
-        self._trained = kind != "ivfpq"
-        self._index = self._new_hnsw() if kind == "hnsw" else _new_exact(dim)
-        self._live: set[int] = set()  # flat, IVF-PQ: the ids held (FAISS ids are item ids)
-        self._slot_ids: list[int] = []  # HNSW: item id of each internal slot
-        self._slot_of: dict[int, int] = {}  # HNSW: live item id -> its slot
-        self._dead: set[int] = set()  # HNSW: tombstoned slots
+        self._index = faiss.index_factory(dim, config.factory(), faiss.METRIC_INNER_PRODUCT)
+        config.configure(self._index)
+        self._slot_ids: list[int] = []  # item id of each slot
+        self._slot_of: dict[int, int] = {}  # live item id -> its slot
+        self._dead: set[int] = set()  # tombstoned slots
         self._dead_selector: faiss.IDSelector | None = None
         self._gpu_index: faiss.Index | None = None
+
+    @classmethod
+    def build(cls, dim: int, config: IndexConfig, ids: np.ndarray, vectors: np.ndarray) -> VectorIndex:
+        """An index of `config` trained on (if it trains) and holding these vectors."""
+        index = cls(dim, config)
+        vectors = index._check_vectors(vectors, "vectors")
+        if not index._index.is_trained:
+            if len(vectors) < config.training_vectors():
+                raise ValueError(f"{config.factory()} needs {config.training_vectors()} vectors to train, "
+                                 f"got {len(vectors)}")
+            if len(vectors) > config.training_sample():
+                chosen = np.random.default_rng(0).choice(len(vectors), config.training_sample(), replace=False)
+                index._index.train(vectors[np.sort(chosen)])
+            else:
+                index._index.train(vectors)
+        for start in range(0, len(ids), _ADD_CHUNK):
+            index.add(ids[start:start + _ADD_CHUNK], vectors[start:start + _ADD_CHUNK])
+        index.built_for = len(ids)
+        return index
+
+    @property
+    def kind(self) -> str:
+        return self.config.kind
 
     @property
     def ntotal(self) -> int:
         """Live vectors (tombstones excluded)."""
-        return len(self._slot_of) if self.kind == "hnsw" else len(self._live)
+        return len(self._slot_of)
 
     def __len__(self) -> int:
         return self.ntotal
 
     @property
-    def trained(self) -> bool:
-        """False only for an IVF-PQ index still answering exactly below its training threshold."""
-        return self._trained
-
-    @property
     def tombstones(self) -> int:
-        """Removed or replaced HNSW slots still in the graph; always 0 for other kinds."""
+        """Removed or replaced slots still inside the FAISS index."""
         return len(self._dead)
 
-    @property
-    def needs_rebuild(self) -> bool:
-        """True when tombstones exceed rebuild_ratio * live vectors: rebuild from the source."""
-        return self.tombstones > self.params.rebuild_ratio * self.ntotal
+    def rebuild_reason(self, wanted: IndexConfig, tombstone_ratio: float, growth_factor: float) -> str | None:
+        """Why the owner should replace this index now, or None.
+
+        `wanted` is what the condition would choose for the vectors held now: another kind (an
+        IVF-PQ that can now train, `auto` moving on from exact) means a rebuild, as does an
+        IVF-PQ holding `growth_factor` times what it was sized for (its lists and quantiser were
+        trained on far fewer), or tombstones past `tombstone_ratio` of the live vectors.
+        """
+        if self._dead and len(self._dead) > tombstone_ratio * self.ntotal:
+            return f"{len(self._dead)} tombstones for {self.ntotal} live vectors"
+        if type(wanted) is not type(self.config):
+            return f"{self.config.kind} -> {wanted.kind} at {self.ntotal} vectors"
+        if wanted.kind == "ivfpq" and self.ntotal > growth_factor * max(self.built_for, 1):
+            return f"grown from {self.built_for} to {self.ntotal} vectors"
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {**to_dict(self.config), "vectors": self.ntotal, "tombstones": self.tombstones,
+                "built_for": self.built_for}
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add (n,) int64 ids with (n, dim) float32 vectors; ids already present are replaced."""
@@ -150,29 +124,27 @@ class VectorIndex:
             raise ValueError("ids must be unique within one add")
         if not len(ids):
             return
+        if not self._index.is_trained:
+            raise ValueError(f"{self.config.factory()} is untrained: make it with VectorIndex.build")
         self.remove(ids)
-        if self.kind == "hnsw":
-            self._add_slots(ids, vectors)
-        else:
-            self._index.add_with_ids(vectors, ids)
-            self._live.update(ids.tolist())
-            if not self._trained and self.params.ready_to_train(self.ntotal):
-                self._train()
+        first = len(self._slot_ids)
+        self._index.add(vectors)
+        self._slot_ids.extend(ids.tolist())
+        self._slot_of.update((item, first + n) for n, item in enumerate(ids.tolist()))
         self._changed()
 
     def remove(self, ids: np.ndarray) -> int:
         """Remove the given ids (absent ones are ignored); returns how many were present."""
-        present = [i for i in np.unique(_check_ids(ids, "ids")).tolist() if self._holds(i)]
-        if not present:
-            return 0
-        if self.kind == "hnsw":
+        present = [i for i in np.unique(_check_ids(ids, "ids")).tolist() if i in self._slot_of]
+        if present:
             self._dead.update(self._slot_of.pop(i) for i in present)
-        else:
-            # faiss's Python wrapper takes an id array here; its stub lists only IDSelector.
-            self._index.remove_ids(np.array(present, dtype=np.int64))  # type: ignore[arg-type]
-            self._live.difference_update(present)
-        self._changed()
+            self._changed()
         return len(present)
+
+    def live(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of the live vectors as the index holds them (exact for flat and HNSW)."""
+        keys = self._live_keys()
+        return np.array([self._slot_ids[k] for k in keys.tolist()], np.int64), self._reconstruct(keys)
 
     def search(
         self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None
@@ -207,13 +179,15 @@ class VectorIndex:
         """Write the snapshot atomically (see the module docstring for the format); `meta` is the
         owner's record of what the snapshot holds, given back as `snapshot_meta` by `load`."""
         path = Path(path)
-        header = {"format": _FORMAT, "kind": self.kind, "dim": self.dim,
-                  "params": asdict(self.params), "trained": self._trained, "meta": meta or {}}
+        header = {"format": _FORMAT, "dim": self.dim, "config": to_dict(self.config),
+                  "built_for": self.built_for, "meta": meta or {}}
+        saved = np.array(self._slot_ids, dtype=np.int64)
+        saved[list(self._dead)] = -1
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
-                         index=faiss.serialize_index(self._index), ids=self._saved_ids())
+                         index=faiss.serialize_index(self._index), ids=saved)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -223,116 +197,57 @@ class VectorIndex:
 
     @classmethod
     def load(cls, path: Path) -> VectorIndex:
-        """Read a snapshot written by `save`."""
+        """Read a snapshot written by `save`; a snapshot of another format is refused (ValueError)."""
         with np.load(Path(path), allow_pickle=False) as snapshot:
             header = json.loads(snapshot["header"].tobytes())
             if header.get("format") != _FORMAT:
                 raise ValueError(f"{path}: unsupported snapshot format {header.get('format')!r}")
-            index = cls(header["dim"], header["kind"], IndexParams(**header["params"]))
-            index._restore(faiss.deserialize_index(snapshot["index"]), snapshot["ids"],
-                           header["trained"])
+            index = cls(header["dim"], from_dict(header["config"]))
+            index._index = faiss.deserialize_index(snapshot["index"])
+            index._slot_ids = snapshot["ids"].tolist()
+            index._dead = {slot for slot, item in enumerate(index._slot_ids) if item < 0}
+            index._slot_of = {item: slot for slot, item in enumerate(index._slot_ids) if item >= 0}
+            index.built_for = int(header["built_for"])
             index.snapshot_meta = header.get("meta", {})
         return index
 
-    # -- building ------------------------------------------------------------------------
-
-    def _new_hnsw(self) -> faiss.Index:
-        index = faiss.IndexHNSWFlat(self.dim, self.params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = self.params.hnsw_ef_construction
-        index.hnsw.efSearch = self.params.hnsw_ef_search
-        return index
-
-    def _add_slots(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        first = len(self._slot_ids)
-        self._index.add(vectors)
-        self._slot_ids.extend(ids.tolist())
-        self._slot_of.update((item, first + n) for n, item in enumerate(ids.tolist()))
-
-    def _train(self) -> None:
-        """Replace the exact index by an IVF-PQ trained on, and holding, all its vectors."""
-        exact = cast(faiss.IndexIDMap2, self._index)  # untrained IVF-PQ holds the exact index
-        ids = faiss.vector_to_array(exact.id_map)
-        vectors = exact.index.reconstruct_n(0, exact.ntotal)
-        nlist = self.params.nlist_for(len(ids))
-        index = faiss.IndexIVFPQ(faiss.IndexFlatIP(self.dim), self.dim, nlist, self._pq_m,
-                                 self.params.pq_nbits, faiss.METRIC_INNER_PRODUCT)
-        index.nprobe = self.params.ivf_nprobe
-        index.train(vectors)
-        # A hash table from id to list position makes removal O(removed), not O(ntotal).
-        # (faiss's stub omits DirectMap.)
-        index.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]
-        index.add_with_ids(vectors, ids)
-        self._index = index
-        self._trained = True
-
-    def _restore(self, index: faiss.Index, ids: np.ndarray, trained: bool) -> None:
-        self._index = index
-        self._trained = trained
-        if self.kind == "hnsw":
-            self._slot_ids = ids.tolist()
-            self._dead = {slot for slot, item in enumerate(self._slot_ids) if item < 0}
-            self._slot_of = {item: slot for slot, item in enumerate(self._slot_ids) if item >= 0}
-        else:
-            self._live = set(ids.tolist())
-
-    def _saved_ids(self) -> np.ndarray:
-        if self.kind != "hnsw":
-            return np.fromiter(self._live, dtype=np.int64, count=len(self._live))
-        saved = np.array(self._slot_ids, dtype=np.int64)
-        saved[list(self._dead)] = -1
-        return saved
+    # -- ids and FAISS keys (slots) ------------------------------------------------------
 
     def _changed(self) -> None:
         self._dead_selector = None
         self._gpu_index = None
 
-    # -- ids and FAISS keys (item ids, or internal slots for HNSW) -----------------------
-
-    def _holds(self, item: int) -> bool:
-        return item in (self._slot_of if self.kind == "hnsw" else self._live)
-
     def _keys_of(self, ids: np.ndarray) -> np.ndarray:
         """FAISS keys of the live ids among `ids`, each once."""
-        items = np.unique(ids).tolist()
-        if self.kind == "hnsw":
-            keys = [self._slot_of[i] for i in items if i in self._slot_of]
-        else:
-            keys = [i for i in items if i in self._live]
+        keys = [self._slot_of[i] for i in np.unique(ids).tolist() if i in self._slot_of]
         return np.array(keys, dtype=np.int64)
 
     def _live_keys(self) -> np.ndarray:
-        live = self._slot_of.values() if self.kind == "hnsw" else self._live
-        return np.fromiter(live, dtype=np.int64, count=len(live))
+        return np.fromiter(self._slot_of.values(), dtype=np.int64, count=len(self._slot_of))
 
-    def _item_of(self, key: int) -> int:
-        return self._slot_ids[key] if self.kind == "hnsw" else key
+    def _reconstruct(self, keys: np.ndarray) -> np.ndarray:
+        if not len(keys):
+            return np.empty((0, self.dim), np.float32)
+        return self._index.reconstruct_batch(keys)
 
     # -- searching -----------------------------------------------------------------------
 
     def _faiss_search(
         self, queries: np.ndarray, k: int, keys: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        gpu = self._gpu_copy() if keys is None and k <= _GPU_MAX_K else None
+        gpu = self._gpu_copy() if keys is None and not self._dead and k <= _GPU_MAX_K else None
         if gpu is not None:
             return gpu.search(queries, k)
-        return self._index.search(queries, k, params=self._search_params(k, keys))
-
-    def _search_params(self, k: int, keys: np.ndarray | None) -> faiss.SearchParameters:
-        if self.kind == "hnsw":
-            # faiss's stub lacks SearchParametersHNSW and the keyword constructor its wrapper adds.
-            ef_search = max(self.params.hnsw_ef_search, k)
-            params = faiss.SearchParametersHNSW(efSearch=ef_search)  # type: ignore[attr-defined]
-        elif self._trained and self.kind == "ivfpq":
-            params = faiss.SearchParametersIVF(nprobe=self.params.ivf_nprobe)  # type: ignore[call-arg]
-        else:
-            params = faiss.SearchParameters()
         selector = faiss.IDSelectorBatch(keys) if keys is not None else self._tombstone_filter()
+        params = self.config.search_parameters(k)
+        # a refine index passes its base index's parameters down: the filter belongs there
+        filtered = getattr(params, "base_index_params", None) or params
         if selector is not None:
-            params.sel = selector
-        return params
+            filtered.sel = selector
+        return self._index.search(queries, k, params=params)
 
     def _tombstone_filter(self) -> faiss.IDSelector | None:
-        """Selects every HNSW slot but the tombstones; cached until the next change."""
+        """Selects every slot but the tombstones; cached until the next change."""
         if not self._dead:
             return None
         if self._dead_selector is None:
@@ -341,20 +256,20 @@ class VectorIndex:
         return self._dead_selector
 
     def _hits(self, keys: np.ndarray, scores: np.ndarray) -> list[Hit]:
-        return [(self._item_of(key), float(score))
+        return [(self._slot_ids[key], float(score))
                 for key, score in zip(keys.tolist(), scores.tolist(), strict=True) if key >= 0]
 
     def _exact(self, queries: np.ndarray, k: int, keys: np.ndarray) -> list[list[Hit]]:
         """Top k by inner product with the stored (for IVF-PQ: decoded) vectors of `keys`."""
-        scores = queries @ self._index.reconstruct_batch(keys).T
+        scores = queries @ self._reconstruct(keys).T
         best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         return [self._hits(keys[row], row_scores[row])
                 for row, row_scores in zip(best, scores, strict=True)]
 
     def _gpu_copy(self) -> faiss.Index | None:
-        """A GPU clone for unfiltered flat / IVF-PQ searches, refreshed after each change."""
+        """A GPU clone of an exact index for unfiltered searches, refreshed after each change."""
         resources = _gpu_resources()
-        if resources is None or self.kind == "hnsw":
+        if resources is None or not isinstance(self.config, FlatConfig):
             return None
         if self._gpu_index is None:
             self._gpu_index = faiss.index_cpu_to_gpu(resources, 0, self._index)
@@ -384,11 +299,6 @@ def recall_at_k(exact: list[list[Hit]], approximate: list[list[Hit]], k: int) ->
         got = {item for item, _ in found[:k]}
         shares.append(len(wanted & got) / len(wanted) if wanted else 1.0)
     return float(np.mean(shares))
-
-
-def _new_exact(dim: int) -> faiss.IndexIDMap2:
-    """Exact inner product over item ids; IDMap2 adds removal and reconstruction by id."""
-    return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
 
 
 def _check_ids(ids: np.ndarray, what: str) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -35,6 +35,7 @@ class Condition:
     index_kind: IndexKind
     status: ConditionStatus
     error: str | None
+    index_options: dict[str, Any] = field(default_factory=dict)  # IndexOptions set at registration
 
 
 @dataclass(frozen=True)

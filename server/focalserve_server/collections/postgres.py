@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS conditions (
     index_kind TEXT NOT NULL,
     status TEXT NOT NULL,
     error TEXT,
+    index_options TEXT NOT NULL DEFAULT '{}',
     UNIQUE (collection, instruction)
 );
 CREATE TABLE IF NOT EXISTS vectors (
@@ -73,6 +74,8 @@ CREATE TABLE IF NOT EXISTS chunks (
     lease_until DOUBLE PRECISION
 );
 CREATE INDEX IF NOT EXISTS chunks_open ON chunks(condition, done);
+-- databases made before conditions had index options
+ALTER TABLE conditions ADD COLUMN IF NOT EXISTS index_options TEXT NOT NULL DEFAULT '{}';
 """
 
 

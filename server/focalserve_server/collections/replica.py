@@ -9,6 +9,11 @@ loaded and the log replayed from any position up to `p`.
 
 Snapshots live in the data dir as `indexes/<condition>.index`, each recording the database it
 belongs to and the position it includes; a restart loads them and replays only the tail.
+
+An index that should be replaced (`VectorIndex.rebuild_reason`: tombstones piled up, an IVF-PQ
+outgrown or able to train, `auto` moving on from exact) is rebuilt in the background from the
+store's vectors, brought up to date from the log, and swapped in on the event loop between two
+searches: searches never wait for a build and never see a half-built index.
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from focalserve_server.collections.index_kinds import IndexConfig, IndexPolicy, choose
 from focalserve_server.collections.indexes import VectorIndex
 from focalserve_server.collections.model import Change, Condition
 from focalserve_server.collections.store import Store
@@ -35,8 +42,14 @@ LOG_PAGE = 2000
 
 @dataclass
 class _Entry:
-    collection: str
+    condition: Condition
+    dim: int
     index: VectorIndex
+    rebuilding: bool = False
+
+    @property
+    def collection(self) -> str:
+        return self.condition.collection
 
 
 @dataclass(frozen=True)
@@ -49,9 +62,13 @@ class _Page:
 
 
 class Replica:
-    def __init__(self, store: Store, engine: Engine, snapshot_dir: Path, poll_interval_s: float) -> None:
+    def __init__(
+        self, store: Store, engine: Engine, snapshot_dir: Path, poll_interval_s: float, policy: IndexPolicy
+    ) -> None:
         self._store = store
         self._engine = engine
+        self._policy = policy
+        self._rebuilds: set[asyncio.Task[None]] = set()
         self._snapshot_dir = snapshot_dir
         self._poll_interval_s = poll_interval_s
         self._entries: dict[int, _Entry] = {}  # by condition rowid
@@ -69,11 +86,13 @@ class Replica:
         self._database = await asyncio.to_thread(self._store.identity)
         self.applied = await asyncio.to_thread(self._load_snapshots)
         self._task = asyncio.get_running_loop().create_task(self._follow())
+        self._start_rebuilds()  # a snapshot may hold another kind than its condition now wants
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in [self._task, *self._rebuilds]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*[t for t in [self._task, *self._rebuilds] if t is not None], return_exceptions=True)
         self.save_snapshots()
 
     # reading -----------------------------------------------------------------------------
@@ -85,6 +104,13 @@ class Replica:
     def size(self, condition: int) -> int:
         index = self.index(condition)
         return len(index) if index is not None else 0
+
+    def describe(self, condition: int) -> dict[str, Any] | None:
+        """The index this replica holds for a condition, as `GET .../conditions` shows it."""
+        entry = self._entries.get(condition)
+        if entry is None:
+            return None
+        return {**entry.index.describe(), "rebuilding": entry.rebuilding}
 
     async def wait_for(self, seq: int, timeout_s: float) -> bool:
         """True once this replica has applied position `seq`; False if `timeout_s` passed first."""
@@ -129,10 +155,11 @@ class Replica:
         searches run, so an index never changes under a search.
         """
         while (page := await asyncio.to_thread(self._fetch, self.applied)) is not None:
-            self._apply(page)
+            self._apply(page, self._entries, follow=True)
             async with self._advanced:
                 self.applied = page.changes[-1].seq
                 self._advanced.notify_all()
+            self._start_rebuilds()
 
     def _fetch(self, after: int) -> _Page | None:
         changes = self._store.changes(after, LOG_PAGE)
@@ -158,32 +185,36 @@ class Replica:
             return None
         return condition, self._engine.families[collection.model].spec.embedding_dim
 
-    def _apply(self, page: _Page) -> None:
+    def _apply(self, page: _Page, entries: dict[int, _Entry], follow: bool) -> None:
+        """Apply a page to `entries`: all of this replica's (`follow`), or one index being rebuilt,
+        which only takes its vectors and deletions (a collection deleted meanwhile drops the rebuild)."""
         pending: dict[int, dict[int, np.ndarray]] = defaultdict(dict)  # vectors by condition, added together
         for change in page.changes:
             if change.kind == "vector":
                 if change.condition is not None and change.item is not None:
                     vector = page.vectors.get((change.condition, change.item))
-                    if vector is not None and change.condition in self._entries:
+                    if vector is not None and change.condition in entries:
                         pending[change.condition][change.item] = vector
                 continue
-            self._add(pending)
+            self._add(pending, entries)
             pending = defaultdict(dict)
-            if change.kind == "condition_added" and change.condition is not None:
-                self._open(change.condition, page.conditions.get(change.condition))
-            elif change.kind == "item_deleted" and change.item is not None:
+            if change.kind == "item_deleted" and change.item is not None:
                 removed = np.array([change.item], np.int64)
-                for entry in self._entries.values():
+                for entry in entries.values():
                     if entry.collection == change.collection:
                         entry.index.remove(removed)
+            elif not follow:
+                continue
+            elif change.kind == "condition_added" and change.condition is not None:
+                self._open(change.condition, page.conditions.get(change.condition))
             elif change.kind == "collection_deleted":
                 self._forget(change.collection)
-        self._add(pending)
+        self._add(pending, entries)
 
-    def _add(self, vectors: dict[int, dict[int, np.ndarray]]) -> None:
+    def _add(self, vectors: dict[int, dict[int, np.ndarray]], entries: dict[int, _Entry]) -> None:
         for condition, by_item in vectors.items():
             ids = np.fromiter(by_item, np.int64, len(by_item))
-            self._entries[condition].index.add(ids, np.stack(list(by_item.values())))
+            entries[condition].index.add(ids, np.stack(list(by_item.values())))
 
     def _open(self, rowid: int, described: tuple[Condition, int] | None) -> None:
         """A condition the log announces: an empty index (its vectors follow in later changes)."""
@@ -193,7 +224,7 @@ class Replica:
             self._skipped.add(rowid)
             return
         condition, dim = described
-        self._entries[rowid] = _Entry(condition.collection, VectorIndex(dim, condition.index_kind))
+        self._entries[rowid] = _Entry(condition, dim, VectorIndex(dim, self._wanted(condition, dim, 0)))
 
     def _forget(self, collection: str) -> None:
         for rowid in [r for r, entry in self._entries.items() if entry.collection == collection]:
@@ -232,19 +263,66 @@ class Replica:
         meta = index.snapshot_meta
         if meta.get("database") != self._database or not isinstance(meta.get("seq"), int):
             return None
-        return _Entry(condition.collection, index), int(meta["seq"])
+        return _Entry(condition, index.dim, index), int(meta["seq"])
 
     def _rebuild(self, condition: Condition) -> _Entry | None:
         described = self._describe(condition.rowid)
         if described is None:
             self._skipped.add(condition.rowid)
             return None
-        entry = _Entry(condition.collection, VectorIndex(described[1], condition.index_kind))
         logger.info("rebuilding the index of %s / %r from the store", condition.collection, condition.instruction)
+        return _Entry(condition, described[1], self._build_from_store(condition, described[1]))
+
+    def _build_from_store(self, condition: Condition, dim: int) -> VectorIndex:
+        """The index the condition wants for the vectors the store holds now (in a worker thread)."""
         ids, vectors = self._store.all_vectors(condition.rowid)
-        if len(ids):
-            entry.index.add(ids, vectors)
-        return entry
+        config = self._wanted(condition, dim, len(ids))
+        return VectorIndex.build(dim, config, ids, vectors if len(ids) else np.empty((0, dim), np.float32))
+
+    def _wanted(self, condition: Condition, dim: int, n: int) -> IndexConfig:
+        options = self._policy.options_for(condition.index_options)
+        return choose(condition.index_kind, n, dim, options, self._policy.auto)
+
+    # background rebuilds -----------------------------------------------------------------
+
+    def _start_rebuilds(self) -> None:
+        for rowid, entry in self._entries.items():
+            if entry.rebuilding:
+                continue
+            wanted = self._wanted(entry.condition, entry.dim, entry.index.ntotal)
+            reason = entry.index.rebuild_reason(wanted, self._policy.tombstone_ratio, self._policy.growth_factor)
+            if reason is not None:
+                entry.rebuilding = True
+                task = asyncio.get_running_loop().create_task(self._replace(rowid, entry, reason))
+                self._rebuilds.add(task)
+                task.add_done_callback(self._rebuilds.discard)
+
+    async def _replace(self, rowid: int, entry: _Entry, reason: str) -> None:
+        """Build a replacement from the store, catch it up with the log, swap it in."""
+        started = time.monotonic()
+        logger.info("rebuilding the index of %s / %r in the background: %s", entry.collection,
+                    entry.condition.instruction, reason)
+        try:
+            position = self.applied  # the store's vectors are at least this recent
+            fresh = _Entry(entry.condition, entry.dim, await asyncio.to_thread(
+                self._build_from_store, entry.condition, entry.dim))
+            while True:
+                page = await asyncio.to_thread(self._fetch, position)
+                if page is not None:
+                    self._apply(page, {rowid: fresh}, follow=False)
+                    position = page.changes[-1].seq
+                elif self.applied <= position:  # nothing reached the old index that the new one lacks
+                    break
+            if self._entries.get(rowid) is entry:  # not deleted meanwhile
+                entry.index = fresh.index
+                logger.info("swapped in %s for %s / %r after %.1f s", fresh.index.config.factory(),
+                            entry.collection, entry.condition.instruction, time.monotonic() - started)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the database away, say: the old index keeps serving; retried on a later change
+            logger.exception("rebuilding the index of %s / %r failed", entry.collection, entry.condition.instruction)
+        finally:
+            entry.rebuilding = False
 
     def save_snapshots(self) -> None:
         """Write every index with the position it includes (at shutdown, and when a build completes).

@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from focalserve_client.schemas import IndexKind
+from focalserve_client.schemas import IndexKind, IndexOptions
 from focalserve_server.collections.builder import ConditionBuilder
 from focalserve_server.collections.health import Failure, Part
+from focalserve_server.collections.index_kinds import check_options
 from focalserve_server.collections.model import Collection, Condition, ConditionsChanged, Item, NewItem
 from focalserve_server.collections.replica import Replica
 from focalserve_server.collections.store import Store
@@ -114,14 +115,18 @@ class CollectionService:
 
     # collections -------------------------------------------------------------------------
 
-    async def create_collection(self, name: str, model: str | None, index_kind: IndexKind) -> tuple[Collection, int]:
+    async def create_collection(
+        self, name: str, model: str | None, index_kind: IndexKind, index_options: IndexOptions
+    ) -> tuple[Collection, int]:
         family = self._engine.family(model)
+        self._check_options(index_options, family)
         seq = await asyncio.to_thread(self._store.create_collection, name, family.spec.name)
         if seq is None:
             raise Conflict(f"collection {name!r} already exists", loc=("name",))
         collection = Collection(name, family.spec.name)
         if not family.spec.conditional:  # a plain CLIP collection has one unconditional view
-            _, _, seq = await asyncio.to_thread(self._store.add_condition, name, None, index_kind, self._chunk_size)
+            _, _, seq = await asyncio.to_thread(self._store.add_condition, name, None, index_kind, self._chunk_size,
+                                                index_options.model_dump(exclude_none=True))
             self._builder.wake()
         return collection, await self._applied_here(seq) or 0
 
@@ -208,20 +213,25 @@ class CollectionService:
 
     # conditions --------------------------------------------------------------------------
 
-    async def add_condition(self, name: str, instruction: str, index_kind: IndexKind) -> tuple[Condition, bool, int]:
+    async def add_condition(
+        self, name: str, instruction: str, index_kind: IndexKind, index_options: IndexOptions
+    ) -> tuple[Condition, bool, int]:
         collection = await self.collection(name)
         family = self.family_of(collection)
+        self._check_options(index_options, family)
         if not family.spec.conditional:
             raise InvalidInstruction(
                 f"collection {name!r} uses the plain CLIP family {collection.model}: it has one unconditional view",
                 loc=("instruction",),
             )
         normalised = check_at(("instruction",), family.normalise, instruction)
+        options = index_options.model_dump(exclude_none=True)
         condition, created, seq = await asyncio.to_thread(
-            self._store.add_condition, name, normalised, index_kind, self._chunk_size
+            self._store.add_condition, name, normalised, index_kind, self._chunk_size, options
         )
-        if not created and condition.index_kind != index_kind:
-            raise Conflict(f"condition {normalised!r} is registered with index {condition.index_kind!r}")
+        if not created and (condition.index_kind, condition.index_options) != (index_kind, options):
+            raise Conflict(f"condition {normalised!r} is registered with index {condition.index_kind!r} "
+                           f"and options {condition.index_options}")
         if created:
             self._builder.wake()
         return condition, created, await self._applied_here(seq) or self._replica.applied
@@ -229,6 +239,17 @@ class CollectionService:
     async def conditions(self, name: str) -> list[Condition]:
         await self.collection(name)
         return await asyncio.to_thread(self._store.conditions, name)
+
+    @staticmethod
+    def _check_options(options: IndexOptions, family: FamilyEngine) -> None:
+        try:
+            check_options(options, family.spec.embedding_dim)
+        except ValueError as error:
+            raise InvalidRequest(str(error), loc=("index_options", "pq_m")) from None
+
+    def index_in_use(self, condition: Condition) -> dict[str, Any] | None:
+        """The index this gateway holds for the condition: kind, parameters, size, tombstones."""
+        return self._replica.describe(condition.rowid)
 
     async def embedded(self, condition: Condition) -> int:
         """How many items have a vector under the condition: progress of a build, on every replica alike."""

@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS conditions (
     index_kind TEXT NOT NULL,
     status TEXT NOT NULL,
     error TEXT,
+    index_options TEXT NOT NULL DEFAULT '{}',
     UNIQUE (collection, instruction)
 );
 CREATE TABLE IF NOT EXISTS vectors (
@@ -89,6 +90,9 @@ class SQLiteStore(Store):
         for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=10000"):
             self._db.execute(f"PRAGMA {pragma}")
         self._db.executescript(SCHEMA)
+        if "index_options" not in {row[1] for row in self._db.execute("PRAGMA table_info(conditions)")}:
+            # a data dir made before conditions had index options
+            self._db.execute("ALTER TABLE conditions ADD COLUMN index_options TEXT NOT NULL DEFAULT '{}'")
 
     def close(self) -> None:
         with self._lock:

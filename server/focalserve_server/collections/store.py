@@ -38,7 +38,7 @@ from focalserve_server.collections.model import (
 from focalserve_server.errors import FocalServeError, InsufficientStorage
 
 ITEM_COLUMNS = "rowid, id, blob, metadata"
-CONDITION_COLUMNS = "rowid, collection, instruction, index_kind, status, error"
+CONDITION_COLUMNS = "rowid, collection, instruction, index_kind, status, error, index_options"
 
 
 class Transaction(Protocol):
@@ -278,7 +278,8 @@ class Store(ABC):
     # conditions --------------------------------------------------------------------------
 
     def add_condition(
-        self, collection: str, instruction: str | None, index_kind: IndexKind, chunk_size: int
+        self, collection: str, instruction: str | None, index_kind: IndexKind, chunk_size: int,
+        index_options: dict[str, Any] | None = None,
     ) -> tuple[Condition, bool, int | None]:
         """(condition, created now, log position); a new condition's backfill is cut into chunks
         of `chunk_size` stored items, which any replica may claim."""
@@ -288,9 +289,9 @@ class Store(ABC):
                 return existing[0], False, None
             rowid = int(
                 tx.execute(
-                    "INSERT INTO conditions(collection, instruction, index_kind, status) "
-                    "VALUES (?, ?, ?, 'building') RETURNING rowid",
-                    (collection, instruction, index_kind),
+                    "INSERT INTO conditions(collection, instruction, index_kind, status, index_options) "
+                    "VALUES (?, ?, ?, 'building', ?) RETURNING rowid",
+                    (collection, instruction, index_kind, json.dumps(index_options or {}, sort_keys=True)),
                 ).fetchone()[0]
             )
             items = [int(row[0]) for row in tx.execute(
@@ -435,4 +436,4 @@ def _item(row: Sequence[Any]) -> Item:
 
 
 def _condition(row: Sequence[Any]) -> Condition:
-    return Condition(int(row[0]), row[1], row[2], row[3], row[4], row[5])
+    return Condition(int(row[0]), row[1], row[2], row[3], row[4], row[5], json.loads(row[6] or "{}"))

@@ -1,4 +1,5 @@
-"""VectorIndex: every kind against exact inner product on clustered, normalised vectors."""
+"""VectorIndex: every kind against exact inner product on clustered, normalised vectors; the
+kinds as configs (`choose`), rebuild signals after deletes and growth, snapshots, bad input."""
 
 from __future__ import annotations
 
@@ -8,18 +9,29 @@ import faiss
 import numpy as np
 import pytest
 
-from focalserve_server.collections.indexes import INDEX_KINDS, IndexParams, VectorIndex, recall_at_k
+from focalserve_client.schemas import IndexOptions
+from focalserve_server.collections.index_kinds import (
+    AutoPolicy,
+    FlatConfig,
+    HNSWConfig,
+    IndexConfig,
+    IVFPQConfig,
+    check_options,
+    choose,
+)
+from focalserve_server.collections.indexes import VectorIndex, recall_at_k
 
 DIM = 32
 N = 1000
-# Small IVF-PQ settings so that N vectors train it and nprobe < nlist leaves lists unprobed.
-SMALL_IVF = IndexParams(ivf_nlist=16, ivf_nprobe=4, train_min_vectors=400)
-CONFIGS = {
-    "flat": ("flat", IndexParams()),
-    "hnsw": ("hnsw", IndexParams()),
-    "ivfpq": ("ivfpq", SMALL_IVF),
-    "ivfpq-untrained": ("ivfpq", IndexParams(train_min_vectors=10 * N)),
+# Small IVF-PQ settings: N vectors train them (39 per centroid), and nprobe < nlist leaves lists unprobed.
+SMALL_IVF = IVFPQConfig(nlist=16, nprobe=4, pq_m=8, pq_nbits=4)
+CONFIGS: dict[str, IndexConfig] = {
+    "flat": FlatConfig(),
+    "hnsw": HNSWConfig(),
+    "ivfpq": SMALL_IVF,
+    "ivfpq-unrefined": IVFPQConfig(nlist=16, nprobe=4, pq_m=8, pq_nbits=4, refine="none"),
 }
+FAST_PQ = IndexOptions(pq_nbits=6)  # 64 PQ centroids: a CI-sized build trains in a second, not ten
 
 pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 
@@ -27,7 +39,7 @@ pytestmark = pytest.mark.usefixtures("one_faiss_thread")
 def clustered(n: int, seed: int, dim: int = DIM, clusters: int = 40) -> np.ndarray:
     """Gaussian blobs around random centres, L2-normalised: embeddings are clustered too."""
     rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((clusters, dim))
+    centres = np.random.default_rng(1000).standard_normal((clusters, dim))  # one set of centres for all
     x = centres[rng.integers(clusters, size=n)] + 0.7 * rng.standard_normal((n, dim))
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
@@ -44,11 +56,8 @@ def brute_force(ids: np.ndarray, vectors: np.ndarray, queries: np.ndarray, k: in
 
 
 def built(config: str, n: int = N, seed: int = 0) -> tuple[VectorIndex, np.ndarray, np.ndarray]:
-    kind, params = CONFIGS[config]
     ids, vectors = item_ids(n), clustered(n, seed)
-    index = VectorIndex(DIM, kind, params)
-    index.add(ids, vectors)
-    return index, ids, vectors
+    return VectorIndex.build(DIM, CONFIGS[config], ids, vectors), ids, vectors
 
 
 def returned(results: list[list[tuple[int, float]]]) -> set[int]:
@@ -68,53 +77,83 @@ def test_flat_equals_brute_force():
     assert_same_hits(index.search(queries, 10), brute_force(ids, vectors, queries, 10))
 
 
-@pytest.mark.parametrize(("kind", "params", "minimum"), [
-    ("hnsw", IndexParams(), 0.95),  # measured 1.000 on seeds 0-3
-    ("ivfpq", IndexParams(ivf_nlist=64), 0.55),  # measured 0.654-0.685 on seeds 0-3
-])
-def test_recall_at_10_against_flat(kind, params, minimum, record_property):
-    ids, sample = item_ids(4000), clustered(4200, seed=0)  # queries from the same clusters
-    vectors, queries = sample[:4000], sample[4000:]
-    exact = VectorIndex(DIM)
-    exact.add(ids, vectors)
-    index = VectorIndex(DIM, kind, params)
-    index.add(ids, vectors)
-    assert index.trained
-    recall = recall_at_k(exact.search(queries, 10), index.search(queries, 10), 10)
+POLICY = AutoPolicy(exact_max=2000)  # `auto` leaves exact search well below the test size
+
+
+def recall_against_exact(index: VectorIndex, ids: np.ndarray, vectors: np.ndarray, queries: np.ndarray) -> float:
+    return recall_at_k(brute_force(ids, vectors, queries, 10), index.search(queries, 10), 10)
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivfpq", "auto"])
+def test_every_approximate_kind_keeps_recall_at_10_against_exact_search(kind, record_property):
+    sample = clustered(12_200, seed=0)  # queries from the same clusters
+    ids, vectors, queries = item_ids(12_000), sample[:12_000], sample[12_000:]
+    config = choose(kind, len(ids), DIM, FAST_PQ, POLICY)
+    assert config.kind == ("hnsw" if kind == "hnsw" else "ivfpq")
+    index = VectorIndex.build(DIM, config, ids, vectors)
+    recall = recall_against_exact(index, ids, vectors, queries)
     record_property("recall_at_10", recall)
-    print(f"{kind} recall@10 = {recall:.3f}")
-    assert recall >= minimum
+    print(f"{kind} ({config.factory()}) recall@10 = {recall:.3f}")
+    assert recall >= 0.95
 
 
-def test_untrained_ivfpq_answers_exactly():
-    index, ids, vectors = built("ivfpq-untrained")
-    queries = clustered(20, seed=1)
-    assert not index.trained
-    assert_same_hits(index.search(queries, 10), brute_force(ids, vectors, queries, 10))
+@pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
+def test_after_deletes_recall_holds_and_the_tombstones_ask_for_a_rebuild(kind):
+    sample = clustered(12_200, seed=0)
+    ids, vectors, queries = item_ids(12_000), sample[:12_000], sample[12_000:]
+    config = choose(kind, len(ids), DIM, FAST_PQ, POLICY)
+    index = VectorIndex.build(DIM, config, ids, vectors)
+    gone = np.random.default_rng(3).choice(len(ids), 4_000, replace=False)
+    index.remove(ids[gone])
+    kept = np.setdiff1d(np.arange(len(ids)), gone)
+    assert recall_against_exact(index, ids[kept], vectors[kept], queries) >= 0.95
+    assert "tombstones" in (index.rebuild_reason(config, tombstone_ratio=0.25, growth_factor=4) or "")
+    rebuilt = VectorIndex.build(DIM, choose(kind, len(kept), DIM, FAST_PQ, POLICY), ids[kept], vectors[kept])
+    assert rebuilt.tombstones == 0 and rebuilt.rebuild_reason(rebuilt.config, 0.25, 4) is None
+    assert recall_against_exact(rebuilt, ids[kept], vectors[kept], queries) >= 0.95
 
 
-def test_ivfpq_trains_when_an_add_reaches_the_threshold():
-    ids, vectors = item_ids(600), clustered(600, seed=0)
-    index = VectorIndex(DIM, "ivfpq", IndexParams(ivf_nlist=8, train_min_vectors=500))
-    index.add(ids[:499], vectors[:499])
-    assert not index.trained
-    index.add(ids[499:], vectors[499:])
-    assert index.trained and index.ntotal == 600
-    # every vector moved into the trained index: each one's id is found by filtering on it
-    for item in ids[[0, 498, 499, 599]].tolist():
-        [[(found, _)]] = index.search(vectors[0], 1, allowed_ids=np.array([item]))
-        assert found == item
+def test_an_ivfpq_grown_past_its_training_size_asks_to_be_retrained():
+    sample = clustered(26_200, seed=0)
+    ids, vectors, queries = item_ids(26_000), sample[:26_000], sample[26_000:]
+    first = choose("ivfpq", 5_000, DIM, FAST_PQ, POLICY)
+    index = VectorIndex.build(DIM, first, ids[:5_000], vectors[:5_000])
+    index.add(ids[5_000:], vectors[5_000:])  # the replica adds as the log arrives
+    wanted = choose("ivfpq", index.ntotal, DIM, FAST_PQ, POLICY)
+    assert "grown from 5000 to 26000" in (index.rebuild_reason(wanted, 0.25, growth_factor=4) or "")
+    retrained = VectorIndex.build(DIM, wanted, ids, vectors)
+    assert isinstance(wanted, IVFPQConfig) and isinstance(first, IVFPQConfig) and wanted.nlist > 2 * first.nlist
+    assert retrained.rebuild_reason(wanted, 0.25, 4) is None
+    assert recall_against_exact(retrained, ids, vectors, queries) >= 0.95
 
 
-def test_automatic_sizes():
-    params = IndexParams()
-    assert params.nlist_for(10_000) == 400 and params.nlist_for(1) == 1
-    assert params.training_threshold(10) == 1024
-    assert params.training_threshold(400) == 15_600
-    assert not params.ready_to_train(20_000) and params.ready_to_train(30_000)
-    assert [params.pq_subquantizers(d) for d in (512, 768, 64, 32, 12, 7)] == [64, 96, 16, 8, 3, 1]
+def test_refine_turns_product_quantisation_error_into_recall():
+    sample = clustered(12_200, seed=0)
+    ids, vectors, queries = item_ids(12_000), sample[:12_000], sample[12_000:]
+    recalls = {}
+    for refine in ("none", "sq8", "flat"):
+        config = choose("ivfpq", len(ids), DIM, IndexOptions(pq_nbits=6, refine=refine), POLICY)
+        recalls[refine] = recall_against_exact(VectorIndex.build(DIM, config, ids, vectors), ids, vectors, queries)
+    print(recalls)
+    assert recalls["none"] < 0.9 <= 0.95 <= recalls["sq8"] <= recalls["flat"]
+
+
+def test_choose_follows_size_memory_and_options():
+    options = IndexOptions()
+    assert choose("flat", 10**7, 512, options, AutoPolicy()) == FlatConfig()
+    assert choose("auto", 50_000, 512, options, AutoPolicy()) == FlatConfig()  # exact while cheap
+    auto = choose("auto", 1_000_000, 512, options, AutoPolicy(memory_budget_bytes=8 << 30))
+    assert isinstance(auto, IVFPQConfig) and auto.refine == "flat" and auto.nlist == 1000 and auto.pq_m == 64
+    tight = choose("auto", 1_000_000, 512, options, AutoPolicy(memory_budget_bytes=1 << 30))
+    assert isinstance(tight, IVFPQConfig) and tight.refine == "sq8"  # exact vectors would not fit
+    assert tight.factory() == "IVF1000,PQ64x8np,Refine(SQ8)"
+    assert choose("ivfpq", 5_000, 512, options, AutoPolicy()) == FlatConfig()  # too few to train: exact
+    tuned = choose("ivfpq", 100_000, 512, IndexOptions(nprobe=40, k_factor=4, nlist=500), AutoPolicy())
+    assert isinstance(tuned, IVFPQConfig) and (tuned.nlist, tuned.nprobe, tuned.k_factor) == (500, 40, 4)
+    assert choose("hnsw", 10, 512, IndexOptions(ef_search=200), AutoPolicy()) == HNSWConfig(ef_search=200)
+    assert [choose("ivfpq", 10**5, d, options, AutoPolicy()).pq_m for d in (512, 768, 64, 32)] == [64, 96, 16, 8]
     with pytest.raises(ValueError, match="does not divide"):
-        VectorIndex(DIM, "ivfpq", IndexParams(pq_m=5))
+        check_options(IndexOptions(pq_m=5), 32)
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -127,7 +166,7 @@ def test_adding_an_existing_id_replaces_it(config):
     assert target not in returned(index.search(vectors[5], 10))
     hits = dict(index.search(vectors[far], 10)[0])
     assert hits[target] == pytest.approx(hits[int(ids[far])], abs=1e-5)
-    assert index.tombstones == tombstones + (config == "hnsw")
+    assert index.tombstones == tombstones + 1  # the replaced slot waits for a rebuild
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -142,16 +181,19 @@ def test_removed_ids_are_never_returned(config):
     assert not returned(index.search(vectors[::25], 50, allowed_ids=gone))
 
 
-def test_hnsw_tombstones_rebuild_signal_and_re_add():
+def test_tombstones_past_the_ratio_signal_a_rebuild_and_re_adds_work():
     index, ids, vectors = built("hnsw", n=200)
     index.remove(ids[:40])
-    assert index.tombstones == 40 and not index.needs_rebuild  # 40 is not > 0.25 * 160
+    assert index.tombstones == 40 and index.rebuild_reason(index.config, 0.25, 4) is None  # 40 is not > 40
     index.remove(ids[40:41])
-    assert index.needs_rebuild
+    assert "41 tombstones" in (index.rebuild_reason(index.config, 0.25, 4) or "")
     index.add(ids[:1], vectors[:1])
     assert index.ntotal == 160 and index.tombstones == 41
     assert index.search(vectors[0], 1)[0][0][0] == ids[0]
     assert returned(index.search(vectors[:41], 10)) & set(ids[:41].tolist()) == {int(ids[0])}
+    live_ids, live_vectors = index.live()
+    assert sorted(live_ids.tolist()) == sorted([int(ids[0]), *ids[41:].tolist()])
+    np.testing.assert_allclose(live_vectors[live_ids == ids[0]][0], vectors[0], atol=1e-6)
 
 
 @pytest.mark.parametrize("config", CONFIGS)
@@ -180,18 +222,25 @@ def test_a_selective_filter_returns_every_allowed_id(config):
 
 @pytest.mark.parametrize("config", CONFIGS)
 def test_k_beyond_the_size_returns_everything(config):
-    index, ids, _ = built(config, n=500)
+    index, ids, _ = built(config, n=700)
     index.remove(ids[:20])
     for row in index.search(clustered(3, seed=1), 10_000):
-        assert len(row) == 480 and len({i for i, _ in row}) == 480
+        assert len(row) == 680 and len({i for i, _ in row}) == 680
 
 
-@pytest.mark.parametrize("kind", INDEX_KINDS)
-def test_an_empty_index_returns_empty_lists(kind):
-    index = VectorIndex(DIM, kind)
+@pytest.mark.parametrize("config", [FlatConfig(), HNSWConfig()])
+def test_an_empty_index_returns_empty_lists(config):
+    index = VectorIndex(DIM, config)
     assert index.search(clustered(3, seed=1), 5) == [[], [], []]
     assert index.search(clustered(1, seed=1)[0], 5) == [[]]
-    assert len(index) == 0 and not index.needs_rebuild
+    assert len(index) == 0 and index.rebuild_reason(config, 0.25, 4) is None
+
+
+def test_an_untrained_kind_is_built_not_added_to():
+    with pytest.raises(ValueError, match="untrained"):
+        VectorIndex(DIM, SMALL_IVF).add(item_ids(2), clustered(2, seed=0))
+    with pytest.raises(ValueError, match="needs 624 vectors to train"):
+        VectorIndex.build(DIM, SMALL_IVF, item_ids(100), clustered(100, seed=0))
 
 
 def hnsw_with_tombstones():
@@ -205,8 +254,8 @@ def hnsw_with_tombstones():
     lambda: built("flat")[0],
     hnsw_with_tombstones,
     lambda: built("ivfpq")[0],
-    lambda: built("ivfpq-untrained")[0],
-], ids=["flat", "hnsw-tombstones", "ivfpq", "ivfpq-untrained"])
+    lambda: built("ivfpq-unrefined")[0],
+], ids=["flat", "hnsw-tombstones", "ivfpq", "ivfpq-unrefined"])
 def test_save_and_load_give_identical_searches(make, tmp_path: Path):
     index = make()
     path = tmp_path / "snapshot.npz"
@@ -214,7 +263,7 @@ def test_save_and_load_give_identical_searches(make, tmp_path: Path):
     index.save(path)  # overwriting an existing snapshot is the normal case
     loaded = VectorIndex.load(path)
     assert [p.name for p in tmp_path.iterdir()] == ["snapshot.npz"]
-    attributes = ("kind", "dim", "params", "trained", "ntotal", "tombstones", "needs_rebuild")
+    attributes = ("kind", "dim", "config", "built_for", "ntotal", "tombstones")
     assert [getattr(loaded, a) for a in attributes] == [getattr(index, a) for a in attributes]
     queries, allowed = clustered(20, seed=1), item_ids(N)[::3]
     assert loaded.search(queries, 10) == index.search(queries, 10)
@@ -225,15 +274,6 @@ def test_save_and_load_give_identical_searches(make, tmp_path: Path):
     loaded.remove(gone)
     assert loaded.search(replacement, 1)[0][0][0] == item_ids(1)[0]
     assert not returned(loaded.search(queries, 50)) & set(gone.tolist())
-
-
-def test_untrained_snapshot_trains_after_loading(tmp_path: Path):
-    index = VectorIndex(DIM, "ivfpq", IndexParams(ivf_nlist=8, train_min_vectors=500))
-    index.add(item_ids(400), clustered(400, seed=0))
-    index.save(tmp_path / "ivf.npz")
-    loaded = VectorIndex.load(tmp_path / "ivf.npz")
-    loaded.add(item_ids(600)[400:], clustered(200, seed=3))
-    assert loaded.trained and loaded.ntotal == 600
 
 
 def test_a_snapshot_of_another_format_is_refused(tmp_path: Path):
@@ -268,16 +308,9 @@ def test_bad_input_raises_value_error(call, message):
         call(VectorIndex(DIM))
 
 
-@pytest.mark.parametrize(("make", "message"), [
-    (lambda: VectorIndex(0), "dim"),
-    (lambda: VectorIndex(DIM, "lsh"), "unknown index kind"),
-    (lambda: IndexParams(hnsw_m=0), "hnsw_m"),
-    (lambda: IndexParams(pq_nbits=0), "pq_nbits"),
-    (lambda: IndexParams(train_min_vectors=-1), "train_min_vectors"),
-])
-def test_bad_construction_raises_value_error(make, message):
-    with pytest.raises(ValueError, match=message):
-        make()
+def test_bad_construction_raises_value_error():
+    with pytest.raises(ValueError, match="dim"):
+        VectorIndex(0)
 
 
 def test_recall_at_k():
@@ -291,16 +324,11 @@ def test_recall_at_k():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(faiss.get_num_gpus() == 0, reason="needs faiss-gpu and a CUDA device")
-@pytest.mark.parametrize("config", ["flat", "ivfpq"])
-def test_gpu_copy_answers_like_the_cpu_index(config):
-    index, ids, vectors = built(config)
+def test_gpu_copy_answers_like_the_cpu_index():
+    index, ids, vectors = built("flat")
     queries = clustered(20, seed=1)
     on_gpu = index.search(queries, 10)
-    on_cpu = index.search(queries, 10, allowed_ids=ids)  # filtered searches stay on the CPU
     assert index._gpu_copy() is not None
-    if config == "flat":
-        assert_same_hits(on_gpu, brute_force(ids, vectors, queries, 10))
-    else:
-        assert recall_at_k(on_cpu, on_gpu, 10) >= 0.9
+    assert_same_hits(on_gpu, brute_force(ids, vectors, queries, 10))
     index.remove(ids[:1])  # a change drops the GPU copy; the next search clones afresh
     assert int(ids[0]) not in returned(index.search(vectors[:1], 10))

@@ -68,11 +68,21 @@ async def condition_info(service: CollectionService, condition: Condition, total
     return {
         "instruction": condition.instruction,
         "index": condition.index_kind,
+        "index_options": condition.index_options,
+        "index_in_use": _index_in_use(service.index_in_use(condition)),
         "status": condition.status,
         "embedded": await service.embedded(condition),
         "total": total,
         "error": condition.error,
     }
+
+
+def _index_in_use(described: dict[str, Any] | None) -> dict[str, Any] | None:
+    if described is None:
+        return None
+    shown = ("kind", "factory", "vectors", "tombstones", "built_for", "rebuilding")
+    return {**{key: described[key] for key in shown},
+            "parameters": {key: value for key, value in described.items() if key not in shown}}
 
 
 def with_seq(response: Response, seq: int) -> Response:
@@ -85,7 +95,7 @@ def with_seq(response: Response, seq: int) -> Response:
 async def create_collection(body: CollectionCreate, gateway: GatewayDep) -> Response:
     """Create a collection bound to one model family."""
     service = gateway.collections
-    collection, seq = await service.create_collection(body.name, body.model, body.index)
+    collection, seq = await service.create_collection(body.name, body.model, body.index, body.index_options)
     return with_seq(FastJSONResponse(await collection_info(service, collection), status_code=201), seq)
 
 
@@ -215,7 +225,7 @@ def _checked_id(item_id: str) -> str:
 async def add_condition(name: CollectionName, body: ConditionCreate, gateway: GatewayDep) -> Response:
     """Register an instruction: every item is embedded under it and indexed in the background."""
     service = gateway.collections
-    condition, created, seq = await service.add_condition(name, body.instruction, body.index)
+    condition, created, seq = await service.add_condition(name, body.instruction, body.index, body.index_options)
     total = await service.item_count(name)
     info = await condition_info(service, condition, total)
     return with_seq(FastJSONResponse(info, status_code=202 if created else 200), seq)

@@ -39,7 +39,7 @@ async def readyz(gateway: GatewayDep) -> FastJSONResponse:
     for part, failure in (await gateway.collections.failing()).items():
         since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(failure.since))
         degraded[part] = (f"{'writes' if part == 'storage' else 'calls'} failing since {since} ({failure.errors} "
-                          f"errors): {failure.message}; searches answer from the log position "
+                          f"errors): {failure.message}; this replica has applied the change log up to "
                           f"{gateway.collections.applied}")
     for family in gateway.engine.families.values():
         for batcher in family.batchers.values():
