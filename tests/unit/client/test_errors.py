@@ -26,6 +26,7 @@ REQUESTS = {
     schemas.ItemIn: {"id": "a", "image": "aGk="},
     schemas.ItemsAdd: {"items": [{"id": "a", "image": "aGk="}]},
     schemas.ConditionCreate: {"instruction": "which shape?"},
+    schemas.IndexOptions: {"nprobe": 16},
     schemas.SearchQuery: {"text": "red"},
     schemas.SearchRequest: {"collection": "shapes", "query": {"text": "red"}},
 }
@@ -44,6 +45,8 @@ RESPONSES = {
     schemas.ErrorDetail: {"code": "x", "message": "y"},
     schemas.ErrorResponse: {"error": {"code": "x", "message": "y"}},
     schemas.ConditionInfo: CONDITION,
+    schemas.IndexInUse: {"kind": "ivfpq", "factory": "IVF8,PQ8x8np", "vectors": 1, "tombstones": 0, "built_for": 1,
+                         "rebuilding": False},
     schemas.CollectionInfo: COLLECTION,
     schemas.CollectionList: {"collections": [COLLECTION]},
     schemas.ItemsAdded: {"added": 1},
