@@ -45,6 +45,9 @@ STAGES = {
 }
 
 
+SERVED_STAGES = ("base", "focallens")  # the FocalLens family starts from the base CLIP
+
+
 def run_stage(name: str, stage: Stage, work_dir: Path, checkpoints: dict[str, Path]) -> Path:
     init = checkpoints[stage.init_from] if stage.init_from else None
     recipe = create_recipe(stage.recipe, ModelSpec(MODEL, checkpoint=init), stage.data)
@@ -88,41 +91,41 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work-dir", type=Path, default=Path("runs/demo"))
     parser.add_argument("--name", default="demo")
     parser.add_argument("--force", action="store_true", help="retrain even if checkpoints exist")
+    parser.add_argument("--family-only", action="store_true",
+                        help="steps 1, 2 and 5 only: the served family, without FSC-CLIP and the evaluation "
+                             "(what `make serve` and `make test` need; the exported weights are the same)")
     args = parser.parse_args(argv)
     if args.force and args.work_dir.exists():
         shutil.rmtree(args.work_dir)
     started = time.monotonic()
     checkpoints: dict[str, Path] = {}
     for name, stage in STAGES.items():
+        if args.family_only and name not in SERVED_STAGES:
+            continue
         checkpoints[name] = run_stage(name, stage, args.work_dir, checkpoints)
 
     models = {
         name: load_family_model("clip" if name != "focallens" else "focallens", MODEL, checkpoint=path)
         for name, path in checkpoints.items()
     }
-    base = Encoder(models["base"], MODEL)
-    results = {
-        "base CLIP (unconditional)": evaluate(base),
-        "FocalLens (conditional)": evaluate(Encoder(models["focallens"], MODEL), baseline=base),
-        "FSC-CLIP (unconditional)": evaluate(Encoder(models["fsc-clip"], MODEL)),
-    }
-    json_path, plot_path = write_report(results, args.work_dir)
-    table = results_table(results)
-    (args.work_dir / "results.md").write_text(table + "\n")
+    report: dict[str, str] = {}
+    if not args.family_only:
+        base = Encoder(models["base"], MODEL)
+        results = {
+            "base CLIP (unconditional)": evaluate(base),
+            "FocalLens (conditional)": evaluate(Encoder(models["focallens"], MODEL), baseline=base),
+            "FSC-CLIP (unconditional)": evaluate(Encoder(models["fsc-clip"], MODEL)),
+        }
+        json_path, plot_path = write_report(results, args.work_dir)
+        table = results_table(results)
+        (args.work_dir / "results.md").write_text(table + "\n")
+        print(table)
+        report = {"results": str(json_path), "plot": str(plot_path)}
     # The committed repository is the GPU (libtorch) flavour; the embedded backend serves the same
     # files, and `make stack` exports a python-backend copy for the CPU tritonserver.
     export_family(models["focallens"], "focallens", MODEL, args.name, args.repository, "libtorch")
-    print(table)
-    print(
-        json.dumps(
-            {
-                "results": str(json_path),
-                "plot": str(plot_path),
-                "repository": str(args.repository),
-                "minutes": round((time.monotonic() - started) / 60, 1),
-            }
-        )
-    )
+    print(json.dumps({**report, "repository": str(args.repository),
+                      "minutes": round((time.monotonic() - started) / 60, 1)}))
 
 
 if __name__ == "__main__":
