@@ -6,7 +6,7 @@ what happened, never another 5xx; the gateways recover by themselves; nothing ac
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from focalserve_client.schemas import SEQ_HEADER
 from focalserve_devtools.postgres import LocalPostgres
 from tests.helpers.images import b64, shape_png
 from tests.helpers.inprocess import gateway_settings, serving_in_thread
+from tests.helpers.loop import wait_for
 from tests.helpers.proxy import CommitCuttingProxy
 
 CONDITION = "what colour is it?"
@@ -43,14 +44,6 @@ def stored_ids(http: httpx.Client) -> set[str]:
 def assert_unavailable(response: httpx.Response, codes: set[str] = UNAVAILABLE) -> None:
     assert response.status_code == 503, response.text
     assert response.headers["retry-after"] and response.json()["error"]["code"] in codes
-
-
-def until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} within {timeout_s} s")
-        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -80,7 +73,7 @@ def test_a_database_restart_gets_503s_and_the_gateway_recovers_without_a_restart
         assert 'focalserve_store_failing{part="database"} 1.0' in http.get("/metrics").text
 
         database.start()  # same data, same port
-        until(lambda: add(http, [6]).status_code == 201, 30, "an add succeeding again")
+        wait_for(lambda: add(http, [6]).status_code == 201, 30, "an add succeeding again")
         assert "database" not in http.get("/readyz").json()["detail"]
         assert stored_ids(http) == {f"i{i}" for i in range(7)}  # nothing acknowledged was lost
         last = add(http, [7])
@@ -103,7 +96,7 @@ def test_a_database_killed_during_a_shared_build_lets_the_build_finish(
         for start in range(0, total, 60):
             assert add(http_a, range(start, start + 60)).status_code == 201
         http_a.post("/collections/c/conditions", json={"instruction": CONDITION})
-        until(lambda: http_b.get("/collections/c/conditions").json()[0]["embedded"] > 0, 30, "the build starting")
+        wait_for(lambda: http_b.get("/collections/c/conditions").json()[0]["embedded"] > 0, 30, "the build starting")
         building = http_b.get("/collections/c/conditions").json()[0]
         assert building["status"] == "building" and building["embedded"] < total, building
 
@@ -115,12 +108,12 @@ def test_a_database_killed_during_a_shared_build_lets_the_build_finish(
             answers = [http.get("/collections/c/conditions") for http in (http_a, http_b)]
             return all(r.status_code == 200 and r.json()[0]["status"] == "ready" for r in answers)
 
-        until(built, 60, "the build finishing on both gateways")
+        wait_for(built, 60, "the build finishing on both gateways")
         for http in (http_a, http_b):
             condition = http.get("/collections/c/conditions").json()[0]
             assert condition["embedded"] == condition["total"] == total
             search = {"collection": "c", "condition": CONDITION, "query": {"item_id": "i0"}, "k": total}
-            until(lambda http=http, search=search: len(http.post("/search", json=search).json()["results"])
+            wait_for(lambda http=http, search=search: len(http.post("/search", json=search).json()["results"])
                   == total - 1, 10, "every vector in the index")
 
 
@@ -134,7 +127,7 @@ def test_a_connection_lost_during_commit_says_the_outcome_is_unknown_and_a_retry
         with serving_in_thread(settings) as url, httpx.Client(base_url=url, timeout=60) as http:
             http.post("/collections", json={"name": "c", "model": "tiny"})
             http.post("/collections/c/conditions", json={"instruction": CONDITION})
-            until(lambda: http.get("/collections/c/conditions").json()[0]["status"] == "ready", 10, "ready")
+            wait_for(lambda: http.get("/collections/c/conditions").json()[0]["status"] == "ready", 10, "ready")
             proxy.cut_after_next_commit()
             lost = add(http, [0, 1])
             assert proxy.cuts == 1

@@ -20,15 +20,9 @@ import httpx
 from focalserve_devtools.launch import LocalTriton, gateway_process, running_gateway
 from tests.helpers.images import b64, shape_png
 from tests.helpers.inprocess import InProcessGateway, gateway_settings
+from tests.helpers.loop import wait_for
 
 IMAGE = b64(shape_png())
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(interval_s)
 
 
 def triton_gateway(triton: LocalTriton, data_dir: Path, repository: Path, **settings: Any) -> InProcessGateway:
