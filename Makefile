@@ -67,7 +67,7 @@ test:
 	$(BIN)/python -m pytest -q
 
 # Serving (5 systems x 2 models x 3 concurrencies), FAISS (100k, 1M) and replication (1 vs 3 gateways on
-# a private PostgreSQL): ~16 min on 2 CPU cores; rewrites the tables in benchmarks/RESULTS.md. Loopback
+# a private PostgreSQL): ~20 min on 2 CPU cores; rewrites the tables in benchmarks/RESULTS.md. Loopback
 # only; every server is stopped on exit.
 bench: $(REPO)/demo_image/1/model.pt $(PG_BIN)/initdb
 	$(BIN)/python -m benchmarks
