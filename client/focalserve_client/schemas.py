@@ -76,6 +76,8 @@ class ModelInfo(_Response):
     context_length: int
     checkpoint_hash: str
     requires_instruction: bool
+    device: str | None = Field(default=None, description="cpu / cuda:N in the gateway; null when Triton runs it.")
+    dtype: str | None = Field(default=None, description="float32 / float16 / bfloat16; null when Triton runs it.")
 
 
 class ModelsResponse(_Response):

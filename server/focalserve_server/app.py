@@ -29,7 +29,8 @@ from focalserve_server.state import Gateway
 
 def create_backend(settings: Settings) -> ModelBackend:
     if settings.backend == "embedded":
-        return EmbeddedBackend(settings.model_repository, settings.families, settings.torch_threads)
+        return EmbeddedBackend(settings.model_repository, settings.families, settings.torch_threads, settings.device,
+                               settings.dtype)
     return TritonBackend(settings.triton_url, settings.triton_protocol, settings.families, settings.triton_timeout_s,
                          settings.triton_startup_timeout_s, settings.triton_max_inflight)
 
@@ -46,6 +47,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.preprocess_workers, settings.max_image_bytes, settings.max_image_pixels, settings.max_aspect_ratio
         )
         engine = await Engine.load(backend, images, settings, metrics)
+        if settings.warmup:
+            await engine.warm_up(lambda model, seconds: metrics.warmup_seconds.labels(model).set(seconds))
         engine.start()
         health = StoreHealth(on_error=lambda code: metrics.store_errors.labels(code).inc())
         store = await asyncio.to_thread(open_store, settings, health)

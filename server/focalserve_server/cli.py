@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from importlib.metadata import entry_points
 from typing import get_origin
+
+from pydantic import ValidationError
 
 from focalserve_server.config import Settings
 
@@ -29,7 +32,10 @@ def _serve(args: argparse.Namespace) -> None:
     from focalserve_server.app import create_app
 
     overrides = {name: getattr(args, name) for name in Settings.model_fields if getattr(args, name) is not None}
-    settings = Settings(**overrides)
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as error:  # a flag or FOCALSERVE_* variable out of range: say which, no traceback
+        sys.exit(f"focalserve serve: {error}")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
 

@@ -32,6 +32,13 @@ class Settings(BaseSettings):
     max_queue_size: int = Field(1024, ge=1, description="Per-batcher queue; beyond it requests get 503.")
     retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 503 responses.")
     torch_threads: int = Field(0, ge=0, description="Intra-op threads of the embedded backend; 0 = torch's default.")
+    device: str = Field(
+        "cpu", pattern=r"^(cpu|cuda(:[0-9]+)?)$", description="Where the embedded backend runs: cpu, cuda or cuda:N."
+    )
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="Weights and activations of the embedded backend; embeddings are float32 either way."
+    )
+    warmup: bool = Field(True, description="Run every model on representative batches before serving.")
     preprocess_workers: int = Field(2, ge=1, description="Threads that decode and preprocess images.")
 
     max_inputs_per_request: int = Field(256, ge=1)

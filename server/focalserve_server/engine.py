@@ -8,7 +8,8 @@ call the backend. Every rule and limit of that path is stated here or in the mod
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,7 +64,10 @@ class FamilyEngine:
 
     def _batcher(self, model: ModelSpec, settings: Settings, metrics: Metrics) -> DynamicBatcher:
         async def run(inputs: dict[str, np.ndarray]) -> np.ndarray:
-            return await self._backend.infer(model.name, inputs)
+            output = await self._backend.infer(model.name, inputs)
+            # embeddings leave unit-length in float32 whatever precision the model ran in; a
+            # condition vector is the image model's input, not an embedding, and stays as it is
+            return output if model.role == "instruction" else _unit_rows(output)
 
         return DynamicBatcher(
             model.name,
@@ -142,6 +146,19 @@ class FamilyEngine:
         names = self.spec.models[role].input_names
         return await self.batchers[role].submit(dict(zip(names, arrays, strict=True)))
 
+    async def warm_up(self, observe: Callable[[str, float], None]) -> None:
+        """Run every model on zeros of its input shapes, twice at batch 1 and twice at its largest
+        batch, before the gateway serves: TorchScript's first calls (and a GPU's kernel selection)
+        cost tens of milliseconds to seconds, which would otherwise land on the first users."""
+        for role, model in self.spec.models.items():
+            started = time.perf_counter()
+            for size in sorted({1, self.batchers[role].max_batch_size}):
+                zeros = {tensor.name: np.zeros((size, *tensor.dims), np.float32 if tensor.dtype == "fp32" else np.int64)
+                         for tensor in model.inputs}
+                for _ in range(2):
+                    await self._backend.infer(model.name, zeros)
+            observe(model.name, time.perf_counter() - started)
+
     def start(self) -> None:
         for batcher in self.batchers.values():
             batcher.start()
@@ -193,6 +210,10 @@ class Engine:
         family = self.family(model)
         return family, await family.embed_all(items, field)
 
+    async def warm_up(self, observe: Callable[[str, float], None]) -> None:
+        for family in self.families.values():
+            await family.warm_up(observe)
+
     def start(self) -> None:
         for family in self.families.values():
             family.start()
@@ -200,3 +221,8 @@ class Engine:
     async def stop(self) -> None:
         for family in self.families.values():
             await family.stop()
+
+
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)

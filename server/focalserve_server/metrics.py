@@ -34,6 +34,10 @@ class Metrics:
             "focalserve_store_failing", "1 while that part beneath the store fails (storage: writes, database: calls).",
             ["part"], registry=self.registry,
         )
+        self.warmup_seconds = Gauge(
+            "focalserve_warmup_seconds", "Time each model spent warming up before the gateway served.", ["model"],
+            registry=self.registry,
+        )
         self.condition_cache = Counter(
             "focalserve_condition_cache_total", "Condition cache lookups.", ["model", "result"],
             registry=self.registry,

@@ -28,5 +28,9 @@ class ModelBackend(ABC):
     async def ready(self) -> bool:
         """Whether the backend can serve now."""
 
+    def placement(self) -> tuple[str, str] | None:
+        """(device, dtype) where this process runs the models; None where another server decides."""
+        return None
+
     async def close(self) -> None:  # noqa: B027 (optional hook: most backends hold nothing)
         """Release resources."""

@@ -1,7 +1,12 @@
-"""Embedded backend: the exported TorchScript files run in-process.
+"""Embedded backend: the exported TorchScript files run in-process, on the CPU or a CUDA device.
 
 Inference runs on one dedicated thread so the event loop stays free and torch's intra-op
 thread pool works on one batch at a time instead of several competing for the cores.
+
+A reduced dtype runs as mixed precision (`torch.autocast`): matrix products and convolutions in
+float16 / bfloat16, normalisations in float32, outputs float32. The weights stay as exported
+(float32): the traced graphs fix their dtype casts at export time, so casting the weights
+themselves would break them.
 """
 
 from __future__ import annotations
@@ -19,14 +24,22 @@ from focalserve_family import read_repository
 from focalserve_server.backends.base import ModelBackend
 from focalserve_server.errors import BackendUnavailable
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
 
 class EmbeddedBackend(ModelBackend):
     name = "embedded"
 
-    def __init__(self, repository: Path, families: list[str] | None = None, threads: int = 0) -> None:
+    def __init__(
+        self, repository: Path, families: list[str] | None = None, threads: int = 0, device: str = "cpu",
+        dtype: str = "float32",
+    ) -> None:
         self._repository = repository
         self._families = set(families or [])
         self._threads = threads
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self._torch_dtype = DTYPES[dtype]
         self._configs: list[pb.ModelConfig] = []
         self._modules: dict[str, torch.jit.ScriptModule] = {}
         self._input_names: dict[str, list[str]] = {}
@@ -36,6 +49,7 @@ class EmbeddedBackend(ModelBackend):
         await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
 
     def _load(self) -> None:
+        check_device(self.device)
         if self._threads:
             torch.set_num_threads(self._threads)
         for config in read_repository(self._repository):
@@ -44,7 +58,8 @@ class EmbeddedBackend(ModelBackend):
                 continue
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # TorchScript's deprecation notice
-                module = torch.jit.load(str(self._repository / config.name / "1" / "model.pt"), map_location="cpu")
+                module = torch.jit.load(str(self._repository / config.name / "1" / "model.pt"),
+                                        map_location=self.device)
             self._modules[config.name] = module.eval()
             self._input_names[config.name] = [tensor.name for tensor in config.input]
             self._configs.append(config)
@@ -57,13 +72,36 @@ class EmbeddedBackend(ModelBackend):
             raise BackendUnavailable(f"model {model} is not loaded")
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._forward, model, inputs)
 
+    def placement(self) -> tuple[str, str]:
+        return str(self.device), self.dtype
+
     def _forward(self, model: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        arguments = [torch.from_numpy(inputs[name]) for name in self._input_names[model]]
-        with torch.inference_mode():
-            return self._modules[model](*arguments).numpy()
+        arguments = [self._to_device(inputs[name]) for name in self._input_names[model]]
+        reduced = self._torch_dtype != torch.float32
+        with torch.inference_mode(), torch.autocast(self.device.type, self._torch_dtype, enabled=reduced):
+            return self._modules[model](*arguments).float().cpu().numpy()
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        """On a GPU, through pinned memory, so the copy is asynchronous."""
+        tensor = torch.from_numpy(array)
+        if self.device.type != "cuda":
+            return tensor
+        return tensor.pin_memory().to(self.device, non_blocking=True)
 
     async def ready(self) -> bool:
         return bool(self._modules)
 
     async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def check_device(device: torch.device) -> None:
+    """Refuse, at start and in words, a CUDA device this machine does not have."""
+    if device.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"FOCALSERVE_DEVICE={device}, but torch sees no CUDA device on this machine "
+                           "(driver, CUDA_VISIBLE_DEVICES, or a CPU-only torch build); use FOCALSERVE_DEVICE=cpu")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise RuntimeError(f"FOCALSERVE_DEVICE={device}, but only {torch.cuda.device_count()} CUDA device(s) "
+                           "are visible")

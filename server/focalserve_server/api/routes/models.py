@@ -13,7 +13,8 @@ router = APIRouter(tags=["models"], dependencies=[ReadAccess])
 
 @router.get("/models", response_model=ModelsResponse)
 async def list_models(gateway: GatewayDep) -> FastJSONResponse:
-    """The loaded model families."""
+    """The loaded model families, and where they run."""
+    device, dtype = gateway.backend.placement() or (None, None)
     models = [
         {
             "name": spec.name,
@@ -25,6 +26,8 @@ async def list_models(gateway: GatewayDep) -> FastJSONResponse:
             "context_length": spec.context_length,
             "checkpoint_hash": spec.checkpoint_hash,
             "requires_instruction": spec.conditional,
+            "device": device,
+            "dtype": dtype,
         }
         for spec in (family.spec for family in gateway.engine.families.values())
     ]
