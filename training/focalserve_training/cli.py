@@ -36,7 +36,7 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def add_train_command(subcommands: argparse._SubParsersAction) -> None:
-    from focalserve_training.recipes import RECIPES
+    from focalserve_training.recipe_names import RECIPES
 
     parser = subcommands.add_parser("train", help="train a recipe (clip, focallens, fsc-clip); torchrun for DDP")
     parser.add_argument("recipe", choices=RECIPES)

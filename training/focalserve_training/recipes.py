@@ -40,8 +40,7 @@ from focalserve_training.data import (
 from focalserve_training.losses import FocalLensLoss, FSCCLIPLoss, symmetric_infonce
 from focalserve_training.models import FamilyModel, FocalLensCLIP, load_family_model
 from focalserve_training.models.tokens import encode_image_tokens, encode_text_tokens
-
-RECIPES = ("clip", "focallens", "fsc-clip")
+from focalserve_training.recipe_names import RECIPES
 
 
 @dataclass(frozen=True)

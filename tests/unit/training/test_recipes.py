@@ -237,3 +237,11 @@ def test_unknown_recipes_and_unsupported_data_are_refused(recipes):
     clip = create_recipe("clip", ModelSpec(TINY), DataSpec("llava", size=8))
     with pytest.raises(ValueError, match=r"colorshape, scenes, colorshape\+scenes or captions"):
         clip.dataset()
+
+
+def test_the_cli_lists_every_recipe_by_name():
+    """`focalserve train` reads the names from a module without torch; they must be the recipes'."""
+    from focalserve_training.recipe_names import RECIPES
+    from focalserve_training.recipes import ClipRecipe, FocalLensRecipe, FSCCLIPRecipe
+
+    assert RECIPES == tuple(recipe.name for recipe in (ClipRecipe, FocalLensRecipe, FSCCLIPRecipe))
