@@ -27,7 +27,7 @@ $(STAMP): $(BIN)/python pyproject.toml client/pyproject.toml
 
 install: $(STAMP)
 
-# The demo family is built once (base CLIP, then FocalLens, exported: ~8 min on 2 cores); delete
+# The demo family is built once (base CLIP, then FocalLens, exported: 9-11 min on 2 cores); delete
 # model_repository/demo_* to rebuild it. `make demo-model` runs the whole demo: FSC-CLIP too, and the
 # evaluation of all three (runs/demo/results.md).
 $(REPO)/demo_image/1/model.pt: | $(STAMP)
