@@ -48,7 +48,7 @@ def small_disk(path: Path, size: str) -> Iterator[SmallDisk]:
     try:
         _mount(["-t", "tmpfs", "-o", f"size={size}", "focalserve-test", str(path)])
     except (OSError, FileNotFoundError) as error:
-        pytest.skip(f"mounting a tmpfs needs root (or CAP_SYS_ADMIN), which CI has: {error}")
+        pytest.fail(f"mounting a tmpfs needs root (or CAP_SYS_ADMIN), which CI has: {error}")
     try:
         yield SmallDisk(path)
     finally:

@@ -99,10 +99,11 @@ class CollectionService:
     def applied(self) -> int:
         return self._replica.applied
 
-    async def failing(self) -> dict[Part, Failure]:
-        """What fails beneath the store now. While writes fail for lack of space, one small probe
-        write first checks whether space has returned, so the report clears without a client write."""
-        if "storage" in self._store.health.failing():
+    async def failing(self, probe: bool) -> dict[Part, Failure]:
+        """What fails beneath the store now. With `probe` (readiness, not metrics scrapes), while
+        writes fail for lack of space, one small probe write first checks whether space has
+        returned, so the report clears without a client write."""
+        if probe and "storage" in self._store.health.failing():
             with contextlib.suppress(FocalServeError):
                 await asyncio.to_thread(self._store.probe_write)
         return self._store.health.failing()

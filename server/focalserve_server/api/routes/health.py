@@ -36,7 +36,7 @@ async def readyz(gateway: GatewayDep) -> FastJSONResponse:
     if not gateway.collections.caught_up:
         detail["collections"] = f"catching up with the change log (applied {gateway.collections.applied})"
     degraded = {}  # shared by every replica: taking them all out of rotation would only turn 503s into refusals
-    for part, failure in (await gateway.collections.failing()).items():
+    for part, failure in (await gateway.collections.failing(probe=True)).items():
         since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(failure.since))
         degraded[part] = (f"{'writes' if part == 'storage' else 'calls'} failing since {since} ({failure.errors} "
                           f"errors): {failure.message}; this replica has applied the change log up to "
@@ -58,7 +58,7 @@ async def metrics(gateway: GatewayDep) -> Response:
     for family in gateway.engine.families.values():
         for batcher in family.batchers.values():
             gateway.metrics.queue_depth.labels(batcher.name).set(batcher.queue_depth)
-    failing = await gateway.collections.failing()
+    failing = await gateway.collections.failing(probe=False)
     for part in PARTS:
         gateway.metrics.store_failing.labels(part).set(1 if part in failing else 0)
     return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
