@@ -1,6 +1,6 @@
-"""`make bench`: the serving, FAISS and replication benchmarks, then RESULTS.md's generated sections rewritten.
+"""`make bench`: the serving, FAISS, replication and export benchmarks, then RESULTS.md's generated sections rewritten.
 
-    .venv/bin/python -m benchmarks [--parts serving faiss replication] [--seconds S] [--faiss-sizes N ...]
+    .venv/bin/python -m benchmarks [--parts serving faiss replication export] [--seconds S] [--faiss-sizes N ...]
 
 RESULTS.md keeps its prose; only the text between `<!-- generated:NAME -->` and
 `<!-- /generated:NAME -->` is replaced, so the tables always come from the last full run.
@@ -15,10 +15,10 @@ import shlex
 import sys
 from pathlib import Path
 
-from benchmarks import faiss_bench, replication, serving
+from benchmarks import export_bench, faiss_bench, replication, serving
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
-PARTS = ("serving", "faiss", "replication")
+PARTS = ("serving", "faiss", "replication", "export")
 
 
 def replace_generated(text: str, name: str, content: str) -> str:
@@ -64,6 +64,10 @@ def main(argv: list[str] | None = None) -> None:
         command = shlex.join(["python", "-m", "benchmarks", *sys.argv[1:]])
         text = replace_generated(text, "replication_run", run_section(command, replicated["machine"]))
         text = replace_all(text, replicated["tables"])
+    if "export" in args.parts:
+        exported = export_bench.main([])
+        text = replace_generated(text, "export_run", run_section(exported["command"], exported["machine"]))
+        text = replace_all(text, exported["tables"])
     RESULTS_MD.write_text(text)
     print(f"updated {RESULTS_MD}")
 

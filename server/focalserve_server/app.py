@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         backend = create_backend(settings)
         await backend.start()
         images = ImageDecoder(
-            settings.preprocess_workers, settings.max_image_bytes, settings.max_image_pixels, settings.max_aspect_ratio
+            settings.preprocess_workers, settings.max_image_bytes, settings.max_image_pixels
         )
         engine = await Engine.load(backend, images, settings, metrics)
         if settings.warmup:

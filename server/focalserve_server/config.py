@@ -46,7 +46,6 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1, description="Decompression-bomb guard (width x height).")
     max_instruction_chars: int = Field(512, ge=1)
     condition_cache_size: int = Field(4096, ge=0, description="Encoded instructions kept (LRU).")
-    max_aspect_ratio: float = Field(20.0, ge=1, description="Longest / shortest image side accepted.")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
     request_timeout_s: float = Field(60.0, gt=0, description="Deadline of one request; past it, 503.")
     stall_timeout_s: float = Field(30.0, gt=0, description="A batch running or waiting this long makes /readyz fail.")

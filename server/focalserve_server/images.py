@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import math
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -13,12 +15,15 @@ from PIL import Image, ImageOps
 from focalserve_family import FamilyMetadata
 from focalserve_server.errors import ImageTooLarge, InvalidImage
 
+DecodeSize = Callable[[int, int], tuple[int, int]]
 
-def decode_image(data: bytes, max_bytes: int, max_pixels: int, max_aspect_ratio: float = float("inf")) -> Image.Image:
+
+def decode_image(data: bytes, max_bytes: int, max_pixels: int, decode_size: DecodeSize | None = None) -> Image.Image:
     """Bytes -> upright RGB image, or a 4xx error; the size checks run before decoding.
 
-    The aspect-ratio limit matters as much as the pixel limit: resizing the short side of a
-    1 x 100000 image to the model's size would allocate a huge intermediate image.
+    `decode_size(width, height)` is the least size the caller needs: a JPEG much larger than
+    that is decoded at 1/2, 1/4 or 1/8 scale (the DCT scaling of libjpeg), which is faster and
+    holds a fraction of the pixels.
     """
     if not data:
         raise InvalidImage("the image is empty (0 bytes)")
@@ -31,9 +36,8 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int, max_aspect_ratio:
             raise ImageTooLarge(
                 f"the image declares {width}x{height} pixels; the limit is {max_pixels} pixels", limit=max_pixels
             )
-        if max(width, height) > max_aspect_ratio * max(1, min(width, height)):
-            raise InvalidImage(f"the image is {width}x{height}; the longest side may be at most "
-                               f"{max_aspect_ratio:g} times the shortest")
+        if decode_size is not None and image.format == "JPEG":
+            image.draft("RGB", decode_size(width, height))
         image.load()
         return _to_rgb(ImageOps.exif_transpose(image))
     except (ImageTooLarge, InvalidImage):
@@ -54,10 +58,35 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def centre_crop_box(width: int, height: int, size: int) -> tuple[float, float, float, float]:
+    """The part of a width x height image that open_clip's eval transform keeps (resize the short
+    side to `size` with torchvision's rounding, then crop the centre), in source pixels."""
+    short, long = sorted((width, height))
+    resized_long = int(size * long / short)
+    offset = int(round((resized_long - size) / 2.0))
+    scale = long / resized_long
+    start, extent = offset * scale, size * scale
+    if width <= height:
+        return (0.0, start, float(width), start + extent)
+    return (start, 0.0, start + extent, float(height))
+
+
 class ImagePreprocessor:
-    """open_clip's eval transform for one family, producing float32 (3, S, S) arrays."""
+    """open_clip's eval transform for one family, producing float32 (3, S, S) arrays in bounded memory.
+
+    In the `shortest` resize mode open_clip resizes the short side first and then crops the
+    centre: for a 1 x 4000 image that intermediate is 224 x 896000 pixels. Resizing only the
+    part the crop keeps (PIL's `box`, which still reads the neighbouring source pixels the
+    filter needs) gives the same pixels with memory bounded by the output, whatever the aspect
+    ratio. The other modes never upscale past the output and run open_clip's transform as is.
+    """
 
     def __init__(self, spec: FamilyMetadata) -> None:
+        self.size = spec.image_size
+        self._mode = spec.resize_mode
+        self._resample = Image.Resampling[spec.interpolation.upper()]
+        self._mean = np.asarray(spec.image_mean, dtype=np.float32)
+        self._std = np.asarray(spec.image_std, dtype=np.float32)
         self._transform = image_transform(
             spec.image_size,
             is_train=False,
@@ -67,25 +96,35 @@ class ImagePreprocessor:
             interpolation=spec.interpolation,
         )
 
+    def decode_size(self, width: int, height: int) -> tuple[int, int]:
+        """The least decoded size that keeps the output equal to a full decode's: twice the model's
+        input on the side the transform scales to it."""
+        side = max(width, height) if self._mode == "longest" else min(width, height)
+        factor = min(1.0, 2 * self.size / side)
+        return math.ceil(width * factor), math.ceil(height * factor)
+
     def __call__(self, image: Image.Image) -> np.ndarray:
-        return self._transform(image).numpy()
+        if self._mode != "shortest":
+            return self._transform(image).numpy()
+        box = centre_crop_box(image.width, image.height, self.size)
+        pixels = np.asarray(image.resize((self.size, self.size), self._resample, box=box), dtype=np.float32)
+        return ((pixels / 255.0 - self._mean) / self._std).transpose(2, 0, 1)
 
 
 class ImageDecoder:
     """Decodes and preprocesses uploads on a thread pool, off the event loop."""
 
-    def __init__(self, workers: int, max_bytes: int, max_pixels: int, max_aspect_ratio: float) -> None:
+    def __init__(self, workers: int, max_bytes: int, max_pixels: int) -> None:
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="decode")
         self._max_bytes = max_bytes
         self._max_pixels = max_pixels
-        self._max_aspect_ratio = max_aspect_ratio
 
     async def prepare(self, preprocess: ImagePreprocessor, data: bytes) -> np.ndarray:
         """Encoded bytes -> the model's float32 (3, S, S) input, or a 4xx error."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._prepare, preprocess, data)
 
     def _prepare(self, preprocess: ImagePreprocessor, data: bytes) -> np.ndarray:
-        return preprocess(decode_image(data, self._max_bytes, self._max_pixels, self._max_aspect_ratio))
+        return preprocess(decode_image(data, self._max_bytes, self._max_pixels, preprocess.decode_size))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

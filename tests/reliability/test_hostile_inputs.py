@@ -48,6 +48,9 @@ LEGITIMATE = {
     "CMYK JPEG": encoded(Image.new("CMYK", (20, 20), (0, 255, 255, 0)), "JPEG"),
     "16-bit PNG": sixteen_bit_png(),
     "greyscale with alpha": encoded(Image.new("LA", (20, 20), (90, 128)), "PNG"),
+    # served in bounded memory: only the centre square the eval transform keeps is resized
+    "1 x 100000 strip": encoded(Image.new("RGB", (1, 100_000), (30, 60, 90)), "PNG"),
+    "1500 x 60 banner": encoded(Image.new("RGB", (1500, 60), (30, 60, 90)), "JPEG"),
 }
 
 
@@ -70,15 +73,6 @@ def test_broken_exif_is_not_a_server_error(hardened_gateway):
 
 
 HOSTILE = [
-    (
-        "extreme aspect ratio",
-        {
-            "model": "tiny",
-            "inputs": [{"image": b64(encoded(Image.new("RGB", (1, 100_000)), "PNG")), "instruction": "x"}],
-        },
-        422,
-        "invalid_image",
-    ),
     (
         "10 MB instruction",
         {"model": "tiny", "inputs": [{"image": b64(shape_png()), "instruction": "a" * 10_000_000}]},

@@ -1,7 +1,8 @@
 """Export a model family into a Triton model repository (docs/design.md section 2).
 
 `NAME_image`, `NAME_instruction` (FocalLens only) and `NAME_text`, each a TorchScript
-`1/model.pt` plus a `config.pbtxt` whose parameters carry the family's metadata.
+`1/model.pt` plus a `config.pbtxt` whose parameters carry the family's metadata. Each role's
+file holds only the weights that role runs.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import open_clip
 import torch
+import torch.nn.functional as F
 from open_clip.model import CLIP
 from torch import nn
 
@@ -30,52 +32,62 @@ from focalserve_family import (
 )
 from focalserve_training.models import FamilyModel, FocalLensCLIP
 from focalserve_training.models.factory import state_hash
+from focalserve_training.models.focallens import (
+    Attention,
+    conditional_image_features,
+    fused_gated_attention,
+    text_side,
+)
 
 PYTHON_BACKEND_MODEL = Path(__file__).resolve().parent / "templates" / "model.py"
 
 
 class ImageEncoder(nn.Module):
-    """PIXELS -> L2-normalised EMBEDDING (plain CLIP)."""
+    """PIXELS -> L2-normalised EMBEDDING (plain CLIP): the image tower alone."""
 
     def __init__(self, clip: CLIP) -> None:
         super().__init__()
-        self.clip = clip
+        self.visual = clip.visual
 
     def forward(self, PIXELS: torch.Tensor) -> torch.Tensor:  # noqa: N803 (Triton tensor name)
-        return self.clip.encode_image(PIXELS, normalize=True)
+        return F.normalize(self.visual(PIXELS), dim=-1)
 
 
 class ConditionalImageEncoder(nn.Module):
-    """(PIXELS, CONDITION) -> L2-normalised conditional EMBEDDING (FocalLens)."""
+    """(PIXELS, CONDITION) -> L2-normalised conditional EMBEDDING (FocalLens): the image tower and
+    the condition token alone, with the gated attention in its fused form."""
 
-    def __init__(self, model: FocalLensCLIP) -> None:
+    def __init__(self, model: FocalLensCLIP, attention: Attention = fused_gated_attention) -> None:
         super().__init__()
-        self.model = model
+        self.visual = model.clip.visual
+        self.condition_token = model.condition_token
+        self.attention = attention  # the benchmark traces the hand-written form too
 
     def forward(self, PIXELS: torch.Tensor, CONDITION: torch.Tensor) -> torch.Tensor:  # noqa: N803
-        return self.model.encode_image(PIXELS, CONDITION)
+        features = conditional_image_features(self.visual, self.condition_token, PIXELS, CONDITION, self.attention)
+        return F.normalize(features, dim=-1)
 
 
 class InstructionEncoder(nn.Module):
-    """TOKENS -> CONDITION (FocalLens instruction tower)."""
+    """TOKENS -> CONDITION (FocalLens): the instruction tower alone."""
 
     def __init__(self, model: FocalLensCLIP) -> None:
         super().__init__()
-        self.model = model
+        self.instruction_tower = model.instruction_tower
 
     def forward(self, TOKENS: torch.Tensor) -> torch.Tensor:  # noqa: N803
-        return self.model.encode_instruction(TOKENS)
+        return self.instruction_tower(TOKENS)
 
 
 class TextEncoder(nn.Module):
-    """TOKENS -> L2-normalised EMBEDDING (the answer / query text tower)."""
+    """TOKENS -> L2-normalised EMBEDDING: the answer / query text tower alone."""
 
     def __init__(self, model: FamilyModel) -> None:
         super().__init__()
-        self.model = model
+        self.text = text_side(model.clip if isinstance(model, FocalLensCLIP) else model)
 
     def forward(self, TOKENS: torch.Tensor) -> torch.Tensor:  # noqa: N803
-        return self.model.encode_text(TOKENS, normalize=True)
+        return self.text.encode_text(TOKENS, normalize=True)
 
 
 def family_metadata(model: FamilyModel, family: FamilyKind, name: str, model_name: str) -> FamilyMetadata:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import struct
 import zlib
@@ -9,6 +10,7 @@ import zlib
 import numpy as np
 import pytest
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from open_clip.transform import image_transform
 from PIL import Image
 
 from focalserve_family import FamilyMetadata
@@ -254,3 +256,72 @@ def test_preprocessor_accepts_decoded_uploads(spec):
     pixels = ImagePreprocessor(spec)(decoded)
     assert pixels.shape == (3, 32, 32)
     assert pixels.dtype == np.float32
+
+
+# --- bounded memory whatever the aspect ratio, and the JPEG fast path ---------------------
+
+
+def photo_like(width: int, height: int) -> Image.Image:
+    """Smooth structure plus sensor-like noise: resampling errors show, unlike on flat colour."""
+    y, x = np.mgrid[0:height, 0:width]
+    channels = [np.sin(x / (width / 7 + 1) + c) * np.cos(y / (height / 5 + 1) - c) * 100 + 128 for c in range(3)]
+    pixels = np.stack(channels, axis=-1) + np.random.default_rng(width * height).normal(0, 12, (height, width, 3))
+    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+@pytest.fixture(scope="module", params=[224, 336], ids=["224px", "336px"])
+def real_size_spec(request, spec) -> FamilyMetadata:
+    return dataclasses.replace(spec, image_size=request.param)
+
+
+@pytest.mark.parametrize("size", [(640, 480), (480, 640), (225, 224), (100, 80), (2000, 900), (60, 1500), (1500, 60)])
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_preprocessing_equals_open_clips_transform_of_the_full_decode(real_size_spec, size, fmt):
+    """Resizing only the centre crop's source pixels, and decoding big JPEGs at reduced scale,
+    change pixels by at most a couple of grey levels."""
+    data = encode(photo_like(*size), fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    spec = real_size_spec
+    reference = image_transform(spec.image_size, is_train=False, mean=spec.image_mean, std=spec.image_std,
+                                resize_mode="shortest", interpolation="bicubic")(decode(data, 1 << 30)).numpy()
+    preprocess = ImagePreprocessor(spec)
+    served = preprocess(decode_image(data, 1 << 30, MAX_PIXELS, preprocess.decode_size))
+    assert served.shape == reference.shape
+    assert cosine(served, reference) >= 0.999
+    if fmt == "PNG":  # no reduced decode: only the resampling's rounding differs
+        assert np.abs(served - reference).max() <= 2.5 / 255 / min(spec.image_std)
+
+
+@pytest.fixture(scope="module")
+def big_photo() -> Image.Image:
+    return photo_like(1000, 750).resize((4000, 3000))
+
+
+def test_a_big_jpeg_is_decoded_at_the_smallest_scale_that_keeps_twice_the_model_input(real_size_spec, big_photo):
+    preprocess = ImagePreprocessor(real_size_spec)
+    decoded = decode_image(encode(big_photo, "JPEG", quality=90), 1 << 30, 1 << 30, preprocess.decode_size)
+    assert decoded.size == (1000, 750)  # 1/4 scale: 750 >= 2 x 336; 1/8 would give 375 < 2 x 224
+    png = encode(big_photo.resize((1200, 900)), "PNG", compress_level=1)
+    assert decode_image(png, 1 << 30, 1 << 30, preprocess.decode_size).size == (1200, 900)  # only JPEG
+
+
+@pytest.mark.parametrize("size", [(1, 4000), (4000, 1), (1, 100_001), (1500, 60)])
+def test_extreme_aspect_ratios_are_served_like_open_clip_serves_their_centre(real_size_spec, size):
+    """What open_clip's transform keeps of a strip is its centre square plus the few pixels the
+    bicubic filter reads beside it. Open_clip would first upscale the whole strip (a 1 x 100001
+    one to 336 x 33.6 million pixels); ours reads only that centre, so the reference here is
+    open_clip's transform of a short window with the same centre."""
+    width, height = size
+    strip = photo_like(width, height)
+    short, long = sorted(size)
+    window = min(long, 8 * short + (long - 8 * short) % 2)  # same parity: the same centre
+    start = (long - window) // 2
+    centre = strip.crop((start, 0, start + window, height) if width > height else (0, start, width, start + window))
+    spec = real_size_spec
+    reference = image_transform(spec.image_size, is_train=False, mean=spec.image_mean, std=spec.image_std,
+                                resize_mode="shortest", interpolation="bicubic")(centre).numpy()
+    assert cosine(ImagePreprocessor(spec)(strip), reference) >= 0.999

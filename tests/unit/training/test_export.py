@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,30 @@ def test_the_gateway_reads_the_family_that_export_wrote(model_repository, focall
     assert (tiny.image_size, tiny.context_length, tiny.embedding_dim, tiny.condition_dim) == (32, 16, 64, 64)
     assert tiny.image_mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
     assert tiny.checkpoint_hash != tinyclip.checkpoint_hash
+
+
+def test_the_fused_image_model_equals_the_hand_written_gated_attention(tmp_path: Path, focallens_model):
+    """Gates closed, partly open and over 1: the log-bias on the condition key is the same softmax."""
+    model = copy.deepcopy(focallens_model)
+    with torch.no_grad():
+        model.condition_token.gates.copy_(torch.linspace(0.0, 2.5, len(model.condition_token.gates)))
+    export_family(model, "focallens", TINY, "fused", tmp_path)
+    script = torch.jit.load(str(tmp_path / "fused_image" / "1" / "model.pt"))
+    spec = model_specs(family_metadata(model, "focallens", "fused", TINY), max_batch_size=8)["image"]
+    pixels, condition = example_inputs(spec.inputs, batch=5)
+    with torch.no_grad():
+        torch.testing.assert_close(script(pixels, condition), model.encode_image(pixels, condition), atol=1e-5, rtol=0)
+    assert "scaled_dot_product_attention" in script.inlined_graph.str()
+
+
+def test_each_role_file_holds_only_the_weights_that_role_runs(model_repository):
+    def parameter_names(model: str) -> set[str]:
+        return set(torch.jit.load(str(model_repository / model / "1" / "model.pt")).state_dict())
+
+    image, instruction, text = (parameter_names(f"tiny_{role}") for role in ("image", "instruction", "text"))
+    assert all(name.startswith(("visual.", "condition_token.")) for name in image)
+    assert any(name.startswith("condition_token.") for name in image)
+    assert all(name.startswith("instruction_tower.") for name in instruction)
+    assert not any(name.startswith(("visual.", "instruction_tower.", "condition_token.", "logit_")) for name in text)
+    assert all(name.startswith("visual.") for name in parameter_names("tinyclip_image"))
+    assert not any(name.startswith(("visual.", "logit_")) for name in parameter_names("tinyclip_text"))

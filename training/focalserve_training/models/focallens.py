@@ -26,20 +26,25 @@ from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import nn
 
 
+def text_side(clip: CLIP) -> CLIP:
+    """The CLIP without its image tower and logit scale: a view sharing the text tower's modules.
+
+    It is what the instruction tower copies and what a text role exports, so neither carries
+    the image weights (for ViT-B-32 that is two thirds of the file).
+    """
+    view = copy.copy(clip)
+    view._modules = {name: module for name, module in clip._modules.items() if name != "visual"}
+    view._parameters = {name: value for name, value in clip._parameters.items() if not name.startswith("logit_")}
+    view._buffers = dict(clip._buffers)
+    return view
+
+
 class InstructionTower(nn.Module):
     """A trainable copy of a CLIP's text tower: instruction tokens -> condition vector."""
 
     def __init__(self, clip: CLIP) -> None:
         super().__init__()
-        visual, clip.visual = clip.visual, None  # copy the text side only
-        try:
-            text_side = copy.deepcopy(clip)
-        finally:
-            clip.visual = visual
-        for unused in ("logit_scale", "logit_bias"):
-            if getattr(text_side, unused, None) is not None:
-                delattr(text_side, unused)
-        self.text = text_side
+        self.text = copy.deepcopy(text_side(clip))
         self.text.requires_grad_(True)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -68,27 +73,74 @@ class ConditionToken(nn.Module):
         return (self.projection(condition) + self.position).unsqueeze(1)
 
 
+def _heads(attn: nn.MultiheadAttention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries, keys and values of batch-first `x`, each (B, heads, L, head width)."""
+    batch, length, width = x.shape
+    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
+    q, k, v = qkv.reshape(batch, length, 3, attn.num_heads, width // attn.num_heads).permute(2, 0, 3, 1, 4)
+    return q, k, v
+
+
+def _merge_heads(attn: nn.MultiheadAttention, out: torch.Tensor) -> torch.Tensor:
+    batch, heads, length, head_width = out.shape
+    return attn.out_proj(out.transpose(1, 2).reshape(batch, length, heads * head_width))
+
+
 def gated_attention(attn: nn.MultiheadAttention, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """Self-attention where the last token's attention weight is multiplied by `gate`.
 
-    Equivalent to adding log(gate) to that key's logits, but differentiable at gate = 0.
+    Equivalent to adding log(gate) to that key's logits, but differentiable at gate = 0, so
+    training uses this form.
     """
-    batch, length, width = x.shape
-    heads = attn.num_heads
-    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
-    q, k, v = qkv.reshape(batch, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
-    logits = (q * (width // heads) ** -0.5) @ k.transpose(-2, -1)
+    q, k, v = _heads(attn, x)
+    logits = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
     weights = (logits - logits.amax(dim=-1, keepdim=True)).exp()
     weights = torch.cat([weights[..., :-1], weights[..., -1:] * gate], dim=-1)
-    weights = weights / weights.sum(dim=-1, keepdim=True)
-    out = (weights @ v).transpose(1, 2).reshape(batch, length, width)
-    return attn.out_proj(out)
+    return _merge_heads(attn, (weights / weights.sum(dim=-1, keepdim=True)) @ v)
 
 
-def gated_block(block: ResidualAttentionBlock, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-    """open_clip's residual block with `gated_attention` in place of its attention."""
-    x = x + block.ls_1(gated_attention(block.attn, block.ln_1(x), gate))
+def fused_gated_attention(attn: nn.MultiheadAttention, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """`gated_attention` for inference, through PyTorch's fused scaled-dot-product attention.
+
+    The gate becomes an additive bias log(gate) on the condition key (-inf while the gate is
+    closed), which is the same softmax; the fused kernels never materialise the weights. Not
+    for training: the gradient of log at 0 is infinite.
+    """
+    q, k, v = _heads(attn, x)
+    bias = F.pad(gate.log().reshape(1, 1), (x.shape[1] - 1, 0)).to(q.dtype)  # (1, L): one row for every query
+    return _merge_heads(attn, F.scaled_dot_product_attention(q, k, v, attn_mask=bias))
+
+
+Attention = Callable[[nn.MultiheadAttention, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def gated_block(
+    block: ResidualAttentionBlock, x: torch.Tensor, gate: torch.Tensor, attention: Attention = gated_attention
+) -> torch.Tensor:
+    """open_clip's residual block with a gated attention in place of its attention."""
+    x = x + block.ls_1(attention(block.attn, block.ln_1(x), gate))
     return x + block.ls_2(block.mlp(block.ln_2(x)))
+
+
+def conditional_image_features(
+    visual: VisionTransformer,
+    condition_token: ConditionToken,
+    pixels: torch.Tensor,
+    condition: torch.Tensor,
+    attention: Attention = gated_attention,
+) -> torch.Tensor:
+    """Pooled, projected (unnormalised) image features under `condition`.
+
+    A function of the two parts it needs rather than a method, so that the exported image
+    model can hold the image tower and the condition token alone.
+    """
+    x = visual._embeds(pixels)
+    x = torch.cat([x, visual.ln_pre(condition_token(condition).to(x.dtype))], dim=1)
+    gates = condition_token.open_gates()
+    for index, block in enumerate(visual.transformer.resblocks):
+        x = gated_block(block, x, gates[index], attention)
+    pooled, _ = visual._pool(x[:, :-1])
+    return pooled @ visual.proj if visual.proj is not None else pooled
 
 
 def text_embedding_dim(clip: CLIP) -> int:
@@ -138,16 +190,9 @@ class FocalLensCLIP(nn.Module):
 
     def encode_image(self, pixels: torch.Tensor, condition: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         visual = self.clip.visual
-        x = visual._embeds(pixels)
-        condition_token = visual.ln_pre(self.condition_token(condition).to(x.dtype))
-        x = torch.cat([x, condition_token], dim=1)
-        gates = self.condition_token.open_gates()
-        for index, block in enumerate(visual.transformer.resblocks):
-            x = gated_block(block, x, gates[index])
-        pooled, _ = visual._pool(x[:, :-1])
-        if visual.proj is not None:
-            pooled = pooled @ visual.proj
-        return F.normalize(pooled, dim=-1) if normalize else pooled
+        assert isinstance(visual, VisionTransformer)  # checked in __init__
+        features = conditional_image_features(visual, self.condition_token, pixels, condition)
+        return F.normalize(features, dim=-1) if normalize else features
 
     def forward(
         self, pixels: torch.Tensor, instruction_tokens: torch.Tensor, answer_tokens: torch.Tensor
