@@ -21,8 +21,8 @@ from focalserve_server.backends.triton import TritonBackend
 from focalserve_server.collections.factory import collection_service, open_store
 from focalserve_server.collections.health import StoreHealth
 from focalserve_server.config import Settings
+from focalserve_server.device_images import create_image_decoder
 from focalserve_server.engine import Engine
-from focalserve_server.images import ImageDecoder
 from focalserve_server.metrics import Metrics
 from focalserve_server.state import Gateway
 
@@ -43,9 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         backend = create_backend(settings)
         await backend.start()
-        images = ImageDecoder(
-            settings.preprocess_workers, settings.max_image_bytes, settings.max_image_pixels
-        )
+        images = create_image_decoder(settings)
         engine = await Engine.load(backend, images, settings, metrics)
         if settings.warmup:
             await engine.warm_up(lambda model, seconds: metrics.warmup_seconds.labels(model).set(seconds))

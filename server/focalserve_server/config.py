@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     )
     warmup: bool = Field(True, description="Run every model on representative batches before serving.")
     preprocess_workers: int = Field(2, ge=1, description="Threads that decode and preprocess images.")
+    preprocess_device: str = Field(
+        "pil", pattern=r"^(pil|cpu|cuda(:[0-9]+)?)$",
+        description="Where images are decoded and resized: pil (PIL on the decode threads), or a torch device: "
+                    "cuda or cuda:N (nvJPEG in batches, resizing on the GPU), cpu (the same torch path on the CPU).",
+    )
 
     max_inputs_per_request: int = Field(256, ge=1)
     max_image_bytes: int = Field(16 * 1024 * 1024, ge=1, description="Largest encoded image accepted.")

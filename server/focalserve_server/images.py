@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -18,6 +19,22 @@ from focalserve_server.errors import ImageTooLarge, InvalidImage
 DecodeSize = Callable[[int, int], tuple[int, int]]
 
 
+def open_image(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
+    """The image's header read and checked against the limits, nothing decoded yet."""
+    if not data:
+        raise InvalidImage("the image is empty (0 bytes)")
+    if len(data) > max_bytes:
+        raise ImageTooLarge(f"the image is {len(data)} bytes; the limit is {max_bytes}", limit=max_bytes)
+    with _decoding_errors():
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageTooLarge(
+                f"the image declares {width}x{height} pixels; the limit is {max_pixels} pixels", limit=max_pixels
+            )
+        return image
+
+
 def decode_image(data: bytes, max_bytes: int, max_pixels: int, decode_size: DecodeSize | None = None) -> Image.Image:
     """Bytes -> upright RGB image, or a 4xx error; the size checks run before decoding.
 
@@ -25,28 +42,26 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int, decode_size: Deco
     that is decoded at 1/2, 1/4 or 1/8 scale (the DCT scaling of libjpeg), which is faster and
     holds a fraction of the pixels.
     """
-    if not data:
-        raise InvalidImage("the image is empty (0 bytes)")
-    if len(data) > max_bytes:
-        raise ImageTooLarge(f"the image is {len(data)} bytes; the limit is {max_bytes}", limit=max_bytes)
-    try:
-        image = Image.open(io.BytesIO(data))
-        width, height = image.size
-        if width * height > max_pixels:
-            raise ImageTooLarge(
-                f"the image declares {width}x{height} pixels; the limit is {max_pixels} pixels", limit=max_pixels
-            )
+    image = open_image(data, max_bytes, max_pixels)
+    with _decoding_errors():
         if decode_size is not None and image.format == "JPEG":
-            image.draft("RGB", decode_size(width, height))
+            image.draft("RGB", decode_size(*image.size))
         image.load()
         return _to_rgb(ImageOps.exif_transpose(image))
+
+
+@contextlib.contextmanager
+def _decoding_errors() -> Iterator[None]:
+    """PIL raises many types for corrupt data; all mean "not an image" (4xx), never a 500."""
+    try:
+        yield
     except (ImageTooLarge, InvalidImage):
         raise
     except Image.DecompressionBombError as error:
         raise ImageTooLarge(f"the image is a decompression bomb: {error}") from None
     except Image.UnidentifiedImageError:
         raise InvalidImage("the data is not an image in a format the server reads") from None
-    except Exception as error:  # PIL raises many types for corrupt data; all mean "not an image"
+    except Exception as error:
         raise InvalidImage(f"the image could not be decoded ({type(error).__name__}: {error})") from None
 
 
@@ -82,6 +97,7 @@ class ImagePreprocessor:
     """
 
     def __init__(self, spec: FamilyMetadata) -> None:
+        self.spec = spec
         self.size = spec.image_size
         self._mode = spec.resize_mode
         self._resample = Image.Resampling[spec.interpolation.upper()]

@@ -11,16 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers.images import b64, shape_png
+from tests.helpers.images import b64, encoded, shape_png
 from tests.reliability.conftest import API_KEY
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-
-
-def encoded(image: Image.Image, fmt: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
 
 
 def animated_gif() -> bytes:

@@ -95,13 +95,12 @@ class EmbeddedBackend(ModelBackend):
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def check_device(device: torch.device) -> None:
+def check_device(device: torch.device, setting: str = "FOCALSERVE_DEVICE") -> None:
     """Refuse, at start and in words, a CUDA device this machine does not have."""
     if device.type != "cuda":
         return
     if not torch.cuda.is_available():
-        raise RuntimeError(f"FOCALSERVE_DEVICE={device}, but torch sees no CUDA device on this machine "
-                           "(driver, CUDA_VISIBLE_DEVICES, or a CPU-only torch build); use FOCALSERVE_DEVICE=cpu")
+        raise RuntimeError(f"{setting}={device}, but torch sees no CUDA device on this machine "
+                           f"(driver, CUDA_VISIBLE_DEVICES, or a CPU-only torch build); use {setting}=cpu")
     if device.index is not None and device.index >= torch.cuda.device_count():
-        raise RuntimeError(f"FOCALSERVE_DEVICE={device}, but only {torch.cuda.device_count()} CUDA device(s) "
-                           "are visible")
+        raise RuntimeError(f"{setting}={device}, but only {torch.cuda.device_count()} CUDA device(s) are visible")

@@ -16,17 +16,12 @@ from PIL import Image
 from focalserve_family import FamilyMetadata
 from focalserve_server.errors import ImageTooLarge, InvalidImage
 from focalserve_server.images import ImagePreprocessor, decode_image
+from tests.helpers.images import cosine, encoded, photo_like
 
 MAX_BYTES = 1 << 20
 MAX_PIXELS = 10_000_000
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 EXIF_ORIENTATION = 0x0112
-
-
-def encode(image: Image.Image, fmt: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **options)
-    return buffer.getvalue()
 
 
 def decode(data: bytes, max_bytes: int = MAX_BYTES, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -86,14 +81,14 @@ def test_non_image_bytes_are_invalid(data):
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
 def test_truncated_image_is_invalid(fmt):
-    data = encode(noise(64, 64), fmt)
+    data = encoded(noise(64, 64), fmt)
     assert decode(data).size == (64, 64)
     with pytest.raises(InvalidImage, match="could not be decoded"):
         decode(data[: len(data) // 2])
 
 
 def test_more_bytes_than_the_limit_is_too_large():
-    data = encode(noise(16, 16), "PNG")
+    data = encoded(noise(16, 16), "PNG")
     assert decode(data, max_bytes=len(data)).size == (16, 16)  # the limit itself is allowed
     with pytest.raises(ImageTooLarge, match=f"the limit is {len(data) - 1}") as caught:
         decode(data, max_bytes=len(data) - 1)
@@ -123,7 +118,7 @@ def test_pixel_limit_is_checked_before_decoding():
 
 
 def test_pixel_limit_boundary():
-    data = encode(noise(100, 100), "PNG")
+    data = encoded(noise(100, 100), "PNG")
     assert decode(data, max_pixels=10_000).size == (100, 100)
     with pytest.raises(ImageTooLarge):
         decode(data, max_pixels=9_999)
@@ -164,14 +159,14 @@ def test_pixel_limit_boundary():
     ],
 )
 def test_decodes_to_rgb(image, fmt, expected):
-    decoded = decode(encode(image, fmt))
+    decoded = decode(encoded(image, fmt))
     assert decoded.mode == "RGB"
     assert decoded.size == (12, 8)
     assert_close(decoded.getpixel((6, 4)), expected)
 
 
 def test_transparent_rgba_decodes_to_rgb():
-    decoded = decode(encode(Image.new("RGBA", (12, 8), (0, 0, 255, 0)), "PNG"))
+    decoded = decode(encoded(Image.new("RGBA", (12, 8), (0, 0, 255, 0)), "PNG"))
     assert decoded.mode == "RGB"
     assert decoded.size == (12, 8)
 
@@ -180,7 +175,7 @@ def test_transparent_rgba_decodes_to_rgb():
 def test_16_bit_greyscale_png_keeps_its_brightness(level16, level8):
     """16-bit levels scale to 8-bit ones (divide by 257), rather than saturating at 255."""
     image = Image.fromarray(np.full((8, 12), level16, dtype=np.uint16))
-    data = encode(image, "PNG")
+    data = encoded(image, "PNG")
     assert Image.open(io.BytesIO(data)).mode == "I;16"
     decoded = decode(data)
     assert decoded.mode == "RGB"
@@ -193,7 +188,7 @@ def test_exif_orientation_is_applied():
     image.paste(RED, (0, 0, 10, 10))  # left half red
     exif = Image.Exif()
     exif[EXIF_ORIENTATION] = 6  # stored on its side: display rotated 90 degrees clockwise
-    decoded = decode(encode(image, "JPEG", exif=exif, quality=95))
+    decoded = decode(encoded(image, "JPEG", exif=exif, quality=95))
 
     assert decoded.mode == "RGB"
     assert decoded.size == (10, 20)
@@ -203,7 +198,7 @@ def test_exif_orientation_is_applied():
 
 def test_animated_gif_decodes_its_first_frame():
     frames = [Image.new("RGB", (12, 8), RED), Image.new("RGB", (12, 8), BLUE)]
-    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    data = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
     assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 2
 
     decoded = decode(data)
@@ -252,26 +247,13 @@ def test_preprocessor_normalises_with_the_family_mean_and_std(spec):
 
 
 def test_preprocessor_accepts_decoded_uploads(spec):
-    decoded = decode(encode(Image.new("RGBA", (40, 30), (10, 20, 30, 128)), "PNG"))
+    decoded = decode(encoded(Image.new("RGBA", (40, 30), (10, 20, 30, 128)), "PNG"))
     pixels = ImagePreprocessor(spec)(decoded)
     assert pixels.shape == (3, 32, 32)
     assert pixels.dtype == np.float32
 
 
 # --- bounded memory whatever the aspect ratio, and the JPEG fast path ---------------------
-
-
-def photo_like(width: int, height: int) -> Image.Image:
-    """Smooth structure plus sensor-like noise: resampling errors show, unlike on flat colour."""
-    y, x = np.mgrid[0:height, 0:width]
-    channels = [np.sin(x / (width / 7 + 1) + c) * np.cos(y / (height / 5 + 1) - c) * 100 + 128 for c in range(3)]
-    pixels = np.stack(channels, axis=-1) + np.random.default_rng(width * height).normal(0, 12, (height, width, 3))
-    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
-    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
 @pytest.fixture(scope="module", params=[224, 336], ids=["224px", "336px"])
@@ -284,7 +266,7 @@ def real_size_spec(request, spec) -> FamilyMetadata:
 def test_preprocessing_equals_open_clips_transform_of_the_full_decode(real_size_spec, size, fmt):
     """Resizing only the centre crop's source pixels, and decoding big JPEGs at reduced scale,
     change pixels by at most a couple of grey levels."""
-    data = encode(photo_like(*size), fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    data = encoded(photo_like(*size), fmt, **({"quality": 90} if fmt == "JPEG" else {}))
     spec = real_size_spec
     reference = image_transform(spec.image_size, is_train=False, mean=spec.image_mean, std=spec.image_std,
                                 resize_mode="shortest", interpolation="bicubic")(decode(data, 1 << 30)).numpy()
@@ -303,9 +285,9 @@ def big_photo() -> Image.Image:
 
 def test_a_big_jpeg_is_decoded_at_the_smallest_scale_that_keeps_twice_the_model_input(real_size_spec, big_photo):
     preprocess = ImagePreprocessor(real_size_spec)
-    decoded = decode_image(encode(big_photo, "JPEG", quality=90), 1 << 30, 1 << 30, preprocess.decode_size)
+    decoded = decode_image(encoded(big_photo, "JPEG", quality=90), 1 << 30, 1 << 30, preprocess.decode_size)
     assert decoded.size == (1000, 750)  # 1/4 scale: 750 >= 2 x 336; 1/8 would give 375 < 2 x 224
-    png = encode(big_photo.resize((1200, 900)), "PNG", compress_level=1)
+    png = encoded(big_photo.resize((1200, 900)), "PNG", compress_level=1)
     assert decode_image(png, 1 << 30, 1 << 30, preprocess.decode_size).size == (1200, 900)  # only JPEG
 
 
