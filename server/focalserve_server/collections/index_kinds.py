@@ -57,6 +57,10 @@ class FlatConfig:
     def bytes_per_vector(self, dim: int) -> int:
         return 4 * dim + _ID_BYTES
 
+    def to_gpu(self, index: faiss.Index, resources: faiss.StandardGpuResources) -> faiss.Index | None:
+        """A GPU copy for unfiltered searches (faiss-gpu, a visible GPU)."""
+        return faiss.index_cpu_to_gpu(resources, 0, index)
+
 
 @dataclass(frozen=True)
 class HNSWConfig:
@@ -87,6 +91,9 @@ class HNSWConfig:
 
     def bytes_per_vector(self, dim: int) -> int:
         return 4 * dim + 2 * self.m * 4 + _ID_BYTES  # vectors, level-0 links (upper levels are ~1/m of it)
+
+    def to_gpu(self, index: faiss.Index, resources: faiss.StandardGpuResources) -> faiss.Index | None:
+        return None  # faiss has no GPU HNSW: graph searches stay on the CPU
 
 
 @dataclass(frozen=True)
@@ -129,6 +136,30 @@ class IVFPQConfig:
     def bytes_per_vector(self, dim: int) -> int:
         refine = {"flat": 4 * dim, "sq8": dim, "none": 0}[self.refine]
         return math.ceil(self.pq_m * self.pq_nbits / 8) + refine + _ID_BYTES
+
+    def to_gpu(self, index: faiss.Index, resources: faiss.StandardGpuResources) -> faiss.Index | None:
+        """The inverted lists cloned to the GPU, re-ranked on the CPU by the same refine stage.
+
+        faiss clones IVF-PQ but not refine indexes, so the refine wrapper is rebuilt around the
+        GPU base; the search parameters become attributes, as GPU indexes take no parameter
+        objects. Lookup tables beyond 48 sub-quantizers only fit the GPU's shared memory in float16.
+        """
+        if self.refine == "none":
+            return None  # exact re-scoring of decoded codes needs the CPU index's direct map
+        options = faiss.GpuClonerOptions()
+        options.useFloat16 = self.pq_m > 48
+        cpu_base = cast(faiss.IndexRefine, faiss.downcast_index(index)).base_index
+        base = faiss.index_cpu_to_gpu(resources, 0, cpu_base, options)
+        faiss.GpuParameterSpace().set_index_parameter(base, "nprobe", min(self.nprobe, self.nlist))
+        return self.refined(index, base)
+
+    def refined(self, index: faiss.Index, base: faiss.Index) -> faiss.IndexRefine:
+        """`index`'s refine stage around another copy of its base, searching as `index` does."""
+        refine = cast(faiss.IndexRefine, faiss.downcast_index(index))
+        wrapped = faiss.IndexRefine(base, refine.refine_index)
+        wrapped.k_factor = self.k_factor
+        wrapped.referenced_objects = [base, refine]  # type: ignore[attr-defined]  # C++ keeps bare pointers
+        return wrapped
 
 
 IndexConfig = FlatConfig | HNSWConfig | IVFPQConfig

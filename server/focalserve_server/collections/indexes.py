@@ -267,12 +267,12 @@ class VectorIndex:
                 for row, row_scores in zip(best, scores, strict=True)]
 
     def _gpu_copy(self) -> faiss.Index | None:
-        """A GPU clone of an exact index for unfiltered searches, refreshed after each change."""
+        """A GPU clone (flat, IVF-PQ) for unfiltered searches, refreshed after each change."""
         resources = _gpu_resources()
-        if resources is None or not isinstance(self.config, FlatConfig):
+        if resources is None:
             return None
         if self._gpu_index is None:
-            self._gpu_index = faiss.index_cpu_to_gpu(resources, 0, self._index)
+            self._gpu_index = self.config.to_gpu(self._index, resources)
         return self._gpu_index
 
     def _check_vectors(self, vectors: np.ndarray, what: str) -> np.ndarray:

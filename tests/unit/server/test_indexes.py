@@ -332,3 +332,34 @@ def test_gpu_copy_answers_like_the_cpu_index():
     assert_same_hits(on_gpu, brute_force(ids, vectors, queries, 10))
     index.remove(ids[:1])  # a change drops the GPU copy; the next search clones afresh
     assert int(ids[0]) not in returned(index.search(vectors[:1], 10))
+
+
+@pytest.mark.parametrize("refine", ["sq8", "flat"])
+def test_the_refine_stage_rebuilt_around_a_copy_of_the_base_searches_like_the_original(refine):
+    """What the GPU clone of an IVF-PQ relies on (faiss clones the base, not the refine wrapper);
+    here the copy is a CPU clone, the same call a GPU clone goes through."""
+    config = IVFPQConfig(nlist=16, nprobe=16, pq_m=8, pq_nbits=4, refine=refine)
+    vectors, queries = clustered(N, seed=0), clustered(20, seed=1)
+    index = faiss.index_factory(DIM, config.factory(), faiss.METRIC_INNER_PRODUCT)
+    index.train(vectors)
+    index.add(vectors)
+    base = faiss.clone_index(faiss.downcast_index(index).base_index)
+    faiss.ParameterSpace().set_index_parameter(base, "nprobe", config.nprobe)
+    copied = config.refined(index, base)
+    expected = index.search(queries, 10, params=config.search_parameters(10))
+    for found, wanted in zip(copied.search(queries, 10), expected, strict=True):
+        np.testing.assert_array_equal(found, wanted)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(faiss.get_num_gpus() == 0, reason="needs faiss-gpu and a GPU")
+@pytest.mark.parametrize("kind", ["flat", "ivfpq"])
+def test_gpu_clones_answer_like_the_cpu_index(kind):
+    index, ids, vectors = built(kind, n=3000)
+    queries = clustered(50, seed=1)
+    _, cpu = index._index.search(queries, 10, params=index.config.search_parameters(10))
+    gpu_index = index._gpu_copy()
+    assert gpu_index is not None  # unfiltered searches go to the GPU
+    _, gpu = gpu_index.search(queries, 10)
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(cpu.tolist(), gpu.tolist(), strict=True)])
+    assert overlap >= (1.0 if kind == "flat" else 0.95)
