@@ -66,9 +66,9 @@ test:
 	$(MAKE) --no-print-directory -j2 $(REPO)/demo_image/1/model.pt $(CHROMIUM) $(PG_BIN)/initdb
 	$(BIN)/python -m pytest -q
 
-# Serving (5 systems x 2 models x 3 concurrencies), FAISS (100k, 1M) and replication (1 vs 3 gateways on
-# a private PostgreSQL): ~20 min on 2 CPU cores; rewrites the tables in benchmarks/RESULTS.md. Loopback
-# only; every server is stopped on exit.
+# Serving (5 systems x 2 models x 3 concurrencies), FAISS (100k, 1M), replication (1 vs 3 gateways on
+# a private PostgreSQL), export sizes and single-request latency: ~24 min on 2 CPU cores; rewrites the tables
+# in benchmarks/RESULTS.md. Loopback only; every server is stopped on exit.
 bench: $(REPO)/demo_image/1/model.pt $(PG_BIN)/initdb
 	$(BIN)/python -m benchmarks
 

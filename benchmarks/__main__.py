@@ -1,6 +1,7 @@
-"""`make bench`: the serving, FAISS, replication and export benchmarks, then RESULTS.md's generated sections rewritten.
+"""`make bench`: the serving, FAISS, replication, export and latency benchmarks; RESULTS.md's tables rewritten.
 
-    .venv/bin/python -m benchmarks [--parts serving faiss replication export] [--seconds S] [--faiss-sizes N ...]
+    .venv/bin/python -m benchmarks [--parts serving faiss replication export latency] [--seconds S]
+        [--faiss-sizes N ...]
 
 RESULTS.md keeps its prose; only the text between `<!-- generated:NAME -->` and
 `<!-- /generated:NAME -->` is replaced, so the tables always come from the last full run.
@@ -15,10 +16,10 @@ import shlex
 import sys
 from pathlib import Path
 
-from benchmarks import export_bench, faiss_bench, replication, serving
+from benchmarks import export_bench, faiss_bench, latency, replication, serving
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
-PARTS = ("serving", "faiss", "replication", "export")
+PARTS = ("serving", "faiss", "replication", "export", "latency")
 
 
 def replace_generated(text: str, name: str, content: str) -> str:
@@ -68,6 +69,10 @@ def main(argv: list[str] | None = None) -> None:
         exported = export_bench.main([])
         text = replace_generated(text, "export_run", run_section(exported["command"], exported["machine"]))
         text = replace_all(text, exported["tables"])
+    if "latency" in args.parts:
+        measured = latency.main([])
+        text = replace_generated(text, "latency_run", run_section(measured["command"], measured["machine"]))
+        text = replace_all(text, measured["tables"])
     RESULTS_MD.write_text(text)
     print(f"updated {RESULTS_MD}")
 

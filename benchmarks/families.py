@@ -49,7 +49,9 @@ class FamilySource:
 SOURCES: dict[str, FamilySource] = {
     "demo": FamilySource("focalserve-tiny", DEMO_CHECKPOINT, ROOT / "model_repository"),
     "vitb32": FamilySource("ViT-B-32", None, None),  # open_clip has no weights offline: random ones
+    "vitl14-336": FamilySource("ViT-L-14-336", None, None),
 }
+CPU_MODELS = ("demo", "vitb32")  # what `make bench` measures on two cores; ViT-L-14-336 is for GPU hosts
 
 
 def prepare_family(name: str, work_dir: Path = WORK_DIR) -> BenchFamily:

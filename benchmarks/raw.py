@@ -57,7 +57,7 @@ def raw_forward(
         batch = pixels[torch.arange(size) % len(pixels)]
         conditions = condition.expand(size, -1).contiguous()
         warmup = WARMUP_CALLS if sweep else FIRST_WARMUP_CALLS
-        times = _time_calls(partial(family.embed, batch, conditions), seconds_per_size, warmup)
+        times = time_calls(partial(family.embed, batch, conditions), seconds_per_size, warmup)
         sweep.append({"batch_size": size, "calls": len(times), "images_per_s": size * len(times) / sum(times),
                       **percentiles_ms(times)})
         if sweep[-1]["images_per_s"] < PAST_PEAK * max(row["images_per_s"] for row in sweep):
@@ -77,7 +77,7 @@ def _next_size_cost_s(last_call_s: float) -> float:
     return (WARMUP_CALLS + MIN_CALLS) * 2 * last_call_s
 
 
-def _time_calls(call: Callable[[], object], seconds: float, warmup: int, max_calls: int = 10_000) -> list[float]:
+def time_calls(call: Callable[[], object], seconds: float, warmup: int, max_calls: int = 10_000) -> list[float]:
     """Durations of repeated calls after `warmup` calls: at least MIN_CALLS, then until `seconds` have passed."""
     for _ in range(warmup):
         call()

@@ -7,9 +7,10 @@ gateway's and none of them gets a faster or slower copy of the model.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,16 +19,19 @@ import torch
 from PIL import Image
 
 from focalserve_family import families_from_configs, read_repository
+from focalserve_server.backends.embedded import DTYPES
 from focalserve_server.images import ImagePreprocessor
 
 
 class ScriptedFamily:
     """The image and instruction models of one FocalLens family, loaded from a model repository."""
 
-    def __init__(self, repository: Path, name: str) -> None:
+    def __init__(self, repository: Path, name: str, device: str = "cpu", dtype: str = "float32") -> None:
         self.spec = families_from_configs(read_repository(repository))[name]
-        self.image_model = _load(repository, self.spec.models["image"].name)
-        self.instruction_model = _load(repository, self.spec.models["instruction"].name)
+        self.device = torch.device(device)
+        self._dtype = DTYPES[dtype]  # mixed precision, as the embedded backend runs it
+        self.image_model = _load(repository, self.spec.models["image"].name, self.device)
+        self.instruction_model = _load(repository, self.spec.models["instruction"].name, self.device)
         self.preprocess = ImagePreprocessor(self.spec)  # open_clip's eval transform with the family's metadata
         self._tokenizer = open_clip.get_tokenizer(self.spec.tokenizer, context_length=self.spec.context_length)
 
@@ -38,24 +42,34 @@ class ScriptedFamily:
     def conditions(self, instructions: Sequence[str]) -> torch.Tensor:
         """Instructions -> (N, C) conditions; each distinct instruction goes through the model once."""
         distinct, rows = np.unique(np.asarray(instructions, dtype=object), return_inverse=True)
-        with torch.inference_mode():
-            encoded = self.instruction_model(self._tokenizer([str(text) for text in distinct]))
-        return encoded[torch.from_numpy(rows.reshape(-1))]
+        with self._inference():
+            encoded = self.instruction_model(self._tokenizer([str(text) for text in distinct]).to(self.device))
+        return encoded.float().cpu()[torch.from_numpy(rows.reshape(-1))]
 
     def embed(self, pixels: torch.Tensor, conditions: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) pixels under (N, C) conditions -> (N, D) L2-normalised embeddings."""
-        with torch.inference_mode():
-            return self.image_model(pixels, conditions)
+        """(N, 3, S, S) pixels under (N, C) conditions -> (N, D) L2-normalised float32 embeddings on the CPU.
+
+        Inputs start on the CPU and results come back to it, as the gateway's do, so on a GPU the
+        copies (and the wait for the device) are part of what is timed.
+        """
+        with self._inference():
+            return self.image_model(pixels.to(self.device), conditions.to(self.device)).float().cpu()
+
+    @contextlib.contextmanager
+    def _inference(self) -> Iterator[None]:
+        with torch.inference_mode(), torch.autocast(self.device.type, self._dtype,
+                                                    enabled=self._dtype != torch.float32):
+            yield
 
     def embed_requests(self, images: Sequence[bytes], instructions: Sequence[str]) -> np.ndarray:
         """What one /embed call does for its pairs: decode, preprocess, encode instructions, image forward."""
         return self.embed(self.pixels(images), self.conditions(instructions)).numpy()
 
 
-def _load(repository: Path, model: str) -> torch.jit.ScriptModule:
+def _load(repository: Path, model: str, device: torch.device) -> torch.jit.ScriptModule:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TorchScript's deprecation notice
-        return torch.jit.load(str(repository / model / "1" / "model.pt"), map_location="cpu").eval()
+        return torch.jit.load(str(repository / model / "1" / "model.pt"), map_location=device).eval()
 
 
 def _decode(data: bytes) -> Image.Image:

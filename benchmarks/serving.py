@@ -9,6 +9,10 @@ body (JSON vs multipart) and the output encoding (float vs base64) are measured 
 
     .venv/bin/python -m benchmarks.serving [--models demo vitb32] [--concurrency 1 16 64] [--seconds S]
         [--max-requests N] [--systems raw gateway-embedded gateway-triton pytriton naive] [--no-variants]
+        [--device cuda --dtype float16 --preprocess-device cuda]
+
+`--device`, `--dtype` and `--preprocess-device` place the raw forward and the embedded gateway
+(the Triton gateway takes `--preprocess-device`); PyTriton and the naive server stay on the CPU.
 
 Prints markdown tables, writes benchmarks/results/serving.json and the figures
 benchmarks/serving_throughput.png and benchmarks/serving_latency_cdf.png.
@@ -24,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.families import SOURCES, WORK_DIR, BenchFamily, prepare_family
+from benchmarks.families import CPU_MODELS, SOURCES, WORK_DIR, BenchFamily, prepare_family
 from benchmarks.loadgen import Send
 from benchmarks.measure import Measurement, measure
 from benchmarks.plots import plot_latency_cdf, plot_throughput
@@ -43,12 +47,16 @@ STARTED = time.perf_counter()  # progress lines and the JSON's elapsed_s count f
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", choices=list(SOURCES), default=list(SOURCES))
+    parser.add_argument("--models", nargs="+", choices=list(SOURCES), default=list(CPU_MODELS))
     parser.add_argument("--systems", nargs="+", choices=[RAW, *SYSTEMS], default=[RAW, *SYSTEMS])
     parser.add_argument("--concurrency", nargs="+", type=int, default=[1, 16, 64])
     parser.add_argument("--seconds", type=float, default=5.0, help="timed part of each measurement (after warm-up)")
     parser.add_argument("--max-requests", type=int, default=100_000, help="per measurement")
     parser.add_argument("--no-variants", action="store_true", help=f"skip the {VARIANT_SYSTEM} variants")
+    parser.add_argument("--device", default="cpu", help="raw forward and embedded gateway: cpu, cuda, cuda:N")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                        help="raw forward and embedded gateway")
+    parser.add_argument("--preprocess-device", default="pil", help="gateways: pil, cpu, cuda, cuda:N")
     parser.add_argument("--gateway-url", default=None,
                         help="measure this running gateway (e.g. a GPU deployment) instead of starting systems here")
     return parser.parse_args(argv)
@@ -64,7 +72,7 @@ async def benchmark_family(name: str, args: argparse.Namespace, workload: Worklo
     summary: dict[str, object] = {"family": _describe(family)}
     max_batch_size = DEFAULT_MAX_BATCH_SIZE
     if RAW in args.systems:
-        raw = raw_forward(ScriptedFamily(family.libtorch_repository, name), workload,
+        raw = raw_forward(ScriptedFamily(family.libtorch_repository, name, args.device, args.dtype), workload,
                           seconds_per_size=args.seconds / 4, max_seconds=6 * args.seconds)
         summary[RAW] = raw
         max_batch_size = raw["best_batch_size"]
@@ -73,7 +81,7 @@ async def benchmark_family(name: str, args: argparse.Namespace, workload: Worklo
     measurements: list[Measurement] = []
     for system in (system for system in SYSTEMS if system in args.systems):
         _progress(f"{name} {system}: starting")
-        async with SYSTEMS[system](family, logs, max_batch_size) as target:
+        async with SYSTEMS[system](family, logs, max_batch_size, placement(args)) as target:
             _progress(f"{name} {system}: ready")
             sends: list[tuple[str | None, int, Send]] = [
                 (None, concurrency, target.send_for(workload)) for concurrency in args.concurrency
@@ -86,6 +94,10 @@ async def benchmark_family(name: str, args: argparse.Namespace, workload: Worklo
                 measurements.append(measurement)
                 _progress(_one_line(measurement))
     return summary, measurements
+
+
+def placement(args: argparse.Namespace) -> dict[str, str]:
+    return {"device": args.device, "dtype": args.dtype, "preprocess_device": args.preprocess_device}
 
 
 async def _measure_remote(name: str, args: argparse.Namespace, workload: Workload) -> list[Measurement]:

@@ -46,28 +46,34 @@ class Target:
     gateway: HttpServer | None = None  # the gateway only: its /metrics and its other request forms
 
 
-# (family, log dir, largest batch: the raw forward's best batch size, as an operator would tune it)
-System = Callable[[BenchFamily, Path, int], contextlib.AbstractAsyncContextManager[Target]]
+# (family, log dir, largest batch: the raw forward's best batch size, as an operator would tune it,
+#  FOCALSERVE_* placement settings for gateways: device, dtype, preprocess_device)
+System = Callable[[BenchFamily, Path, int, dict[str, str]], contextlib.AbstractAsyncContextManager[Target]]
 
 
 @asynccontextmanager
-async def gateway_embedded(family: BenchFamily, logs: Path, max_batch_size: int) -> AsyncIterator[Target]:
-    """(b) the gateway with its embedded backend (TorchScript in-process)."""
-    settings = _gateway_settings(family, logs, max_batch_size)
+async def gateway_embedded(
+    family: BenchFamily, logs: Path, max_batch_size: int, placement: dict[str, str]
+) -> AsyncIterator[Target]:
+    """(b) the gateway with its embedded backend (TorchScript in-process), placed as `placement` says."""
+    settings = {**_gateway_settings(family, logs, max_batch_size), **placement}
     with running_gateway(family.libtorch_repository, logs / "gateway-embedded.log", **settings) as url:
         async with _gateway_target("gateway-embedded", url, family.name) as target:
             yield target
 
 
 @asynccontextmanager
-async def gateway_triton(family: BenchFamily, logs: Path, max_batch_size: int) -> AsyncIterator[Target]:
-    """(c) the gateway on its Triton backend, in front of tritonserver running the python-backend export."""
+async def gateway_triton(
+    family: BenchFamily, logs: Path, max_batch_size: int, placement: dict[str, str]
+) -> AsyncIterator[Target]:
+    """(c) the gateway on its Triton backend, in front of tritonserver running the python-backend export
+    (on the CPU: the python backend's device is the export's; `preprocess_device` applies)."""
     triton = LocalTriton.on_free_ports(family.python_repository, logs / "triton")
     triton.work_dir.mkdir(parents=True, exist_ok=True)
     try:
         triton.start()
         settings = {**_gateway_settings(family, logs, max_batch_size), "backend": "triton",
-                    "triton_url": triton.grpc_url}
+                    "triton_url": triton.grpc_url, "preprocess_device": placement.get("preprocess_device", "pil")}
         with running_gateway(family.python_repository, logs / "gateway-triton.log", **settings) as url:
             async with _gateway_target("gateway-triton", url, family.name) as target:
                 yield target
@@ -76,8 +82,8 @@ async def gateway_triton(family: BenchFamily, logs: Path, max_batch_size: int) -
 
 
 @asynccontextmanager
-async def pytriton(family: BenchFamily, logs: Path, max_batch_size: int) -> AsyncIterator[Target]:
-    """(d) PyTriton with its dynamic batcher, reached with tritonclient over gRPC."""
+async def pytriton(family: BenchFamily, logs: Path, max_batch_size: int, _: dict[str, str]) -> AsyncIterator[Target]:
+    """(d) PyTriton with its dynamic batcher, reached with tritonclient over gRPC (CPU)."""
     ports = TritonPorts(free_port(), free_port(), free_port())
     workspace = logs / "pytriton-workspace"
     shutil.rmtree(workspace, ignore_errors=True)  # a killed earlier run may have left it; PyTriton wants it new
@@ -96,8 +102,8 @@ async def pytriton(family: BenchFamily, logs: Path, max_batch_size: int) -> Asyn
 
 
 @asynccontextmanager
-async def naive(family: BenchFamily, logs: Path, max_batch_size: int) -> AsyncIterator[Target]:
-    """(e) a plain FastAPI + open_clip server under uvicorn: no batching, no cache (`max_batch_size` unused)."""
+async def naive(family: BenchFamily, logs: Path, max_batch_size: int, _: dict[str, str]) -> AsyncIterator[Target]:
+    """(e) a plain FastAPI + open_clip server under uvicorn: no batching, no cache (`max_batch_size` unused; CPU)."""
     port = free_port()
     command = [
         sys.executable, "-m", "benchmarks.naive_server", "--repository", str(family.libtorch_repository),

@@ -8,12 +8,14 @@ call the backend. Every rule and limit of that path is stated here or in the mod
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import open_clip
+from PIL import Image
 
 from focalserve_family import FamilySpec, ModelSpec, Role, families_from_configs
 from focalserve_server.backends.base import ModelBackend
@@ -149,7 +151,11 @@ class FamilyEngine:
     async def warm_up(self, observe: Callable[[str, float], None]) -> None:
         """Run every model on zeros of its input shapes, twice at batch 1 and twice at its largest
         batch, before the gateway serves: TorchScript's first calls (and a GPU's kernel selection)
-        cost tens of milliseconds to seconds, which would otherwise land on the first users."""
+        cost tens of milliseconds to seconds, which would otherwise land on the first users. One
+        small JPEG goes through decoding and preprocessing too (threads, codecs, transform)."""
+        for data in (_PROBE_JPEG, _PROBE_JPEG):
+            await self.prepare(data)
+        self.tokenize("warm up")
         for role, model in self.spec.models.items():
             started = time.perf_counter()
             for size in sorted({1, self.batchers[role].max_batch_size}):
@@ -221,6 +227,15 @@ class Engine:
     async def stop(self) -> None:
         for family in self.families.values():
             await family.stop()
+
+
+def _probe_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 48), (120, 90, 60)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+_PROBE_JPEG = _probe_jpeg()
 
 
 def _unit_rows(vectors: np.ndarray) -> np.ndarray:
