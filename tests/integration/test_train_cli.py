@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from focalserve_family import parse_pbtxt
-from focalserve_training.models import load_family_model
+from focalserve_training.models import create_base_clip, load_family_model
 from focalserve_training.models.factory import state_hash
+from tests.helpers.lora import release_checkpoint, with_lora_factors
 from tests.helpers.models import TINY
 
 pytestmark = pytest.mark.slow
@@ -199,6 +200,58 @@ def test_export_writes_the_focallens_family_from_the_trained_checkpoint(focallen
         assert (
             config.parameters["checkpoint_hash"].string_value == expected_hash
         )  # the trained weights
+
+
+def test_export_merges_a_released_fsc_clip_lora_checkpoint(tmp_path):
+    torch.manual_seed(5)
+    base = create_base_clip(TINY).state_dict()
+    checkpoint = tmp_path / "fsc-clip-lora.pt"
+    torch.save(release_checkpoint(with_lora_factors(base, rank=4), ddp_prefix=True), checkpoint)
+    repository = tmp_path / "repository"
+    focalserve(
+        "export", "--family", "clip", "--model", TINY, "--checkpoint", str(checkpoint),
+        "--name", "lora", "--repository", str(repository),
+    )
+    merged = state_hash(load_family_model("clip", TINY, checkpoint=checkpoint))
+    unmerged = create_base_clip(TINY)
+    unmerged.load_state_dict(base)
+    assert merged != state_hash(unmerged)
+    for role in ("image", "text"):
+        config = parse_pbtxt((repository / f"lora_{role}" / "config.pbtxt").read_text())
+        assert config.parameters["checkpoint_hash"].string_value == merged
+
+
+def refused(*arguments: str) -> str:
+    """stderr of a `focalserve` command that must stop with a message, not a traceback."""
+    done = subprocess.run(
+        [sys.executable, "-m", "focalserve_server", *arguments],
+        cwd=REPOSITORY, env=ENVIRONMENT, capture_output=True, text=True, timeout=TIMEOUT,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-4000:]
+    return done.stderr
+
+
+def test_export_refuses_a_checkpoint_of_another_architecture_naming_the_config_it_needs(clip_checkpoint, tmp_path):
+    stderr = refused(
+        "export", "--family", "clip", "--model", "ViT-B-32", "--checkpoint", str(clip_checkpoint),
+        "--name", "x", "--repository", str(tmp_path),
+    )
+    assert f"focalserve export: {clip_checkpoint} does not fit ViT-B-32" in stderr
+    assert "use --model focalserve-tiny" in stderr
+
+
+def test_train_stops_before_training_when_llava_images_are_missing(tmp_path):
+    turns = [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]
+    records = [{"image": f"coco/{index}.jpg", "conversations": turns} for index in range(7)]
+    data = tmp_path / "llava.json"
+    data.write_text(json.dumps(records))
+    stderr = refused(
+        "train", "focallens", *TRAIN_ARGS[:2], "--data", f"llava:{data}", "--image-root", str(tmp_path),
+        "--output-dir", str(tmp_path / "run"),
+    )
+    assert "7 referenced image files do not exist" in stderr and str(tmp_path / "coco" / "0.jpg") in stderr
+    assert "--skip-missing-images" in stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_torchrun_trains_on_two_gloo_processes_with_disjoint_batches_and_equal_replicas(tmp_path):

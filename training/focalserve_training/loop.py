@@ -1,5 +1,6 @@
 """The one training loop for every recipe: AdamW, warm-up + cosine, gradient accumulation,
-AMP on GPU, DDP under `torchrun`, and checkpoints that resume exactly where they stopped."""
+AMP on GPU, DDP under `torchrun` (with one contrastive batch across all processes, gathered by
+the losses), and checkpoints that resume exactly where they stopped."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ class TrainConfig:
     output_dir: Path
     epochs: int = 1
     max_steps: int | None = None  # optimizer steps; overrides epochs when set
-    batch_size: int = 128  # per process and micro-batch
+    batch_size: int = 128  # per process and micro-batch; contrastive terms see every process's batch
     accum_steps: int = 1
     lr: float = 5e-4
     new_parameter_lr_scale: float = 10.0  # recipe-created parameters start from scratch

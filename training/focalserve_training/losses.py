@@ -2,7 +2,9 @@
 
 Each loss is an `nn.Module` that takes the model's output dict and returns a dict of named,
 already-weighted scalar terms; the training loop sums the values and logs them by name.
-Formulas follow the team's method notes, which follow the public FSC-CLIP code.
+Formulas follow the team's method notes, which follow the public FSC-CLIP code. The in-batch
+contrastive term spans every process's batch (`focalserve_training.distributed`); the
+hard-negative terms compare each image with its own captions only, so they stay per process.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from focalserve_training.distributed import gather_batch
+from focalserve_training.options import FSCCLIPOptions
 
 # Below this spread, a token's attention over patches counts as flat and becomes uniform.
 _FLAT_ATTENTION = 1e-6
@@ -26,6 +31,22 @@ def symmetric_infonce(logits: Tensor, positive_mask: Tensor | None = None) -> Te
         others = positive_mask & ~torch.eye(len(labels), dtype=torch.bool, device=logits.device)
         logits = logits.masked_fill(others, float("-inf"))
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def same_text_ids(tokens: Tensor) -> Tensor:
+    """Equal ids for identical token rows: identical texts in a batch are not each other's negatives."""
+    return torch.unique(tokens, dim=0, return_inverse=True)[1]
+
+
+def batch_contrastive_loss(image: Tensor, text: Tensor, logit_scale: Tensor, text_token_ids: Tensor) -> Tensor:
+    """Symmetric InfoNCE over the global batch (every rank's rows), identical texts masked.
+
+    The duplicate mask is computed from the gathered tokens, so a caption or answer repeated on
+    another rank is not pushed away either.
+    """
+    image, text, tokens = gather_batch(image), gather_batch(text), gather_batch(text_token_ids)
+    ids = same_text_ids(tokens)
+    return symmetric_infonce(logit_scale * image @ text.T, ids[:, None] == ids[None, :])
 
 
 def hard_negative_logits(positive: Tensor, negatives: Tensor, valid_mask: Tensor) -> Tensor:
@@ -78,25 +99,29 @@ def local_similarity(
     return torch.where(has_tokens, token_scores.logsumexp(dim=-1), 0.0)
 
 
+def _contrastive(output: dict[str, Tensor]) -> Tensor:
+    return batch_contrastive_loss(
+        output["image_features"], output["text_features"], output["logit_scale"], output["text_token_ids"]
+    )
+
+
 class FocalLensLoss(nn.Module):
-    """Symmetric InfoNCE between conditional image embeddings and frozen answer embeddings."""
+    """Symmetric InfoNCE between conditional image embeddings and frozen answer embeddings;
+    `text_token_ids` are the answers' tokens, so that identical answers are not negatives."""
 
     def forward(self, output: dict[str, Tensor]) -> dict[str, Tensor]:
-        logits = output["logit_scale"] * output["image_features"] @ output["text_features"].T
-        ids = output["answer_ids"]
-        same_answer = ids.unsqueeze(0) == ids.unsqueeze(1)
-        return {"contrastive_loss": symmetric_infonce(logits, same_answer)}
+        return {"contrastive_loss": _contrastive(output)}
 
 
 class FSCCLIPLoss(nn.Module):
-    """FSC-CLIP: in-batch InfoNCE + global and local hard-negative losses (weighted)."""
+    """FSC-CLIP: in-batch InfoNCE (identical captions masked) + weighted global and local hard-negative losses."""
 
     def __init__(
         self,
-        global_weight: float = 0.5,
-        local_weight: float = 0.2,
-        focal_gamma: float = 2.0,
-        label_smoothing: float = 0.02,
+        global_weight: float = FSCCLIPOptions.global_hn_weight,
+        local_weight: float = FSCCLIPOptions.local_hn_weight,
+        focal_gamma: float = FSCCLIPOptions.focal_gamma,
+        label_smoothing: float = FSCCLIPOptions.label_smoothing,
         use_scr: bool = True,
     ) -> None:
         super().__init__()
@@ -107,12 +132,11 @@ class FSCCLIPLoss(nn.Module):
         self.eps = label_smoothing if use_scr else 0.0
 
     def forward(self, output: dict[str, Tensor]) -> dict[str, Tensor]:
-        image, text = output["image_features"], output["text_features"]
         valid = output["hard_negative_mask"]
         global_loss = self._hard_negative_loss(self._global_logits(output), valid)
         local_loss = self._hard_negative_loss(self._local_logits(output), valid)
         return {
-            "contrastive_loss": symmetric_infonce(output["logit_scale"] * image @ text.T),
+            "contrastive_loss": _contrastive(output),
             "global_hn_loss": self.global_weight * global_loss,
             "local_hn_loss": self.local_weight * local_loss,
         }

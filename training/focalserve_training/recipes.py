@@ -4,6 +4,10 @@ One training loop (`focalserve_training.loop`) runs every recipe:
 - `clip`: plain CLIP contrastive training on image-caption pairs (the demo's base model);
 - `focallens`: conditional image embeddings against the frozen answer tower (FocalLens);
 - `fsc-clip`: CLIP fine-tuning with global and local hard negatives and SCR (FSC-CLIP).
+
+Under `torchrun` the in-batch contrastive term of every recipe spans all processes' batches
+(see `focalserve_training.distributed`): the effective contrastive batch is the per-process
+batch size times the number of processes.
 """
 
 from __future__ import annotations
@@ -37,9 +41,10 @@ from focalserve_training.data import (
     read_llava_triplets,
     rule_based_generator,
 )
-from focalserve_training.losses import FocalLensLoss, FSCCLIPLoss, symmetric_infonce
+from focalserve_training.losses import FocalLensLoss, FSCCLIPLoss, batch_contrastive_loss
 from focalserve_training.models import FamilyModel, FocalLensCLIP, load_family_model
 from focalserve_training.models.tokens import encode_image_tokens, encode_text_tokens
+from focalserve_training.options import FSC_CLIP_REFERENCE, LORA_ALPHA, FSCCLIPOptions
 from focalserve_training.recipe_names import RECIPES
 
 
@@ -53,6 +58,8 @@ class DataSpec:
     image_root: Path = Path(".")
     size: int = 4096  # synthetic datasets: number of images
     seed: int = 0
+    skip_missing_images: bool = False  # file datasets: leave out records whose image is missing instead of stopping
+    strip_prompt_suffixes: bool = False  # llava: drop LLaVA-1.5's answer-format prompts from instructions
 
 
 @dataclass(frozen=True)
@@ -60,11 +67,7 @@ class ModelSpec:
     name: str
     pretrained: str | None = None
     checkpoint: Path | None = None
-
-
-def same_text_ids(tokens: torch.Tensor) -> torch.Tensor:
-    """Equal ids for identical token rows: identical texts in a batch are not each other's negatives."""
-    return torch.unique(tokens, dim=0, return_inverse=True)[1]
+    lora_alpha: float = LORA_ALPHA  # scales the checkpoint's LoRA factors, if it has any
 
 
 class EpochBatchSampler(Protocol):
@@ -97,7 +100,7 @@ class Recipe:
 
     def build_model(self) -> FamilyModel:
         spec = self.model_spec
-        return load_family_model(self.family, spec.name, spec.pretrained, spec.checkpoint).train()
+        return load_family_model(self.family, spec.name, spec.pretrained, spec.checkpoint, spec.lora_alpha).train()
 
     def dataset(self) -> Dataset:
         raise NotImplementedError
@@ -131,7 +134,7 @@ class Recipe:
             half = data.size // 2
             return ConcatDataset([ColorShapeCaptions(half, seed=data.seed), TwoObjectCaptions(half, seed=data.seed)])
         if data.kind == "captions" and data.path is not None:
-            return CaptionDataset(read_caption_jsonl(data.path, data.image_root))
+            return CaptionDataset(read_caption_jsonl(data.path, data.image_root, data.skip_missing_images))
         raise ValueError(
             f"recipe {self.name} reads colorshape, scenes, colorshape+scenes or captions:FILE, not {data.kind!r}"
         )
@@ -144,13 +147,11 @@ class ClipRecipe(Recipe):
         return self._caption_dataset()
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        captions = self.tokenizer([item["caption"] for item in items])
-        return {"pixels": self._pixels(items), "captions": captions, "caption_ids": same_text_ids(captions)}
+        return {"pixels": self._pixels(items), "captions": self.tokenizer([item["caption"] for item in items])}
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         image, text, scale = model(batch["pixels"], batch["captions"])
-        ids = batch["caption_ids"]
-        return {"contrastive_loss": symmetric_infonce(scale * image @ text.T, ids[:, None] == ids[None, :])}
+        return {"contrastive_loss": batch_contrastive_loss(image, text, scale, batch["captions"])}
 
 
 class FocalLensRecipe(Recipe):
@@ -167,7 +168,10 @@ class FocalLensRecipe(Recipe):
         if data.kind == "colorshape":
             return ColorShapeInstructions(data.size, seed=data.seed)
         if data.kind == "llava" and data.path is not None:
-            return InstructionTripletDataset(read_llava_triplets(data.path, data.image_root))
+            triplets = read_llava_triplets(
+                data.path, data.image_root, data.skip_missing_images, data.strip_prompt_suffixes
+            )
+            return InstructionTripletDataset(triplets)
         raise ValueError(f"the focallens recipe reads colorshape or llava:FILE, not {data.kind!r}")
 
     def batch_sampler(
@@ -181,17 +185,15 @@ class FocalLensRecipe(Recipe):
         )
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        answers = self.tokenizer([item["answer"] for item in items])
         return {
             "pixels": self._pixels(items),
             "instructions": self.tokenizer([item["instruction"] for item in items]),
-            "answers": answers,
-            "answer_ids": same_text_ids(answers),
+            "answers": self.tokenizer([item["answer"] for item in items]),
         }
 
     def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         output = model(batch["pixels"], batch["instructions"], batch["answers"])
-        return self._loss({**output, "answer_ids": batch["answer_ids"]})
+        return self._loss({**output, "text_token_ids": batch["answers"]})
 
     def new_parameter_names(self) -> tuple[str, ...]:
         return ("condition_token.",)
@@ -201,54 +203,76 @@ class FSCCLIPRecipe(Recipe):
     name, family = "fsc-clip", "clip"
     num_negatives = 3
 
-    def __init__(self, model_spec: ModelSpec, data: DataSpec) -> None:
+    def __init__(self, model_spec: ModelSpec, data: DataSpec, options: FSCCLIPOptions = FSC_CLIP_REFERENCE) -> None:
         super().__init__(model_spec, data)
-        self._loss = FSCCLIPLoss()
+        self._loss = FSCCLIPLoss(
+            options.global_hn_weight, options.local_hn_weight, options.focal_gamma, options.label_smoothing
+        )
         synthetic = data.kind in ("colorshape", "scenes", "colorshape+scenes")
         self.negatives = rule_based_generator(
             COLORSHAPE_WORD_GROUPS if synthetic else ENGLISH_WORD_GROUPS,
             COLORSHAPE_ANTONYMS if synthetic else ENGLISH_ANTONYMS,
             self.num_negatives,
+            strict=options.strict_negative_slots,
         )
 
     def dataset(self) -> Dataset:
         return self._caption_dataset()
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """`negatives` holds the tokens of the valid negatives only, in row-major order of `negative_mask`."""
         captions = [item["caption"] for item in items]
         rng = random.Random(zlib.crc32("\n".join(captions).encode()))  # same batch, same negatives
         negatives, valid = zip(*(self.negatives(caption, rng) for caption in captions))
+        kept = [text for texts, flags in zip(negatives, valid) for text, ok in zip(texts, flags) if ok]
         return {
             "pixels": self._pixels(items),
             "captions": self.tokenizer(captions),
-            "negatives": self.tokenizer([text for group in negatives for text in group]),
+            "negatives": self.tokenizer(kept),
             "negative_mask": torch.tensor(valid, dtype=torch.bool),
         }
 
     def loss(self, clip: CLIP, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        batch_size, negatives = batch["negative_mask"].shape
+        valid = batch["negative_mask"]
         image, patches = encode_image_tokens(clip, batch["pixels"])
         text, words, word_mask = encode_text_tokens(clip, batch["captions"])
-        negative, negative_words, negative_mask = encode_text_tokens(clip, batch["negatives"])
-        shape = (batch_size, negatives)
+        negative, negative_words, negative_mask = (
+            _into_slots(encoded, valid) for encoded in encode_text_tokens(clip, batch["negatives"])
+        )
         return self._loss({
             "image_features": image,
             "text_features": text,
+            "text_token_ids": batch["captions"],
             "logit_scale": clip.logit_scale.exp(),
-            "hard_negative_features": negative.reshape(*shape, -1),
-            "hard_negative_mask": batch["negative_mask"],
+            "hard_negative_features": negative,
+            "hard_negative_mask": valid,
             "patch_tokens": patches,
             "text_tokens": words,
             "text_token_mask": word_mask,
-            "hard_negative_tokens": negative_words.reshape(*shape, *negative_words.shape[1:]),
-            "hard_negative_token_mask": negative_mask.reshape(*shape, -1),
+            "hard_negative_tokens": negative_words,
+            "hard_negative_token_mask": negative_mask,
         })
 
 
-def create_recipe(name: str, model_spec: ModelSpec, data: DataSpec, seed: int = 0) -> Recipe:
-    """The recipe with its model built under `seed` (new parameters are initialised randomly)."""
+def _into_slots(rows: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(V, ...) rows of the valid slots -> (B, N, ...), zeros in the slots without a negative.
+
+    Missing negatives are never encoded; the losses give their slots logit 0 whatever they hold.
+    """
+    slots = rows.new_zeros(*valid.shape, *rows.shape[1:])
+    slots[valid] = rows
+    return slots
+
+
+def create_recipe(
+    name: str, model_spec: ModelSpec, data: DataSpec, seed: int = 0, fsc_clip: FSCCLIPOptions = FSC_CLIP_REFERENCE
+) -> Recipe:
+    """The recipe with its model built under `seed` (new parameters are initialised randomly);
+    `fsc_clip` holds the fsc-clip recipe's knobs."""
     torch.manual_seed(seed)
-    recipes = {recipe.name: recipe for recipe in (ClipRecipe, FocalLensRecipe, FSCCLIPRecipe)}
+    if name == FSCCLIPRecipe.name:
+        return FSCCLIPRecipe(model_spec, data, fsc_clip)
+    recipes = {recipe.name: recipe for recipe in (ClipRecipe, FocalLensRecipe)}
     if name not in recipes:
         raise ValueError(f"unknown recipe {name!r}; expected one of {RECIPES}")
     return recipes[name](model_spec, data)

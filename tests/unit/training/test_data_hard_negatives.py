@@ -124,3 +124,21 @@ def test_every_colorshape_scene_gets_three_valid_negatives(index):
     generator = rule_based_generator(COLORSHAPE_WORD_GROUPS, COLORSHAPE_ANTONYMS)
     negatives, mask = generator(text, random.Random(index))
     assert all(mask) and text not in negatives and len(set(negatives)) == 3
+
+
+def test_a_strict_generator_keeps_each_slot_for_its_strategy_and_masks_it_when_that_fails():
+    swap, replace = SwapSameType(COLORSHAPE_WORD_GROUPS), ReplaceWord(COLORSHAPE_WORD_GROUPS, COLORSHAPE_ANTONYMS)
+    strict = HardNegativeGenerator([swap, replace, BigramShuffle()], num_negatives=3, strict=True)
+    negatives, mask = strict("a red circle", random.Random(0))  # one colour, one shape: nothing to swap
+    assert mask == [False, True, True] and negatives[0] == ""
+    assert negatives[1] not in ("", "a red circle") and negatives[2] == "circle a red"
+
+    loose = HardNegativeGenerator([swap, replace, BigramShuffle()], num_negatives=3)
+    assert loose("a red circle", random.Random(0))[1] == [True, True, True]  # slot 0 borrowed a replace
+
+
+def test_a_strict_generator_matches_the_loose_one_where_every_strategy_applies():
+    text = "a red circle left of a blue square"
+    strict = rule_based_generator(COLORSHAPE_WORD_GROUPS, COLORSHAPE_ANTONYMS, strict=True)
+    loose = rule_based_generator(COLORSHAPE_WORD_GROUPS, COLORSHAPE_ANTONYMS)
+    assert strict(text, random.Random(3)) == loose(text, random.Random(3))

@@ -1,4 +1,5 @@
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -7,9 +8,11 @@ from PIL import Image
 from focalserve_training.data import (
     CaptionDataset,
     InstructionTripletDataset,
+    MissingImagesError,
     read_caption_jsonl,
     read_llava_triplets,
     strip_image_token,
+    strip_prompt_suffix,
 )
 
 
@@ -49,7 +52,14 @@ def test_strip_image_token(text, expected):
     assert strip_image_token(text) == expected
 
 
-def test_llava_reader_pairs_turns_and_skips_bad_records(tmp_path, image_root):
+def skip_counts(caplog) -> dict[str, int]:
+    """The counts the reader's one warning carries (on the log record, not parsed from its text)."""
+    [record] = [record for record in caplog.records if hasattr(record, "skipped")]
+    assert record.levelno == logging.WARNING
+    return record.skipped
+
+
+def test_llava_reader_pairs_turns_and_skips_bad_records(tmp_path, image_root, caplog):
     records = [
         {
             "id": "a",
@@ -90,6 +100,46 @@ def test_llava_reader_pairs_turns_and_skips_bad_records(tmp_path, image_root):
         ("Again?", "Yes.", "coco/000.png"),
     ]
     assert triplets[0].image_path == image_root / "coco" / "000.png"
+    assert skip_counts(caplog) == {"text-only": 1, "malformed": 3}
+
+
+def test_llava_reader_stops_on_missing_images_naming_how_many_and_the_first(tmp_path, image_root):
+    records = [
+        {"image": f"coco/{name}.png", "conversations": [human("Q"), gpt("A")]}
+        for name in ("000", "gone-1", "gone-2", "001", "gone-1", *(f"x{i}" for i in range(6)))
+    ]
+    with pytest.raises(MissingImagesError) as raised:
+        read_llava_triplets(write_json(tmp_path / "l.json", records), image_root)
+    error = raised.value
+    assert error.count == 8 and error.source == tmp_path / "l.json"  # gone-1 counted once
+    assert error.paths == tuple(image_root / "coco" / f"{n}.png" for n in ("gone-1", "gone-2", "x0", "x1", "x2"))
+    assert "8 referenced image files do not exist" in str(error) and "and 3 more" in str(error)
+
+
+def test_llava_reader_can_leave_out_records_with_missing_images_and_say_how_many(tmp_path, image_root, caplog):
+    records = [
+        {"image": "coco/000.png", "conversations": [human("Q1"), gpt("A1")]},
+        {"image": "coco/gone.png", "conversations": [human("Q2"), gpt("A2"), human("Q3"), gpt("A3")]},
+        {"image": "coco/gone.png", "conversations": [human("Q4"), gpt("A4")]},
+        {"conversations": [human("Q5"), gpt("A5")]},
+    ]
+    path = write_json(tmp_path / "l.json", records)
+    triplets = read_llava_triplets(path, image_root, skip_missing_images=True)
+    assert [t.instruction for t in triplets] == ["Q1"]
+    assert skip_counts(caplog) == {"text-only": 1, "missing image": 2}
+
+
+def test_llava_reader_strips_known_prompt_suffixes_on_request(tmp_path, image_root):
+    question = "<image>\nWhat colour is the bus?\nAnswer the question using a single word or phrase."
+    choice = "Which is red?\nA. bus\nB. car\nAnswer with the option's letter from the given choices directly."
+    records = [{"image": "coco/000.png", "conversations": [human(question), gpt("Red"), human(choice), gpt("A")]}]
+    path = write_json(tmp_path / "l.json", records)
+    assert [t.instruction for t in read_llava_triplets(path, image_root, strip_prompt_suffixes=True)] == [
+        "What colour is the bus?",
+        "Which is red?\nA. bus\nB. car",
+    ]
+    assert read_llava_triplets(path, image_root)[0].instruction.endswith("single word or phrase.")
+    assert strip_prompt_suffix("Describe the image.") == "Describe the image."
 
 
 def test_llava_reader_rejects_non_list(tmp_path, image_root):
@@ -151,3 +201,15 @@ def test_caption_jsonl_reader_names_the_bad_line(tmp_path, bad_line, message):
     path.write_text('{"image": "a.png", "caption": "ok"}\n\n' + bad_line + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match=rf"captions\.jsonl:3: .*{message}"):
         read_caption_jsonl(path, tmp_path)
+
+
+def test_caption_reader_stops_on_missing_images_or_leaves_them_out(tmp_path, image_root, caplog):
+    path = tmp_path / "captions.jsonl"
+    lines = [("coco/000.png", "a grey square"), ("coco/gone.png", "a lost square"), ("coco/001.png", "a red square")]
+    path.write_text("".join(json.dumps({"image": i, "caption": c}) + "\n" for i, c in lines), encoding="utf-8")
+    with pytest.raises(MissingImagesError) as raised:
+        read_caption_jsonl(path, image_root)
+    assert raised.value.count == 1 and raised.value.paths == (image_root / "coco" / "gone.png",)
+    records = read_caption_jsonl(path, image_root, skip_missing_images=True)
+    assert [r.caption for r in records] == ["a grey square", "a red square"]
+    assert skip_counts(caplog) == {"missing image": 1}

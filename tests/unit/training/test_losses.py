@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from focalserve_training.losses import (
     FocalLensLoss,
     FSCCLIPLoss,
+    batch_contrastive_loss,
     calibrated_focal_loss,
     hard_negative_logits,
     local_similarity,
@@ -27,7 +28,7 @@ def close(actual: torch.Tensor, expected: float) -> None:
 
 
 def fsc_output(valid: list[list[bool]], seed: int = 0) -> dict[str, torch.Tensor]:
-    """A random FSC-CLIP output dict with B=2, D=4, N=2, P=3, L=3, leaves requiring grad."""
+    """A random FSC-CLIP output dict with B=2, D=4, N=2, P=3, L=3, leaves requiring grad; distinct captions."""
     g = torch.Generator().manual_seed(seed)
     b, n, p, length, d = 2, 2, 3, 3, 4
 
@@ -37,6 +38,7 @@ def fsc_output(valid: list[list[bool]], seed: int = 0) -> dict[str, torch.Tensor
     return {
         "image_features": leaf(b, d),
         "text_features": leaf(b, d),
+        "text_token_ids": torch.tensor([[1, 5, 2], [1, 6, 2]]),
         "logit_scale": torch.tensor(3.0, requires_grad=True),
         "hard_negative_features": leaf(b, n, d),
         "hard_negative_mask": torch.tensor(valid),
@@ -74,16 +76,25 @@ def test_duplicate_answers_leave_the_softmax() -> None:
     assert masked != pytest.approx(unmasked)
 
 
-def test_focallens_loss_uses_scale_and_answer_ids() -> None:
+def test_focallens_loss_uses_scale_and_masks_identical_answers() -> None:
     image = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     text = torch.tensor([[0.6, 0.8], [0.8, 0.6]])
     output = {"image_features": image, "text_features": text, "logit_scale": torch.tensor(2.0)}
     # logits = 2 * I @ T^T = [[1.2, 1.6], [1.6, 1.2]], symmetric, so both directions agree.
-    loss = FocalLensLoss()({**output, "answer_ids": torch.tensor([0, 1])})
+    loss = FocalLensLoss()({**output, "text_token_ids": torch.tensor([[1, 7, 2], [1, 8, 2]])})
     close(loss["contrastive_loss"], -1.2 + lse(1.2, 1.6))
     # With one shared answer nothing is left to contrast against.
-    loss = FocalLensLoss()({**output, "answer_ids": torch.tensor([4, 4])})
+    loss = FocalLensLoss()({**output, "text_token_ids": torch.tensor([[1, 7, 2], [1, 7, 2]])})
     close(loss["contrastive_loss"], 0.0)
+
+
+def test_batch_contrastive_loss_masks_texts_with_identical_tokens() -> None:
+    logits = torch.tensor([[1.0, 2.0, 0.5], [1.5, 0.2, -1.0], [0.3, 0.7, 2.5]])
+    image, text = torch.eye(3), logits.T.contiguous()  # image @ text.T == logits
+    tokens = torch.tensor([[1, 9, 2], [1, 9, 2], [1, 3, 2]])
+    same = torch.tensor([[True, True, False], [True, True, False], [False, False, True]])
+    loss = batch_contrastive_loss(image, text, torch.tensor(1.0), tokens)
+    close(loss, symmetric_infonce(logits, same).item())
 
 
 def test_invalid_negative_gets_logit_zero_and_stays_in_denominator() -> None:
@@ -179,6 +190,8 @@ def test_fsc_clip_terms_are_weighted_pieces() -> None:
     assert set(loss) == {"contrastive_loss", "global_hn_loss", "local_hn_loss"}
     s, v, t = output["logit_scale"], output["image_features"], output["text_features"]
     close(loss["contrastive_loss"], symmetric_infonce(s * v @ t.T).item())
+    repeated = FSCCLIPLoss()({**output, "text_token_ids": torch.tensor([[1, 5, 2], [1, 5, 2]])})
+    close(repeated["contrastive_loss"], symmetric_infonce(s * v @ t.T, torch.ones(2, 2, dtype=torch.bool)).item())
 
     valid = output["hard_negative_mask"]
     negatives = s * torch.einsum("bd,bnd->bn", v, output["hard_negative_features"])

@@ -16,7 +16,9 @@ from torch.utils.data import BatchSampler
 
 from focalserve_training.data import GroupedInstructionBatchSampler
 from focalserve_training.loop import TrainConfig, Trainer
-from focalserve_training.recipes import DataSpec, ModelSpec, create_recipe, same_text_ids
+from focalserve_training.losses import same_text_ids
+from focalserve_training.options import FSCCLIPOptions
+from focalserve_training.recipes import DataSpec, ModelSpec, create_recipe
 from tests.helpers.models import TINY
 
 REPOSITORY = Path(__file__).resolve().parents[3]
@@ -57,17 +59,16 @@ def assert_ids_match_texts(ids: torch.Tensor, texts: list[str]) -> None:
 # --- collate -----------------------------------------------------------------------------
 
 
-def test_clip_collate_gives_pixels_tokens_and_shared_ids_for_identical_captions(recipes):
+def test_clip_collate_gives_pixels_and_tokens_equal_for_identical_captions(recipes):
     recipe = recipes["clip"]
     dataset = recipe.dataset()
     items = [dataset[0], dataset[1], dataset[2], dataset[0]]  # a repeated caption
     batch = recipe.collate(items)
-    assert set(batch) == {"pixels", "captions", "caption_ids"}
+    assert set(batch) == {"pixels", "captions"}
     assert batch["pixels"].shape == (4, 3, 32, 32) and batch["pixels"].dtype == torch.float32
     assert batch["captions"].shape == (4, CONTEXT_LENGTH) and batch["captions"].dtype == torch.long
-    assert batch["caption_ids"].shape == (4,) and batch["caption_ids"].dtype == torch.long
-    assert batch["caption_ids"][0] == batch["caption_ids"][3]
-    assert_ids_match_texts(batch["caption_ids"], [item["caption"] for item in items])
+    # the loss masks duplicates by token rows (gathered across ranks under DDP)
+    assert_ids_match_texts(same_text_ids(batch["captions"]), [item["caption"] for item in items])
 
 
 def test_same_text_ids_equal_exactly_for_identical_token_rows():
@@ -77,40 +78,42 @@ def test_same_text_ids_equal_exactly_for_identical_token_rows():
     assert len({ids[0].item(), ids[1].item(), ids[3].item()}) == 3
 
 
-def test_focallens_collate_gives_instructions_answers_and_answer_ids(recipes):
+def test_focallens_collate_gives_instructions_and_answers(recipes):
     recipe = recipes["focallens"]
     items = first_batch(recipe, batch_size=16)
     batch = recipe.collate(items)
-    assert set(batch) == {"pixels", "instructions", "answers", "answer_ids"}
+    assert set(batch) == {"pixels", "instructions", "answers"}
     assert batch["pixels"].shape == (16, 3, 32, 32) and batch["pixels"].dtype == torch.float32
     for key in ("instructions", "answers"):
         assert batch[key].shape == (16, CONTEXT_LENGTH) and batch[key].dtype == torch.long
-    assert batch["answer_ids"].shape == (16,) and batch["answer_ids"].dtype == torch.long
     answers = [item["answer"] for item in items]
     assert len(set(answers)) < len(answers)  # several instructions of one image: repeated answers
-    assert_ids_match_texts(batch["answer_ids"], answers)
+    assert_ids_match_texts(same_text_ids(batch["answers"]), answers)
 
 
-def test_fsc_clip_collate_gives_three_tokenised_negatives_per_caption_and_their_mask(recipes):
+def test_fsc_clip_collate_tokenises_only_the_valid_negatives(recipes):
     recipe = recipes["fsc-clip"]
     items = first_batch(recipe)
     batch = recipe.collate(items)
     assert set(batch) == {"pixels", "captions", "negatives", "negative_mask"}
     assert batch["pixels"].shape == (8, 3, 32, 32)
     assert batch["captions"].shape == (8, CONTEXT_LENGTH)
-    assert (
-        batch["negatives"].shape == (8 * 3, CONTEXT_LENGTH)
-        and batch["negatives"].dtype == torch.long
-    )
-    assert batch["negative_mask"].shape == (8, 3) and batch["negative_mask"].dtype == torch.bool
-    assert batch["negative_mask"].any()  # colour/shape captions always have some valid negative
-    valid_negatives = batch["negatives"].reshape(8, 3, -1)[batch["negative_mask"]]
-    captions = (
-        batch["captions"].repeat_interleave(3, dim=0).reshape(8, 3, -1)[batch["negative_mask"]]
-    )
-    assert (
-        not (valid_negatives == captions).all(dim=-1).any()
-    )  # a valid negative differs from its caption
+    mask = batch["negative_mask"]
+    assert mask.shape == (8, 3) and mask.dtype == torch.bool
+    assert mask.any(dim=1).all()  # colour/shape captions always have some valid negative
+    assert not mask.all()  # and missing ones: they are not tokenised, so not encoded
+    assert batch["negatives"].shape == (mask.sum(), CONTEXT_LENGTH) and batch["negatives"].dtype == torch.long
+    captions = batch["captions"].unsqueeze(1).expand(8, 3, -1)[mask]  # row-major order, like the negatives
+    assert not (batch["negatives"] == captions).all(dim=-1).any()  # a valid negative differs from its caption
+
+
+def test_fsc_clip_slots_follow_their_generator_unless_told_otherwise(recipes):
+    """As in the reference, slot 0 holds a swap or nothing: single-object captions have nothing to swap."""
+    items = first_batch(recipes["fsc-clip"])
+    assert not recipes["fsc-clip"].collate(items)["negative_mask"][:, 0].any()
+    loose_slots = FSCCLIPOptions(strict_negative_slots=False)
+    loose = create_recipe("fsc-clip", ModelSpec(TINY), DataSpec("colorshape", size=32), fsc_clip=loose_slots)
+    assert loose.collate(items)["negative_mask"].all()  # another generator fills the slot
 
 
 def test_fsc_clip_negatives_are_the_same_for_the_same_batch(recipes):

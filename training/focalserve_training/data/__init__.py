@@ -1,7 +1,8 @@
-"""Training data: synthetic ColorShape, LLaVA instruction triplets, caption files,
-grouped instruction batches and rule-based hard negatives."""
+"""Training data: synthetic ColorShape, LLaVA instruction triplets, caption files (their images
+checked when read), grouped instruction batches and rule-based hard negatives."""
 
 from focalserve_training.data.captions import CaptionDataset, CaptionRecord, read_caption_jsonl
+from focalserve_training.data.checks import MissingImagesError
 from focalserve_training.data.colorshape import (
     COLOR_NAMES,
     COLORS,
@@ -31,10 +32,12 @@ from focalserve_training.data.hard_negatives import (
 )
 from focalserve_training.data.images import ImageLoader, load_rgb
 from focalserve_training.data.instructions import (
+    PROMPT_SUFFIXES,
     InstructionTriplet,
     InstructionTripletDataset,
     read_llava_triplets,
     strip_image_token,
+    strip_prompt_suffix,
 )
 from focalserve_training.data.sampler import GroupedInstructionBatchSampler
 from focalserve_training.data.word_groups import (
@@ -56,6 +59,7 @@ __all__ = [
     "ENGLISH_ANTONYMS",
     "ENGLISH_WORD_GROUPS",
     "EVAL_PHRASINGS",
+    "PROMPT_SUFFIXES",
     "RELATIONS",
     "SHAPES",
     "TRAIN_PHRASINGS",
@@ -73,6 +77,7 @@ __all__ = [
     "ImageLoader",
     "InstructionTriplet",
     "InstructionTripletDataset",
+    "MissingImagesError",
     "PhraseMatcher",
     "ReplaceWord",
     "SceneObject",
@@ -88,4 +93,5 @@ __all__ = [
     "read_llava_triplets",
     "rule_based_generator",
     "strip_image_token",
+    "strip_prompt_suffix",
 ]

@@ -1,17 +1,20 @@
 """Image-caption pairs from JSON Lines, for FSC-CLIP fine-tuning on real data.
 
 Unlike the LLaVA reader, a malformed line is an error: caption files are usually
-produced by our own scripts, so a bad line means a bug worth stopping for.
+produced by our own scripts, so a bad line means a bug worth stopping for. A referenced image
+that does not exist stops the read too (or, if asked, its lines are left out and counted).
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch.utils.data import Dataset
 
+from focalserve_training.data.checks import keep_with_images, report_skipped
 from focalserve_training.data.images import ImageLoader, load_rgb
 
 
@@ -21,10 +24,13 @@ class CaptionRecord:
     caption: str
 
 
-def read_caption_jsonl(path: str | Path, image_root: str | Path) -> list[CaptionRecord]:
+def read_caption_jsonl(
+    path: str | Path, image_root: str | Path, skip_missing_images: bool = False
+) -> list[CaptionRecord]:
     """Lines ``{"image": "rel/path.jpg", "caption": "..."}``; blank lines are skipped.
 
-    Raises ValueError naming the file and 1-based line number of a malformed line.
+    Raises ValueError naming the file and 1-based line number of a malformed line, and
+    MissingImagesError if a referenced image file does not exist, unless `skip_missing_images`.
     """
     root = Path(image_root)
     records = []
@@ -32,7 +38,14 @@ def read_caption_jsonl(path: str | Path, image_root: str | Path) -> list[Caption
         for line_number, line in enumerate(f, start=1):
             if line.strip():
                 records.append(_parse_line(line, root, f"{path}:{line_number}"))
+    skipped: Counter[str] = Counter()
+    records = keep_with_images(records, _image_path, Path(path), skip_missing_images, skipped)
+    report_skipped(Path(path), skipped)
     return records
+
+
+def _image_path(record: CaptionRecord) -> Path:
+    return record.image_path
 
 
 def _parse_line(line: str, root: Path, where: str) -> CaptionRecord:

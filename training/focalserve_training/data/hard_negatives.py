@@ -100,11 +100,13 @@ class BigramShuffle:
 
 
 class HardNegativeGenerator:
-    """Fills ``num_negatives`` slots; slot j tries strategy j first, then the others.
+    """Fills ``num_negatives`` slots; slot j tries strategy j first, then (unless ``strict``) the others.
 
-    Returns the negatives and a validity mask; valid negatives come first, unfilled slots
-    are "" with False. Negatives differ from the caption and from each other (ignoring
-    case and spacing). Deterministic given the state of ``rng``.
+    Returns the negatives and a validity mask; unfilled slots are "" with False. A ``strict``
+    generator keeps slot j for strategy j and masks it when that strategy produced nothing, as
+    the reference FSC-CLIP code does; otherwise valid negatives come first. Negatives differ from
+    the caption and from each other (ignoring case and spacing). Deterministic given the state of
+    ``rng``.
     """
 
     def __init__(
@@ -112,27 +114,30 @@ class HardNegativeGenerator:
         strategies: Sequence[HardNegativeStrategy],
         num_negatives: int = 3,
         tries_per_strategy: int = 3,
+        strict: bool = False,
     ) -> None:
         if not strategies:
             raise ValueError("at least one strategy is required")
         self.strategies = list(strategies)
         self.num_negatives = num_negatives
         self.tries_per_strategy = tries_per_strategy
+        self.strict = strict
 
     def __call__(self, caption: str, rng: random.Random) -> tuple[list[str], list[bool]]:
-        negatives: list[str] = []
+        slots: list[str | None] = []
         taken = {normalise(caption)}
         for slot in range(self.num_negatives):
             negative = self._fill(caption, rng, slot, taken)
             if negative is not None:
-                negatives.append(negative)
                 taken.add(normalise(negative))
-        missing = self.num_negatives - len(negatives)
-        return negatives + [""] * missing, [True] * len(negatives) + [False] * missing
+            slots.append(negative)
+        if not self.strict:
+            slots.sort(key=lambda negative: negative is None)  # stable: valid ones first, in slot order
+        return ["" if negative is None else negative for negative in slots], [n is not None for n in slots]
 
     def _fill(self, caption: str, rng: random.Random, slot: int, taken: set[str]) -> str | None:
         count = len(self.strategies)
-        for offset in range(count):
+        for offset in range(1 if self.strict else count):
             strategy = self.strategies[(slot + offset) % count]
             for _ in range(self.tries_per_strategy):
                 candidate = strategy(caption, rng)
@@ -147,10 +152,11 @@ def rule_based_generator(
     groups: WordGroups = ENGLISH_WORD_GROUPS,
     antonyms: Antonyms | None = ENGLISH_ANTONYMS,
     num_negatives: int = 3,
+    strict: bool = False,
 ) -> HardNegativeGenerator:
     """Swap, replace and shuffle, in FSC-CLIP's order, over one vocabulary."""
     strategies: list[HardNegativeStrategy] = [SwapSameType(groups), ReplaceWord(groups, antonyms), BigramShuffle()]
-    return HardNegativeGenerator(strategies, num_negatives)
+    return HardNegativeGenerator(strategies, num_negatives, strict=strict)
 
 
 def splice(caption: str, edits: Sequence[tuple[Span, str]]) -> str:

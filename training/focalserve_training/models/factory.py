@@ -12,7 +12,10 @@ from open_clip.model import CLIP
 from torch import nn
 
 from focalserve_family import CONDITIONAL_FAMILY, FAMILY_KINDS, FamilyKind
+from focalserve_training.models.architecture import check_checkpoint, check_pretrained_tag
 from focalserve_training.models.focallens import FocalLensCLIP
+from focalserve_training.models.lora import has_lora, merge_lora
+from focalserve_training.options import LORA_ALPHA
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 
@@ -26,8 +29,13 @@ def register_model_configs() -> None:
 
 
 def create_base_clip(model_name: str, pretrained: str | None = None) -> CLIP:
-    """An open_clip CLIP from a config name and an optional pretrained tag or weights file."""
+    """An open_clip CLIP from a config name and an optional pretrained tag or weights file.
+
+    A tag trained with the other activation (e.g. `openai` for a GELU config) is refused:
+    open_clip only warns, and the embeddings would silently differ.
+    """
     register_model_configs()
+    check_pretrained_tag(model_name, pretrained)
     model = open_clip.create_model(model_name, pretrained=pretrained or None)
     if not isinstance(model, CLIP):
         raise ValueError(f"{model_name} is not a two-tower open_clip CLIP ({type(model).__name__})")
@@ -52,6 +60,16 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
+def read_weights(path: str | Path, model_name: str, lora_alpha: float = LORA_ALPHA) -> dict[str, torch.Tensor]:
+    """A checkpoint's state dict, checked against the config `model_name` (CheckpointMismatch names the
+    config it needs) and with any LoRA factors merged into their weights, ready for strict loading."""
+    register_model_configs()
+    checkpoint = read_checkpoint(path)
+    check_checkpoint(model_name, checkpoint, Path(path))
+    state = checkpoint["state_dict"]
+    return merge_lora(state, lora_alpha) if has_lora(state) else state
+
+
 def build_family_model(family: FamilyKind, base: CLIP) -> FamilyModel:
     if family == "clip":
         return base
@@ -65,15 +83,16 @@ def load_family_model(
     model_name: str,
     pretrained: str | None = None,
     checkpoint: str | Path | None = None,
+    lora_alpha: float = LORA_ALPHA,
 ) -> FamilyModel:
     """A model of `family` on the open_clip architecture `model_name`, in eval mode.
 
     A FocalLens checkpoint holds the whole conditional model; a CLIP-layout checkpoint
-    (ours or FSC-CLIP's) given for the focallens family initialises its base CLIP instead,
-    which is how a FocalLens fine-tune starts from an FSC-CLIP or other CLIP checkpoint.
+    (ours or FSC-CLIP's, full or LoRA) given for the focallens family initialises its base CLIP
+    instead, which is how a FocalLens fine-tune starts from an FSC-CLIP or other CLIP checkpoint.
     """
+    state = read_weights(checkpoint, model_name, lora_alpha) if checkpoint else None
     base = create_base_clip(model_name, pretrained)
-    state = read_checkpoint(checkpoint)["state_dict"] if checkpoint else None
     if state is not None and not _is_focallens_state(state):
         base.load_state_dict(state)
         state = None
