@@ -15,7 +15,7 @@ CHROMIUM ?= /usr/bin/chromium
 PG_BIN ?= /usr/lib/postgresql/15/bin
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: install serve stack test bench demo-model lint clean
+.PHONY: install serve stack test bench demo-model lint clean system-packages
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,8 @@ stack: $(REPO)/demo_image/1/model.pt $(PG_BIN)/initdb
 $(CHROMIUM) $(PG_BIN)/initdb &:
 	$(SUDO) apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium postgresql
+
+system-packages: $(CHROMIUM) $(PG_BIN)/initdb
 
 # The search tests run on the trained demo family, so the suite builds it first (once). The apt run
 # (network and disk) goes alongside the Python install and the training (CPU): -j2 below.
