@@ -82,7 +82,7 @@ class DeviceImageDecoder(ImageDecoder):
         self._device_thread = ThreadPoolExecutor(1, thread_name_prefix="device-decode")  # one stream of work
         self._waiting: list[_Pending] = []
         self._draining: asyncio.Task[None] | None = None
-        self._tensor_preprocessors: dict[int, TensorPreprocessor] = {}
+        self._tensor_preprocessors: dict[str, TensorPreprocessor] = {}  # by family
 
     async def prepare(self, preprocess: ImagePreprocessor, data: bytes) -> np.ndarray:
         if preprocess.spec.resize_mode != "shortest":
@@ -96,7 +96,11 @@ class DeviceImageDecoder(ImageDecoder):
         return await loop.run_in_executor(self._device_thread, tensor_preprocess, pixels)
 
     def _tensor_preprocessor(self, preprocess: ImagePreprocessor) -> TensorPreprocessor:
-        return self._tensor_preprocessors.setdefault(id(preprocess), TensorPreprocessor(preprocess, self.device))
+        """One per family, made on its first image (its mean and std tensors live on the device)."""
+        family = preprocess.spec.name
+        if family not in self._tensor_preprocessors:
+            self._tensor_preprocessors[family] = TensorPreprocessor(preprocess, self.device)
+        return self._tensor_preprocessors[family]
 
     def _device_decodable(self, data: bytes) -> bool:
         """Limits checked from the header (4xx as on the PIL path); True for a JPEG nvJPEG decodes upright."""
