@@ -27,9 +27,10 @@ $(STAMP): $(BIN)/python pyproject.toml client/pyproject.toml
 
 install: $(STAMP)
 
-# The demo family is built once (base CLIP, then FocalLens, exported: 9-11 min on 2 cores); delete
-# model_repository/demo_* to rebuild it. `make demo-model` runs the whole demo: FSC-CLIP too, and the
-# evaluation of all three (runs/demo/results.md).
+# The demo family is built once (base CLIP, then FocalLens, exported: ~14 min on 2 cores), or copied
+# from this machine's cache of builds of the same code (~/.cache/focalserve); delete
+# model_repository/demo_* to fetch or rebuild it. `make demo-model` runs the whole demo: FSC-CLIP too,
+# and the evaluation of all three (runs/demo/results.md).
 $(REPO)/demo_image/1/model.pt: | $(STAMP)
 	$(BIN)/python -m focalserve_training.demo --repository $(REPO) --family-only
 
@@ -50,7 +51,7 @@ serve: $(REPO)/demo_image/1/model.pt $(DATA)/.demo-collection
 # stop on exit. The database persists in .stack/postgres (on port STACK_PG_PORT, 5433 by default).
 DEMO_CHECKPOINT := runs/demo/focallens/checkpoints/latest.pt
 stack: $(REPO)/demo_image/1/model.pt $(PG_BIN)/initdb
-	$(BIN)/focalserve export --family focallens --model focalserve-tiny --checkpoint $(DEMO_CHECKPOINT) \
+	$(BIN)/focalserve export --family focallens --model focalserve-minilm --checkpoint $(DEMO_CHECKPOINT) \
 		--name demo --repository .stack/model_repository --backend python
 	HOST=$(HOST) PORT=$(PORT) PG_BIN=$(PG_BIN) deploy/stack.sh
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from focalserve_family import Backend, FamilySpec, families_from_configs, read_repository
+from focalserve_training.demo import MODEL as DEMO_MODEL
 from focalserve_training.export import export_family
 from focalserve_training.models import load_family_model
 
@@ -47,7 +48,7 @@ class FamilySource:
 
 
 SOURCES: dict[str, FamilySource] = {
-    "demo": FamilySource("focalserve-tiny", DEMO_CHECKPOINT, ROOT / "model_repository"),
+    "demo": FamilySource(DEMO_MODEL, DEMO_CHECKPOINT, ROOT / "model_repository"),
     "vitb32": FamilySource("ViT-B-32", None, None),  # open_clip has no weights offline: random ones
     "vitl14-336": FamilySource("ViT-L-14-336", None, None),
 }

@@ -14,11 +14,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import torch
 from PIL import Image
 
 from focalserve_family import families_from_configs, read_repository
+from focalserve_family.text_towers import create_tokenizer
 from focalserve_server.backends.embedded import DTYPES
 from focalserve_server.images import ImagePreprocessor
 
@@ -33,7 +33,7 @@ class ScriptedFamily:
         self.image_model = _load(repository, self.spec.models["image"].name, self.device)
         self.instruction_model = _load(repository, self.spec.models["instruction"].name, self.device)
         self.preprocess = ImagePreprocessor(self.spec)  # open_clip's eval transform with the family's metadata
-        self._tokenizer = open_clip.get_tokenizer(self.spec.tokenizer, context_length=self.spec.context_length)
+        self._tokenizer = create_tokenizer(self.spec.tokenizer, self.spec.context_length)
 
     def pixels(self, images: Sequence[bytes]) -> torch.Tensor:
         """Encoded images -> the image model's (N, 3, S, S) input: PIL decode, then open_clip's transform."""

@@ -14,10 +14,9 @@ from dataclasses import dataclass, replace
 
 from PIL import Image
 
-from focalserve_training.data import ColorShapeGenerator
-from focalserve_training.data.colorshape import TRAIN_PHRASINGS
+from focalserve_training.data import ColorShapeGenerator, sample_training_phrasings
 
-PHRASINGS: tuple[str, ...] = TRAIN_PHRASINGS["colour"] + TRAIN_PHRASINGS["shape"]
+PHRASINGS: tuple[str, ...] = tuple(text for texts in sample_training_phrasings(4).values() for text in texts)
 InstructionFor = Callable[[int], str]  # request number -> its instruction
 
 

@@ -14,10 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import open_clip
 from PIL import Image
 
 from focalserve_family import FamilySpec, ModelSpec, Role, families_from_configs
+from focalserve_family.text_towers import create_tokenizer
 from focalserve_server.backends.base import ModelBackend
 from focalserve_server.batching import DynamicBatcher
 from focalserve_server.conditions import ConditionCache, instruction_hash, normalise_instruction
@@ -56,7 +56,7 @@ class FamilyEngine:
         self._preprocess = ImagePreprocessor(spec)
         self._images = images
         self._max_instruction_chars = settings.max_instruction_chars
-        self._tokenizer = open_clip.get_tokenizer(spec.tokenizer, context_length=spec.context_length)
+        self._tokenizer = create_tokenizer(spec.tokenizer, spec.context_length)
         self._backend = backend
         self.batchers = {role: self._batcher(model, settings, metrics) for role, model in spec.models.items()}
         self._conditions = ConditionCache(

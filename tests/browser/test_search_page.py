@@ -77,12 +77,9 @@ def test_the_keyboard_alone_reaches_every_control_and_runs_a_text_search(page, d
 def test_a_condition_registered_on_the_page_builds_then_answers(page, demo_gateway):
     instruction = "what kind of shape is it?"
     open_page(page, demo_gateway)
-    page.get_by_label("Instruction").fill(instruction)
-    page.get_by_label("Instruction").press("Enter")
-    expect(page.locator("#status")).to_contain_text(f'Registered "{instruction}"')
+    register_on_the_page(page, instruction)
     new_condition = page.get_by_label(instruction)
     expect(new_condition).to_be_visible()
-    expect(page.locator(".condition progress")).to_have_count(0, timeout=60_000)  # built: progress gone
     new_condition.check()
 
     page.get_by_role("button", name="Use a stored image").click()
@@ -91,6 +88,37 @@ def test_a_condition_registered_on_the_page_builds_then_answers(page, demo_gatew
     for condition in (COLOUR, SHAPE, instruction):
         assert len(hit_texts(page, condition)) == K
     expect(page.locator("#status")).to_contain_text("under 3 conditions")
+
+
+def register_on_the_page(page: Page, instruction: str) -> None:
+    page.get_by_label("Instruction").fill(instruction)
+    page.get_by_label("Instruction").press("Enter")
+    expect(page.locator("#status")).to_contain_text(f'Registered "{instruction}"')
+    expect(page.locator(".condition progress")).to_have_count(0, timeout=60_000)  # built: progress gone
+
+
+def test_paraphrases_typed_on_the_page_find_the_neighbours_their_meaning_asks_for(page, demo_gateway, tmp_path):
+    """Wordings the demo never trained on (US spelling, a synonym, a different construction): the
+    pretrained text tower maps them onto the condition they mean."""
+    colour_paraphrase, shape_paraphrase = "what color would you call this?", "what form does this thing take?"
+    query_file = tmp_path / "query.png"
+    QUERY.image.save(query_file)
+    open_page(page, demo_gateway)
+    for instruction in (colour_paraphrase, shape_paraphrase):
+        register_on_the_page(page, instruction)
+    for box in page.locator("#conditions input").all():  # the demo's own, and any other test's
+        box.uncheck()
+    page.get_by_label(colour_paraphrase).check()
+    page.get_by_label(shape_paraphrase).check()
+
+    page.locator("#query-file").set_input_files(query_file)
+    page.get_by_label("Results per condition").fill(str(K))
+    page.get_by_role("button", name="Search").click()
+
+    colour_hits, shape_hits = hit_texts(page, colour_paraphrase), hit_texts(page, shape_paraphrase)
+    assert sum(f"colour: {QUERY.colour}" in hit for hit in colour_hits) >= 6, colour_hits
+    assert sum(f"shape: {QUERY.shape}" in hit for hit in shape_hits) >= 5, shape_hits
+    expect(page.locator("#status")).to_contain_text("under 2 conditions")
 
 
 def test_mistakes_are_explained_in_plain_words(page, demo_gateway, tmp_path):

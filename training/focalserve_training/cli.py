@@ -79,6 +79,17 @@ def add_train_command(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--init-checkpoint", type=Path, default=None, help="start from this checkpoint")
     _lora_alpha_argument(parser)
     parser.add_argument(
+        "--lock-text",
+        type=int,
+        nargs="?",
+        const=0,
+        default=None,
+        metavar="UNLOCKED_LAYERS",
+        help="freeze the text tower the recipe trains (focallens: the instruction tower) except its last "
+        "UNLOCKED_LAYERS layers (default 0), as open_clip's --lock-text; a Hugging Face tower's projection "
+        "stays trainable. Default: the whole tower trains",
+    )
+    parser.add_argument(
         "--data",
         default="colorshape",
         help="colorshape | scenes | colorshape+scenes | llava:FILE.json | captions:FILE.jsonl",
@@ -156,7 +167,7 @@ def _train(args: argparse.Namespace) -> None:
         skip_missing_images=args.skip_missing_images,
         strip_prompt_suffixes=args.strip_prompt_suffixes,
     )
-    model = ModelSpec(args.model, args.pretrained, args.init_checkpoint, args.lora_alpha)
+    model = ModelSpec(args.model, args.pretrained, args.init_checkpoint, args.lora_alpha, args.lock_text)
     fsc_clip = FSCCLIPOptions(
         args.global_hn_weight, args.local_hn_weight, args.focal_gamma, args.label_smoothing, args.strict_negative_slots
     )

@@ -14,7 +14,6 @@ from pathlib import Path
 import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.model import CLIP
 from torch import nn
 
 from focalserve_family import (
@@ -30,10 +29,12 @@ from focalserve_family import (
     model_specs,
     to_pbtxt,
 )
+from focalserve_family.text_towers import create_tokenizer
 from focalserve_training.models import FamilyModel, FocalLensCLIP
-from focalserve_training.models.factory import state_hash
+from focalserve_training.models.factory import state_hash, tokenizer_spec
 from focalserve_training.models.focallens import (
     Attention,
+    BaseCLIP,
     conditional_image_features,
     fused_gated_attention,
     text_side,
@@ -45,7 +46,7 @@ PYTHON_BACKEND_MODEL = Path(__file__).resolve().parent / "templates" / "model.py
 class ImageEncoder(nn.Module):
     """PIXELS -> L2-normalised EMBEDDING (plain CLIP): the image tower alone."""
 
-    def __init__(self, clip: CLIP) -> None:
+    def __init__(self, clip: BaseCLIP) -> None:
         super().__init__()
         self.visual = clip.visual
 
@@ -91,12 +92,12 @@ class TextEncoder(nn.Module):
 
 
 def family_metadata(model: FamilyModel, family: FamilyKind, name: str, model_name: str) -> FamilyMetadata:
-    clip: CLIP = model.clip if isinstance(model, FocalLensCLIP) else model
+    clip: BaseCLIP = model.clip if isinstance(model, FocalLensCLIP) else model
     preprocess = open_clip.get_model_preprocess_cfg(clip)
     size = preprocess["size"]
     image_size = size if isinstance(size, int) else size[0]
-    context_length = int(clip.context_length)
-    tokens = open_clip.get_tokenizer(model_name, context_length=context_length)(["probe"])
+    tokenizer, context_length = tokenizer_spec(model_name)
+    tokens = create_tokenizer(tokenizer, context_length)(["probe"])
     with torch.inference_mode():
         embedding_dim = int(clip.encode_text(tokens).shape[-1])
     return FamilyMetadata(
@@ -108,7 +109,7 @@ def family_metadata(model: FamilyModel, family: FamilyKind, name: str, model_nam
         image_std=tuple(preprocess["std"]),
         interpolation=preprocess.get("interpolation", "bicubic"),
         resize_mode=preprocess.get("resize_mode", "shortest"),
-        tokenizer=model_name,
+        tokenizer=tokenizer,
         context_length=context_length,
         embedding_dim=embedding_dim,
         condition_dim=model.condition_dim if isinstance(model, FocalLensCLIP) else 0,

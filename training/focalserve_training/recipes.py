@@ -16,12 +16,12 @@ import random
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
 import open_clip
 import torch
-from open_clip.model import CLIP
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
@@ -31,6 +31,7 @@ from focalserve_training.data import (
     COLORSHAPE_WORD_GROUPS,
     ENGLISH_ANTONYMS,
     ENGLISH_WORD_GROUPS,
+    BatchPhrasings,
     CaptionDataset,
     ColorShapeCaptions,
     ColorShapeInstructions,
@@ -40,9 +41,12 @@ from focalserve_training.data import (
     read_caption_jsonl,
     read_llava_triplets,
     rule_based_generator,
+    training_phrasings,
 )
 from focalserve_training.losses import FocalLensLoss, FSCCLIPLoss, batch_contrastive_loss
 from focalserve_training.models import FamilyModel, FocalLensCLIP, load_family_model
+from focalserve_training.models.factory import create_text_tokenizer
+from focalserve_training.models.focallens import BaseCLIP, per_distinct_row
 from focalserve_training.models.tokens import encode_image_tokens, encode_text_tokens
 from focalserve_training.options import FSC_CLIP_REFERENCE, LORA_ALPHA, FSCCLIPOptions
 from focalserve_training.recipe_names import RECIPES
@@ -68,6 +72,10 @@ class ModelSpec:
     pretrained: str | None = None
     checkpoint: Path | None = None
     lora_alpha: float = LORA_ALPHA  # scales the checkpoint's LoRA factors, if it has any
+    # open_clip's lock_text_tower(N) on the text tower the recipe trains (FocalLens: its instruction
+    # tower): all but the last N layers frozen (a Hugging Face tower keeps its projection trainable).
+    # None trains the whole tower, as the papers do.
+    lock_text: int | None = None
 
 
 class EpochBatchSampler(Protocol):
@@ -96,7 +104,14 @@ class Recipe:
             preprocess["size"], is_train=False, mean=preprocess["mean"], std=preprocess["std"],
             interpolation=preprocess.get("interpolation"), resize_mode=preprocess.get("resize_mode"),
         )
-        self.tokenizer = open_clip.get_tokenizer(model_spec.name, context_length=clip.context_length)
+        self.tokenizer = create_text_tokenizer(model_spec.name)
+        if model_spec.lock_text is not None:
+            self.trained_text_tower().lock_text_tower(model_spec.lock_text)
+
+    def trained_text_tower(self) -> BaseCLIP:
+        """The CLIP whose text tower this recipe trains (`ModelSpec.lock_text` applies to it)."""
+        assert not isinstance(self.model, FocalLensCLIP)  # FocalLensRecipe names its instruction tower
+        return self.model
 
     def build_model(self) -> FamilyModel:
         spec = self.model_spec
@@ -149,19 +164,26 @@ class ClipRecipe(Recipe):
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         return {"pixels": self._pixels(items), "captions": self.tokenizer([item["caption"] for item in items])}
 
-    def loss(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        image, text, scale = model(batch["pixels"], batch["captions"])
-        return {"contrastive_loss": batch_contrastive_loss(image, text, scale, batch["captions"])}
+    def loss(self, clip: BaseCLIP, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        image = clip.encode_image(batch["pixels"], normalize=True)
+        text = per_distinct_row(partial(clip.encode_text, normalize=True), batch["captions"])
+        return {"contrastive_loss": batch_contrastive_loss(image, text, clip.logit_scale.exp(), batch["captions"])}
 
 
 class FocalLensRecipe(Recipe):
     name, family = "focallens", "focallens"
-    instructions_per_image = 4
+    instructions_per_image = 4  # LLaVA: instructions of one image per batch
 
     def __init__(self, model_spec: ModelSpec, data: DataSpec) -> None:
         super().__init__(model_spec, data)
         self.model.freeze_answer_tower()
         self._loss = FocalLensLoss()
+        # Synthetic items carry a condition, worded here per batch; LLaVA items carry their instruction.
+        self.phrasings = BatchPhrasings(training_phrasings()) if data.kind == "colorshape" else None
+
+    def trained_text_tower(self) -> BaseCLIP:
+        assert isinstance(self.model, FocalLensCLIP)
+        return self.model.instruction_tower.text
 
     def dataset(self) -> Dataset:
         data = self.data
@@ -177,17 +199,24 @@ class FocalLensRecipe(Recipe):
     def batch_sampler(
         self, dataset: Dataset, batch_size: int, seed: int, replicas: int, rank: int
     ) -> EpochBatchSampler | None:
-        """Several instructions of one image share a batch, so the loss must separate them."""
+        """Several instructions of one image share a batch, so the loss must separate them
+        (ColorShape: an image's items are one per condition, and they stay together)."""
         if not isinstance(dataset, ColorShapeInstructions | InstructionTripletDataset):
             raise TypeError(f"the focallens recipe batches its own datasets, not {type(dataset).__name__}")
+        per_image = len(dataset.slots) if isinstance(dataset, ColorShapeInstructions) else self.instructions_per_image
         return GroupedInstructionBatchSampler(
-            dataset.image_ids, batch_size, self.instructions_per_image, seed=seed, num_replicas=replicas, rank=rank
+            dataset.image_ids, batch_size, per_image, seed=seed, num_replicas=replicas, rank=rank
         )
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        if self.phrasings is None:
+            instructions = [item["instruction"] for item in items]
+        else:  # the same batch is worded the same way in every run and worker
+            rng = random.Random(zlib.crc32(repr([(item["image_id"], item["condition"]) for item in items]).encode()))
+            instructions = self.phrasings([item["condition"] for item in items], rng)
         return {
             "pixels": self._pixels(items),
-            "instructions": self.tokenizer([item["instruction"] for item in items]),
+            "instructions": self.tokenizer(instructions),
             "answers": self.tokenizer([item["answer"] for item in items]),
         }
 
@@ -232,7 +261,7 @@ class FSCCLIPRecipe(Recipe):
             "negative_mask": torch.tensor(valid, dtype=torch.bool),
         }
 
-    def loss(self, clip: CLIP, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def loss(self, clip: BaseCLIP, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         valid = batch["negative_mask"]
         image, patches = encode_image_tokens(clip, batch["pixels"])
         text, words, word_mask = encode_text_tokens(clip, batch["captions"])

@@ -5,17 +5,13 @@ from PIL import Image
 from focalserve_training.data import (
     COLOR_NAMES,
     COLORS,
-    CONDITIONS,
-    EVAL_PHRASINGS,
     RELATIONS,
     SHAPES,
-    TRAIN_PHRASINGS,
     ColorShapeCaptions,
     ColorShapeGenerator,
     ColorShapeInstructions,
     TwoObjectCaptions,
     caption,
-    instruction_triplets,
 )
 
 
@@ -91,28 +87,14 @@ def test_colour_is_not_the_mean_pixel():
     assert hits < 40  # chance is 10 of 60; a trivial statistic must not solve the task
 
 
-def test_captions_and_triplets():
+def test_captions():
     sample = ColorShapeGenerator().sample(0)
     assert caption(sample) == f"a {sample.colour} {sample.shape}"
-    triplets = instruction_triplets(sample)
-    assert len(triplets) == sum(map(len, TRAIN_PHRASINGS.values()))
-    for condition, instruction, answer in triplets:
-        assert instruction in TRAIN_PHRASINGS[condition]
-        assert answer == {"colour": sample.colour, "shape": sample.shape}[condition]
 
 
 def test_orange_takes_an():
     sample = ColorShapeGenerator().sample(COLOR_NAMES.index("orange"))
     assert caption(sample) == f"an orange {sample.shape}"
-
-
-def test_train_and_eval_phrasings_are_disjoint_and_cover_both_conditions():
-    assert set(TRAIN_PHRASINGS) == set(EVAL_PHRASINGS) == set(CONDITIONS) == {"colour", "shape"}
-    for condition in CONDITIONS:
-        assert not set(TRAIN_PHRASINGS[condition]) & set(EVAL_PHRASINGS[condition])
-        assert set(CONDITIONS[condition]) == set(TRAIN_PHRASINGS[condition]) | set(
-            EVAL_PHRASINGS[condition]
-        )
 
 
 def test_scene_objects_differ_and_stand_in_the_captioned_relation():
@@ -148,21 +130,19 @@ def test_caption_dataset_items():
 
 
 def test_instruction_dataset_groups_items_by_image():
-    dataset = ColorShapeInstructions(3, seed=4, phrasings=EVAL_PHRASINGS)
-    per_image = sum(map(len, EVAL_PHRASINGS.values()))
-    assert len(dataset) == len(dataset.image_ids) == 3 * per_image
+    dataset = ColorShapeInstructions(3, seed=4, per_condition=2)
+    assert len(dataset) == len(dataset.image_ids) == 3 * 4
     items = [dataset[i] for i in range(len(dataset))]
     assert [item["image_id"] for item in items] == dataset.image_ids
-    first_image = items[:per_image]
-    assert {i["instruction"] for i in first_image} == {
-        p for ps in EVAL_PHRASINGS.values() for p in ps
-    }
+    first_image = items[:4]
+    assert [item["condition"] for item in first_image] == ["colour", "colour", "shape", "shape"]
     for item in first_image:
-        assert item["instruction"] in EVAL_PHRASINGS[item["condition"]]
         np.testing.assert_array_equal(pixels(item["image"]), pixels(first_image[0]["image"]))
     answers = {i["condition"]: i["answer"] for i in first_image}
     sample = ColorShapeGenerator(seed=4).sample(0)
     assert answers == {"colour": sample.colour, "shape": sample.shape}
+    with pytest.raises(ValueError):
+        ColorShapeInstructions(2, conditions=())
 
 
 def test_two_object_dataset_items():

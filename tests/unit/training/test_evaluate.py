@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
-from focalserve_training.evaluate import Encoder, evaluate, mean_average_precision, write_report
+from focalserve_training.evaluate import (
+    Encoder,
+    evaluate,
+    evaluation_phrasings,
+    mean_average_precision,
+    meets_target,
+    write_report,
+)
 from tests.helpers.models import TINY, tiny_clip, tiny_focallens
 
 N_IMAGES, N_SCENES = 30, 20
@@ -78,7 +86,7 @@ def test_clip_models_get_unconditional_retrieval_compositionality_and_zero_shot(
 def test_focallens_gets_conditional_and_baseline_unconditional_retrieval_only(
     focallens_results, clip_results
 ):
-    assert set(focallens_results) == {"retrieval_map"}
+    assert set(focallens_results) == {"retrieval_map", "phrasing_map"}
     assert set(focallens_results["retrieval_map"]) == {"colour", "shape"}
     for condition, row in focallens_results["retrieval_map"].items():
         # "conditional" plus, possibly, variants of it (e.g. per set of phrasings)
@@ -88,6 +96,28 @@ def test_focallens_gets_conditional_and_baseline_unconditional_retrieval_only(
             _assert_unit_interval(value)
         # the unconditional row comes from the baseline (the same tiny CLIP as clip_results)
         assert row["unconditional"] == clip_results["retrieval_map"][condition]["unconditional"]
+
+
+def test_focallens_is_scored_under_each_phrasing_for_both_attributes(focallens_results):
+    phrasings = evaluation_phrasings()
+    scores = focallens_results["phrasing_map"]
+    assert set(scores) == {"trained", "held_out"}
+    for kind, conditions in phrasings.items():
+        for condition, texts in conditions.items():
+            assert set(scores[kind][condition]) == set(texts)
+            for row in scores[kind][condition].values():
+                assert set(row) == {"colour", "shape"}
+                _assert_unit_interval(row["colour"])
+            averaged = focallens_results["retrieval_map"][condition]
+            key = "conditional" if kind == "trained" else "conditional_heldout_phrasing"
+            mean = np.mean([row[condition] for row in scores[kind][condition].values()])
+            assert averaged[key] == pytest.approx(mean)
+
+
+def test_the_target_asks_for_the_attribute_and_a_lead_over_the_other():
+    assert meets_target("colour", {"colour": 0.90, "shape": 0.70})
+    assert not meets_target("colour", {"colour": 0.84, "shape": 0.30})  # below 0.85
+    assert not meets_target("shape", {"colour": 0.80, "shape": 0.90})  # leads by 0.10 only
 
 
 def test_evaluation_is_deterministic(clip_results):

@@ -6,11 +6,8 @@ from focalserve_training.data.checks import MissingImagesError
 from focalserve_training.data.colorshape import (
     COLOR_NAMES,
     COLORS,
-    CONDITIONS,
-    EVAL_PHRASINGS,
     RELATIONS,
     SHAPES,
-    TRAIN_PHRASINGS,
     ColorShapeCaptions,
     ColorShapeGenerator,
     ColorShapeInstructions,
@@ -20,7 +17,6 @@ from focalserve_training.data.colorshape import (
     TwoObjectScene,
     answer,
     caption,
-    instruction_triplets,
 )
 from focalserve_training.data.hard_negatives import (
     BigramShuffle,
@@ -39,6 +35,12 @@ from focalserve_training.data.instructions import (
     strip_image_token,
     strip_prompt_suffix,
 )
+from focalserve_training.data.phrasings import (
+    HELD_OUT_PHRASINGS,
+    BatchPhrasings,
+    sample_training_phrasings,
+    training_phrasings,
+)
 from focalserve_training.data.sampler import GroupedInstructionBatchSampler
 from focalserve_training.data.word_groups import (
     COLORSHAPE_ANTONYMS,
@@ -51,19 +53,18 @@ from focalserve_training.data.word_groups import (
 )
 
 __all__ = [
+    "HELD_OUT_PHRASINGS",
     "COLORS",
     "COLOR_NAMES",
     "COLORSHAPE_ANTONYMS",
     "COLORSHAPE_WORD_GROUPS",
-    "CONDITIONS",
     "ENGLISH_ANTONYMS",
     "ENGLISH_WORD_GROUPS",
-    "EVAL_PHRASINGS",
     "PROMPT_SUFFIXES",
     "RELATIONS",
     "SHAPES",
-    "TRAIN_PHRASINGS",
     "Antonyms",
+    "BatchPhrasings",
     "BigramShuffle",
     "CaptionDataset",
     "CaptionRecord",
@@ -87,11 +88,12 @@ __all__ = [
     "WordGroups",
     "answer",
     "caption",
-    "instruction_triplets",
     "load_rgb",
     "read_caption_jsonl",
     "read_llava_triplets",
     "rule_based_generator",
+    "sample_training_phrasings",
+    "training_phrasings",
     "strip_image_token",
     "strip_prompt_suffix",
 ]

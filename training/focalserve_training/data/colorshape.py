@@ -8,6 +8,7 @@ trivial statistic such as the mean pixel. Everything is a pure function of
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,38 +28,6 @@ COLORS: dict[str, tuple[int, int, int]] = {
 COLOR_NAMES: tuple[str, ...] = tuple(COLORS)
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "diamond")
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
-
-# Training and evaluation phrasings are disjoint, so evaluation measures whether the
-# model follows the *condition* rather than memorising the training strings.
-TRAIN_PHRASINGS: dict[str, tuple[str, ...]] = {
-    "colour": (
-        "what colour is the shape?",
-        "which colour is the object?",
-        "what is the colour of the object?",
-        "what colour is it?",
-    ),
-    "shape": (
-        "which shape is this?",
-        "what shape is the object?",
-        "what is the shape of the object?",
-        "what kind of shape is it?",
-    ),
-}
-EVAL_PHRASINGS: dict[str, tuple[str, ...]] = {
-    "colour": (
-        "what color is the object?",
-        "tell me the colour of the shape.",
-        "which color does the shape have?",
-    ),
-    "shape": (
-        "what geometric shape is shown?",
-        "tell me the shape of the object.",
-        "which form does the object have?",
-    ),
-}
-CONDITIONS: dict[str, tuple[str, ...]] = {
-    name: TRAIN_PHRASINGS[name] + EVAL_PHRASINGS[name] for name in TRAIN_PHRASINGS
-}
 
 _SUPERSAMPLE = 4  # shapes are drawn at 4x and box-filtered down, for soft edges
 _SINGLE_SIZE = (0.35, 0.7)  # object side as a fraction of the image side
@@ -105,17 +74,6 @@ def caption(sample: ColorShapeSample | SceneObject | TwoObjectScene) -> str:
 
 def _noun_phrase(obj: ColorShapeSample | SceneObject) -> str:
     return f"{indefinite_article(obj.colour)} {obj.colour} {obj.shape}"
-
-
-def instruction_triplets(
-    sample: ColorShapeSample, phrasings: dict[str, tuple[str, ...]] = TRAIN_PHRASINGS
-) -> list[tuple[str, str, str]]:
-    """(condition, instruction, answer) for every phrasing, ordered by condition."""
-    return [
-        (condition, instruction, answer(sample, condition))
-        for condition, instructions in phrasings.items()
-        for instruction in instructions
-    ]
 
 
 def answer(sample: ColorShapeSample, condition: str) -> str:
@@ -207,36 +165,37 @@ class ColorShapeCaptions(Dataset):
 
 
 class ColorShapeInstructions(Dataset):
-    """One item per (image, condition, phrasing); items of one image are contiguous and
-    share an entry of ``image_ids``, which a grouped batch sampler keys on."""
+    """`per_condition` items per (image, condition), holding the condition and its answer; the
+    recipe words each condition per batch (`BatchPhrasings`). An image's items are contiguous
+    and share an entry of ``image_ids``, which a grouped batch sampler keys on.
+
+    Two items per condition by default: with one, the demo's instruction tower learned the
+    plain wordings but read "tell me its shape, not its colour" as a colour question.
+    """
 
     def __init__(
         self,
         n_images: int,
         seed: int = 0,
         image_size: int = 32,
-        phrasings: dict[str, tuple[str, ...]] = TRAIN_PHRASINGS,
+        conditions: Sequence[str] = ("colour", "shape"),
+        per_condition: int = 2,
     ) -> None:
+        if not conditions or per_condition < 1:
+            raise ValueError("at least one condition is needed, and per_condition must be positive")
         self.generator = ColorShapeGenerator(seed, image_size)
-        self.prompts = [
-            (condition, instruction)
-            for condition, instructions in phrasings.items()
-            for instruction in instructions
-        ]
-        if not self.prompts:
-            raise ValueError("phrasings must hold at least one instruction")
-        self.image_ids = [i for i in range(n_images) for _ in self.prompts]
+        self.slots = [condition for condition in conditions for _ in range(per_condition)]
+        self.image_ids = [i for i in range(n_images) for _ in self.slots]
 
     def __len__(self) -> int:
         return len(self.image_ids)
 
     def __getitem__(self, index: int) -> dict:
-        image_id, prompt = divmod(_check_index(index, len(self)), len(self.prompts))
+        image_id, slot = divmod(_check_index(index, len(self)), len(self.slots))
         sample = self.generator.sample(image_id)
-        condition, instruction = self.prompts[prompt]
+        condition = self.slots[slot]
         return {
             "image": sample.image,
-            "instruction": instruction,
             "answer": answer(sample, condition),
             "image_id": image_id,
             "condition": condition,

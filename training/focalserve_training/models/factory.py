@@ -3,41 +3,101 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import tempfile
+from functools import cache
 from pathlib import Path
 from typing import Any, TypeAlias
 
 import open_clip
 import torch
-from open_clip.model import CLIP
+from open_clip.hf_configs import arch_dict
+from open_clip.model import CLIP, CustomTextCLIP
 from torch import nn
 
 from focalserve_family import CONDITIONAL_FAMILY, FAMILY_KINDS, FamilyKind
+from focalserve_family.text_towers import Tokenizer, create_tokenizer, local_text_tower, tokenizer_name
 from focalserve_training.models.architecture import check_checkpoint, check_pretrained_tag
-from focalserve_training.models.focallens import FocalLensCLIP
+from focalserve_training.models.focallens import BaseCLIP, FocalLensCLIP
 from focalserve_training.models.lora import has_lora, merge_lora
 from focalserve_training.options import LORA_ALPHA
 
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 
-FamilyModel: TypeAlias = CLIP | FocalLensCLIP  # a plain (or FSC-)CLIP, or a conditional FocalLens model
+FamilyModel: TypeAlias = BaseCLIP | FocalLensCLIP  # a plain (or FSC-)CLIP, or a conditional FocalLens model
+
+
+@cache
+def project_model_configs() -> dict[str, dict[str, Any]]:
+    """The project's open_clip configs as written: Hugging Face text towers named by hub id."""
+    return {path.stem: json.loads(path.read_text()) for path in sorted(MODEL_CONFIG_DIR.glob("*.json"))}
 
 
 def register_model_configs() -> None:
-    """Make the project's open_clip configs (e.g. `focalserve-tiny`) known to open_clip."""
-    if "focalserve-tiny" not in open_clip.list_models():
-        open_clip.add_model_config(MODEL_CONFIG_DIR)
+    """Make the project's open_clip configs (e.g. `focalserve-tiny`) known to open_clip.
+
+    A text tower named by a hub id that an installed package ships (`focalserve-minilm`'s
+    all-MiniLM-L6-v2) is registered pointing at the package's directory, so that open_clip and
+    transformers never reach for the hub. open_clip registers configs from files only, so the
+    resolved configs pass through a temporary directory; the registry keeps them after it is gone.
+    """
+    configs = project_model_configs()
+    if set(configs) <= set(open_clip.list_models()):
+        return
+    _complete_bert_arch()
+    with tempfile.TemporaryDirectory(prefix="focalserve-configs-") as directory:
+        for name, config in configs.items():
+            text = dict(config["text_cfg"])
+            for key in ("hf_model_name", "hf_tokenizer_name"):
+                if key in text:
+                    text[key] = local_text_tower(text[key])
+            (Path(directory) / f"{name}.json").write_text(json.dumps({**config, "text_cfg": text}))
+        open_clip.add_model_config(directory)
 
 
-def create_base_clip(model_name: str, pretrained: str | None = None) -> CLIP:
+def _complete_bert_arch() -> None:
+    """open_clip's table of Hugging Face architectures names no layers for BERT, which its
+    lock_text_tower(N > 0) needs; BERT's modules have RoBERTa's names (`encoder.layer`, `embeddings`)."""
+    names = arch_dict["bert"]["config_names"]
+    names.setdefault("layer_attr", "layer")
+    names.setdefault("token_embeddings_attr", "embeddings")
+
+
+def text_config(model_name: str) -> dict[str, Any]:
+    """A config's `text_cfg` as written (a hub id, not this machine's path, for a Hugging Face tower)."""
+    register_model_configs()
+    config = project_model_configs().get(model_name) or open_clip.get_model_config(model_name)
+    if config is None:
+        raise ValueError(f"unknown open_clip model config {model_name!r}")
+    return config["text_cfg"]
+
+
+def tokenizer_spec(model_name: str) -> tuple[str, int]:
+    """(the tokenizer's name in family metadata, context length) of an open_clip config.
+
+    The context length is the config's: a Hugging Face tower's own limit (512 for BERT) is
+    far longer than the instructions and answers it reads.
+    """
+    text = text_config(model_name)
+    return tokenizer_name(model_name, text.get("hf_tokenizer_name")), int(text.get("context_length", 77))
+
+
+def create_text_tokenizer(model_name: str) -> Tokenizer:
+    """The tokenizer of an open_clip config, as the gateway will build it from the family's metadata."""
+    return create_tokenizer(*tokenizer_spec(model_name))
+
+
+def create_base_clip(model_name: str, pretrained: str | None = None) -> BaseCLIP:
     """An open_clip CLIP from a config name and an optional pretrained tag or weights file.
 
-    A tag trained with the other activation (e.g. `openai` for a GELU config) is refused:
-    open_clip only warns, and the embeddings would silently differ.
+    Its text tower is open_clip's own (CLIP) or a Hugging Face model (CustomTextCLIP). A tag
+    trained with the other activation (e.g. `openai` for a GELU config) is refused: open_clip
+    only warns, and the embeddings would silently differ.
     """
     register_model_configs()
     check_pretrained_tag(model_name, pretrained)
     model = open_clip.create_model(model_name, pretrained=pretrained or None)
-    if not isinstance(model, CLIP):
+    if not isinstance(model, CLIP | CustomTextCLIP):
         raise ValueError(f"{model_name} is not a two-tower open_clip CLIP ({type(model).__name__})")
     return model
 
@@ -70,7 +130,7 @@ def read_weights(path: str | Path, model_name: str, lora_alpha: float = LORA_ALP
     return merge_lora(state, lora_alpha) if has_lora(state) else state
 
 
-def build_family_model(family: FamilyKind, base: CLIP) -> FamilyModel:
+def build_family_model(family: FamilyKind, base: BaseCLIP) -> FamilyModel:
     if family == "clip":
         return base
     if family == CONDITIONAL_FAMILY:

@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 import torch.nn.functional as F
-from open_clip.model import CLIP
+from open_clip.model import CLIP, CustomTextCLIP
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import nn
 
+BaseCLIP: TypeAlias = CLIP | CustomTextCLIP  # open_clip's own text tower, or a Hugging Face one
 
-def text_side(clip: CLIP) -> CLIP:
+
+def text_side(clip: BaseCLIP) -> BaseCLIP:
     """The CLIP without its image tower and logit scale: a view sharing the text tower's modules.
 
     It is what the instruction tower copies and what a text role exports, so neither carries
@@ -42,7 +44,7 @@ def text_side(clip: CLIP) -> CLIP:
 class InstructionTower(nn.Module):
     """A trainable copy of a CLIP's text tower: instruction tokens -> condition vector."""
 
-    def __init__(self, clip: CLIP) -> None:
+    def __init__(self, clip: BaseCLIP) -> None:
         super().__init__()
         self.text = copy.deepcopy(text_side(clip))
         self.text.requires_grad_(True)
@@ -143,8 +145,10 @@ def conditional_image_features(
     return pooled @ visual.proj if visual.proj is not None else pooled
 
 
-def text_embedding_dim(clip: CLIP) -> int:
+def text_embedding_dim(clip: BaseCLIP) -> int:
     """Width of the text tower's pooled output, which is the condition's dimension C."""
+    if isinstance(clip, CustomTextCLIP):
+        return int(clip.text.output_dim)
     projection = clip.text_projection
     if projection is None:
         return clip.transformer.width
@@ -154,7 +158,7 @@ def text_embedding_dim(clip: CLIP) -> int:
 class FocalLensCLIP(nn.Module):
     """Conditional CLIP: `encode_image(pixels, condition)` under an encoded instruction."""
 
-    def __init__(self, clip: CLIP) -> None:
+    def __init__(self, clip: BaseCLIP) -> None:
         super().__init__()
         visual = clip.visual
         if not isinstance(visual, VisionTransformer) or visual.attn_pool is not None:
@@ -202,14 +206,16 @@ class FocalLensCLIP(nn.Module):
         Batches repeat instructions and answers (several phrasings per condition, shared
         answers), so each distinct text is encoded once and gathered back per example.
         """
-        condition = _per_distinct_row(self.encode_instruction, instruction_tokens)
+        condition = per_distinct_row(self.encode_instruction, instruction_tokens)
         return {
             "image_features": self.encode_image(pixels, condition),
-            "text_features": _per_distinct_row(self.encode_text, answer_tokens),
+            "text_features": per_distinct_row(self.encode_text, answer_tokens),
             "logit_scale": self.clip.logit_scale.exp(),
         }
 
 
-def _per_distinct_row(encode: Callable[[torch.Tensor], torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+def per_distinct_row(encode: Callable[[torch.Tensor], torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+    """`encode(tokens)`, running the text tower once per distinct row: training batches repeat texts
+    (captions of one class, an instruction's answers), and a pretrained tower costs per row."""
     distinct, index = torch.unique(tokens, dim=0, return_inverse=True)
     return encode(distinct)[index]

