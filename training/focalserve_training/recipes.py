@@ -200,7 +200,7 @@ class FocalLensRecipe(Recipe):
         self, dataset: Dataset, batch_size: int, seed: int, replicas: int, rank: int
     ) -> EpochBatchSampler | None:
         """Several instructions of one image share a batch, so the loss must separate them
-        (ColorShape: an image's items are one per condition, and they stay together)."""
+        (ColorShape: all of an image's items, for every condition, form one group)."""
         if not isinstance(dataset, ColorShapeInstructions | InstructionTripletDataset):
             raise TypeError(f"the focallens recipe batches its own datasets, not {type(dataset).__name__}")
         per_image = len(dataset.slots) if isinstance(dataset, ColorShapeInstructions) else self.instructions_per_image
