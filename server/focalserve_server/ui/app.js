@@ -184,11 +184,11 @@ async function registerCondition(event) {
     body: { instruction, index: $("new-index").value },
   });
   const condition = await response.json();
+  $("new-instruction").value = "";
+  await refreshConditions();  // first, so that the message never names a condition the list lacks
   showStatus(response.status === 202
     ? `Registered "${condition.instruction}": embedding ${condition.total} images in the background.`
     : `"${condition.instruction}" was already registered.`);
-  $("new-instruction").value = "";
-  await refreshConditions();
 }
 
 // --- the query ----------------------------------------------------------------------------
