@@ -167,7 +167,7 @@ def test_the_page_is_usable_on_a_narrow_screen(browser, demo_gateway, screenshot
     try:
         open_page(page, demo_gateway)
         page.get_by_role("button", name="Use a stored image").click()
-        page.get_by_role("button", name="Search").click()
+        page.get_by_role("button", name="Search").click()  # at once: the page holds Search until the pick is made
         hit_texts(page, COLOUR)
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, f"the page scrolls sideways ({width} px wide)"

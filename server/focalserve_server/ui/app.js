@@ -229,13 +229,19 @@ function readImageFile(file) {
 async function useStoredImage() {
   const name = selectedCollection();
   if (!name) throw new ApiError(0, "Pick a collection first.");
-  const { items } = await (await api(`${collectionPath(name)}/items?limit=1000`)).json();
-  if (!items.length) throw new ApiError(0, `The collection "${name}" has no images yet.`);
-  const item = items[Math.floor(Math.random() * items.length)];
-  $("query-text").value = "";
-  $("query-file").value = "";
-  setQuery({ item_id: item.id }, `the stored image "${item.id}" (left out of its own results)`,
-    await thumbnail(name, item.id));
+  // Search waits for the pick: pressed meanwhile, it would search the previous query or none.
+  $("search").disabled = true;
+  try {
+    const { items } = await (await api(`${collectionPath(name)}/items?limit=1000`)).json();
+    if (!items.length) throw new ApiError(0, `The collection "${name}" has no images yet.`);
+    const item = items[Math.floor(Math.random() * items.length)];
+    $("query-text").value = "";
+    $("query-file").value = "";
+    setQuery({ item_id: item.id }, `the stored image "${item.id}" (left out of its own results)`,
+      await thumbnail(name, item.id));
+  } finally {
+    $("search").disabled = false;
+  }
 }
 
 function onTextInput() {
