@@ -18,6 +18,13 @@ from focalserve_training.export import export_family
 from tests.helpers.models import TINY, tiny_clip, tiny_focallens
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests on the trained demo family: `make test` runs the others while it builds."""
+    for item in items:
+        if "demo_repository" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.demo_family)
+
+
 @pytest.fixture(scope="session")
 def focallens_model():
     return tiny_focallens()
@@ -39,7 +46,8 @@ def model_repository(tmp_path_factory, focallens_model, clip_model) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_repository() -> Path:
-    """The trained demo family (`make demo-model`); `make test` builds it before running tests."""
+    """The trained demo family (`make demo-model`); `make test` builds it while the tests that do not
+    use it run, then runs those that do (marked demo_family)."""
     repository = Path(__file__).resolve().parent.parent / "model_repository"
     if not (repository / "demo_image" / "1" / "model.pt").is_file():
         pytest.fail("the demo family is missing: run `make demo-model` (make test does it first)")

@@ -26,7 +26,7 @@ def png(image) -> bytes:
     return buffer.getvalue()
 
 
-def test_bulk_ingest_cli_is_resumable(demo_repository, tmp_path):
+def test_bulk_ingest_cli_is_resumable(model_repository, tmp_path):
     folder = tmp_path / "images"
     (folder / "sub").mkdir(parents=True)
     generator = ColorShapeGenerator(seed=5)
@@ -36,10 +36,10 @@ def test_bulk_ingest_cli_is_resumable(demo_repository, tmp_path):
     (tmp_path / "meta.jsonl").write_text("\n".join(
         json.dumps({"file": f"img {i}.png", "colour": generator.sample(i).colour}) for i in range(0, 24, 2)))
     # --batch-size over the gateway's limit: the SDK learns the limit from the first refusal
-    with running_gateway(demo_repository, tmp_path / "gateway.log", data_dir=str(tmp_path / "data"),
+    with running_gateway(model_repository, tmp_path / "gateway.log", data_dir=str(tmp_path / "data"),
                          max_inputs_per_request="4") as url:
         command = [sys.executable, "-m", "focalserve_server", "index", "add", "--collection", "folder",
-                   "--model", "demo", "--images", str(folder), "--metadata", str(tmp_path / "meta.jsonl"),
+                   "--model", "tiny", "--images", str(folder), "--metadata", str(tmp_path / "meta.jsonl"),
                    "--url", url, "--batch-size", "5"]
         first = subprocess.run(command, capture_output=True, text=True, timeout=300)
         assert first.returncode == 0, first.stderr
@@ -54,14 +54,14 @@ def test_bulk_ingest_cli_is_resumable(demo_repository, tmp_path):
         assert httpx.get(f"{url}/collections/folder").json()["items"] == 24
 
 
-def test_kill_9_during_adds_loses_no_acknowledged_item(demo_repository, tmp_path):
+def test_kill_9_during_adds_loses_no_acknowledged_item(model_repository, tmp_path):
     data_dir = tmp_path / "data"
     generator = ColorShapeGenerator(seed=9)
     images = [b64(png(generator.sample(i).image)) for i in range(200)]
     acknowledged: list[str] = []
-    with gateway_process(demo_repository, tmp_path / "first.log", data_dir=str(data_dir)) as (url, process):
+    with gateway_process(model_repository, tmp_path / "first.log", data_dir=str(data_dir)) as (url, process):
         client = httpx.Client(base_url=url, timeout=60)
-        client.post("/collections", json={"name": "crash", "model": "demo"})
+        client.post("/collections", json={"name": "crash", "model": "tiny"})
         client.post("/collections/crash/conditions", json={"instruction": SHAPE})
         stop = threading.Event()
 
@@ -86,7 +86,7 @@ def test_kill_9_during_adds_loses_no_acknowledged_item(demo_repository, tmp_path
         stop.set()
         worker.join(timeout=60)
     assert len(acknowledged) >= 40
-    with running_gateway(demo_repository, tmp_path / "second.log", data_dir=str(data_dir)) as url:
+    with running_gateway(model_repository, tmp_path / "second.log", data_dir=str(data_dir)) as url:
         client = httpx.Client(base_url=url, timeout=60)
         for item_id in acknowledged:
             assert client.get(f"/collections/crash/items/{item_id}").status_code == 200, item_id

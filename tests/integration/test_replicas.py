@@ -68,17 +68,17 @@ def database(postgres_server) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def replicas(demo_repository: Path, database: str, tmp_path_factory) -> Iterator[list[str]]:
+def replicas(model_repository: Path, database: str, tmp_path_factory) -> Iterator[list[str]]:
     """Three gateways, each with its own data dir, on one database."""
     work = tmp_path_factory.mktemp("replicas")
     configs = [(work / f"{n}.log", {"data_dir": str(work / n), "database_url": database, **FAST_LOG}) for n in "abc"]
-    with gateway_processes(demo_repository, configs) as started:
+    with gateway_processes(model_repository, configs) as started:
         yield [url for url, _ in started]
 
 
 def test_a_collection_built_through_three_replicas_answers_identically_on_each(replicas):
     a, b, c = replicas
-    assert httpx.post(f"{a}/collections", json={"name": "shared", "model": "demo"}).status_code == 201
+    assert httpx.post(f"{a}/collections", json={"name": "shared", "model": "tiny"}).status_code == 201
     added = httpx.post(f"{b}/collections/shared/items", json={"items": [item(i) for i in range(40)]}, timeout=120)
     registered = httpx.post(f"{c}/collections/shared/conditions", json={"instruction": COLOUR}, timeout=30)
     assert registered.status_code == 202 and seq(registered) > seq(added)
@@ -93,7 +93,7 @@ def test_a_collection_built_through_three_replicas_answers_identically_on_each(r
 
 def test_read_your_writes_across_replicas(replicas):
     a, b, _ = replicas
-    httpx.post(f"{a}/collections", json={"name": "ryw", "model": "demo"})
+    httpx.post(f"{a}/collections", json={"name": "ryw", "model": "tiny"})
     httpx.post(f"{a}/collections/ryw/conditions", json={"instruction": SHAPE})
     wait_ready(a, "ryw")
     for index in range(50, 56):  # each write on one replica, read at once on another with its position
@@ -119,7 +119,7 @@ class RoundRobin(httpx.BaseTransport):
 
 def test_the_sdk_reads_its_own_writes_behind_a_load_balancer(replicas):
     with Client("http://gateways", transport=RoundRobin(replicas)) as client:
-        client.create_collection("balanced", model="demo")
+        client.create_collection("balanced", model="tiny")
         client.add_condition("balanced", COLOUR)
         client.wait_for_condition("balanced", COLOUR, timeout=120)
         for index in range(60, 66):  # the add lands on one replica, the search on the next
@@ -136,7 +136,7 @@ def test_a_position_no_write_has_reached_is_a_client_error(replicas):
 
 def test_concurrent_adds_through_every_replica_lose_nothing(replicas):
     a = replicas[0]
-    httpx.post(f"{a}/collections", json={"name": "busy", "model": "demo"})
+    httpx.post(f"{a}/collections", json={"name": "busy", "model": "tiny"})
     httpx.post(f"{a}/collections/busy/conditions", json={"instruction": COLOUR})
     wait_ready(a, "busy")
     positions: list[int] = []
@@ -170,13 +170,13 @@ def test_a_delete_on_one_replica_leaves_every_replicas_results(replicas):
 
 
 def test_replicas_killed_during_adds_and_during_a_shared_build_lose_nothing(
-    demo_repository: Path, postgres_server, tmp_path: Path
+    model_repository: Path, postgres_server, tmp_path: Path
 ):
     database = postgres_server.create_database("kill9")
     settings = {"database_url": database, "build_chunk_size": "4", "build_lease_s": "2", **FAST_LOG}
     configs = [(tmp_path / f"{n}.log", {"data_dir": str(tmp_path / n), **settings}) for n in "abc"]
-    with gateway_processes(demo_repository, configs) as [(a, killed_adding), (b, killed_building), (c, _)]:
-        httpx.post(f"{c}/collections", json={"name": "k", "model": "demo"})
+    with gateway_processes(model_repository, configs) as [(a, killed_adding), (b, killed_building), (c, _)]:
+        httpx.post(f"{c}/collections", json={"name": "k", "model": "tiny"})
         acknowledged: list[str] = []
 
         def add_until_killed() -> None:
@@ -212,13 +212,13 @@ def test_replicas_killed_during_adds_and_during_a_shared_build_lose_nothing(
             assert ranked(c, "k", COLOUR, {"item_id": item_id}, min_seq=head)
 
 
-def test_a_restarted_replica_catches_up_from_its_snapshot_and_the_log(demo_repository: Path, postgres_server,
+def test_a_restarted_replica_catches_up_from_its_snapshot_and_the_log(model_repository: Path, postgres_server,
                                                                       tmp_path: Path):
     database = postgres_server.create_database("restart")
     settings = {"database_url": database, **FAST_LOG}
-    with gateway_process(demo_repository, tmp_path / "a.log", data_dir=str(tmp_path / "a"), **settings) as (a, _):
-        with gateway_process(demo_repository, tmp_path / "b.log", data_dir=str(tmp_path / "b"), **settings) as (b, _):
-            httpx.post(f"{b}/collections", json={"name": "r", "model": "demo"})
+    with gateway_process(model_repository, tmp_path / "a.log", data_dir=str(tmp_path / "a"), **settings) as (a, _):
+        with gateway_process(model_repository, tmp_path / "b.log", data_dir=str(tmp_path / "b"), **settings) as (b, _):
+            httpx.post(f"{b}/collections", json={"name": "r", "model": "tiny"})
             httpx.post(f"{b}/collections/r/items", json={"items": [item(i) for i in range(30)]}, timeout=120)
             httpx.post(f"{b}/collections/r/conditions", json={"instruction": COLOUR})
             wait_ready(b, "r")
@@ -226,16 +226,16 @@ def test_a_restarted_replica_catches_up_from_its_snapshot_and_the_log(demo_repos
         last = seq(httpx.post(f"{a}/collections/r/items", json={"items": [item(i) for i in range(30, 45)]},
                               timeout=120))
         expected = ranked(a, "r", COLOUR, {"image": png(40)}, min_seq=last)
-        with gateway_process(demo_repository, tmp_path / "b.log", data_dir=str(tmp_path / "b"), **settings) as (b, _):
+        with gateway_process(model_repository, tmp_path / "b.log", data_dir=str(tmp_path / "b"), **settings) as (b, _):
             assert httpx.get(f"{b}/readyz").status_code == 200  # ready only once caught up
             assert ranked(b, "r", COLOUR, {"image": png(40)}) == expected
 
 
-def test_two_processes_on_one_sqlite_data_dir_stay_consistent(demo_repository: Path, tmp_path: Path):
+def test_two_processes_on_one_sqlite_data_dir_stay_consistent(model_repository: Path, tmp_path: Path):
     data = str(tmp_path / "data")
     configs = [(tmp_path / f"{n}.log", {"data_dir": data, **FAST_LOG}) for n in "ab"]
-    with gateway_processes(demo_repository, configs) as [(a, _), (b, _)]:
-        httpx.post(f"{a}/collections", json={"name": "local", "model": "demo"})
+    with gateway_processes(model_repository, configs) as [(a, _), (b, _)]:
+        httpx.post(f"{a}/collections", json={"name": "local", "model": "tiny"})
         httpx.post(f"{b}/collections/local/items", json={"items": [item(i) for i in range(20)]}, timeout=120)
         registered = httpx.post(f"{a}/collections/local/conditions", json={"instruction": COLOUR})
         wait_ready(b, "local")

@@ -18,8 +18,6 @@ from focalserve_training.models.factory import state_hash
 from tests.helpers.lora import release_checkpoint, with_lora_factors
 from tests.helpers.models import TINY
 
-pytestmark = pytest.mark.slow
-
 REPOSITORY = Path(__file__).resolve().parents[2]
 DDP_SCRIPT = REPOSITORY / "tests" / "helpers" / "ddp_train.py"
 TIMEOUT = 240
