@@ -9,12 +9,16 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 
-def shape_png(colour: tuple[int, int, int] = (220, 30, 30), size: int = 48, box: int = 8) -> bytes:
-    image = Image.new("RGB", (size, size), (128, 128, 128))
-    ImageDraw.Draw(image).ellipse((box, box, size - box, size - box), fill=colour)
+def png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def shape_png(colour: tuple[int, int, int] = (220, 30, 30), size: int = 48, box: int = 8) -> bytes:
+    image = Image.new("RGB", (size, size), (128, 128, 128))
+    ImageDraw.Draw(image).ellipse((box, box, size - box, size - box), fill=colour)
+    return png(image)
 
 
 def b64(data: bytes) -> str:

@@ -39,7 +39,7 @@ from focalserve_client import (
 from focalserve_client.cli import add_index_command
 from focalserve_devtools.launch import free_port, running_gateway
 from focalserve_training.data import ColorShapeGenerator
-from tests.helpers.images import shape_png
+from tests.helpers.images import png, shape_png
 
 ROOT = Path(__file__).resolve().parents[2]
 COLOUR = "what colour is the shape?"
@@ -516,12 +516,6 @@ def test_index_add_is_built_on_the_sdk_and_resumes(newer, tmp_path, capsys):
 
 
 # --- collections and conditional search on the trained demo family -------------------------
-
-
-def png(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 SAMPLES = [ColorShapeGenerator(seed=91).sample(index) for index in range(90)]

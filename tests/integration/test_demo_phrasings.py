@@ -4,7 +4,6 @@ same mAP, same target)."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from focalserve_training.data import ColorShapeGenerator
 from focalserve_training.data.colorshape import answer
 from focalserve_training.data.phrasings import HELD_OUT_PHRASINGS
 from focalserve_training.evaluate import ATTRIBUTES, EVAL_SEED, mean_average_precision, meets_target
-from tests.helpers.images import b64
+from tests.helpers.images import b64, png
 from tests.helpers.inprocess import InProcessGateway, gateway_settings
 
 N_IMAGES = 600  # as in training/RESULTS.md
@@ -25,13 +24,7 @@ SAMPLES = [ColorShapeGenerator(seed=EVAL_SEED).sample(index) for index in range(
 LABELS = {attribute: [answer(sample, attribute) for sample in SAMPLES] for attribute in ATTRIBUTES}
 
 
-def png(image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return b64(buffer.getvalue())
-
-
-IMAGES = [png(sample.image) for sample in SAMPLES]
+IMAGES = [b64(png(sample.image)) for sample in SAMPLES]
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -15,15 +14,9 @@ import httpx
 
 from focalserve_devtools.launch import gateway_process, running_gateway
 from focalserve_training.data import ColorShapeGenerator
-from tests.helpers.images import b64
+from tests.helpers.images import b64, png
 
 SHAPE = "which shape is this?"
-
-
-def png(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 def test_bulk_ingest_cli_is_resumable(model_repository, tmp_path):

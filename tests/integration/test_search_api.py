@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import time
 from collections.abc import Iterator
@@ -14,17 +13,11 @@ import pytest
 
 from focalserve_devtools.launch import running_gateway
 from focalserve_training.data import ColorShapeGenerator
-from tests.helpers.images import b64
+from tests.helpers.images import b64, png
 from tests.helpers.inprocess import InProcessGateway, gateway_settings
 
 COLOUR = "what colour is the shape?"
 SHAPE = "which shape is this?"
-
-
-def png(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 SAMPLES = [ColorShapeGenerator(seed=77).sample(index) for index in range(120)]
