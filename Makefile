@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+INFINITY_VENV := .venv-infinity
 REPO   ?= model_repository
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
@@ -77,11 +78,17 @@ test: $(STAMP)
 tests-without-demo: $(STAMP) $(CHROMIUM) $(PG_BIN)/initdb
 	$(BIN)/python -m pytest -q -m "not demo_family"
 
-# Serving (5 systems x 2 models x 3 concurrencies), FAISS (100k, 1M), replication (1 vs 3 gateways on
+# Serving (6 systems x 2 models x 3 concurrencies; the sixth, infinity-emb, in .venv-infinity), FAISS (100k, 1M), replication (1 vs 3 gateways on
 # a private PostgreSQL), export sizes and single-request latency: ~24 min on 2 CPU cores; rewrites the tables
 # in benchmarks/RESULTS.md. Loopback only; every server is stopped on exit.
-bench: $(REPO)/demo_image/1/model.pt $(PG_BIN)/initdb
+bench: $(REPO)/demo_image/1/model.pt $(PG_BIN)/initdb $(INFINITY_VENV)/.installed
 	$(BIN)/python -m benchmarks
+
+# infinity-emb, the serving benchmark's peer (f), in a virtual environment of its own.
+$(INFINITY_VENV)/.installed: benchmarks/infinity-requirements.txt
+	$(PYTHON) -m venv $(INFINITY_VENV)
+	$(INFINITY_VENV)/bin/pip install --quiet -r $<
+	touch $@
 
 # ruff, then mypy as [tool.mypy] in pyproject.toml configures it (the packages and benchmarks).
 lint: $(STAMP)
@@ -89,4 +96,4 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache
+	rm -rf $(VENV) $(INFINITY_VENV) .pytest_cache .mypy_cache

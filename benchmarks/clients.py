@@ -66,6 +66,17 @@ def openai_messages(
     return send
 
 
+def infinity_images(session: aiohttp.ClientSession, url: str, model: str, workload: Workload) -> Send:
+    """POST /embeddings with `modality: image` and the image as a data URI (infinity-emb's API). It embeds the
+    image alone: a plain CLIP has no instruction, so the workload's instruction is not sent."""
+
+    async def send(number: int) -> int:
+        body = {"model": model, "modality": "image", "input": [f"data:image/png;base64,{workload.image_b64(number)}"]}
+        return await _post(session, f"{url}/embeddings", orjson.dumps(body), JSON_HEADERS)
+
+    return send
+
+
 def search_json(session: aiohttp.ClientSession, url: str, body: Callable[[int], dict[str, Any]]) -> Send:
     """POST /search with the JSON body `body(number)`; one query per request, its hits are not counted."""
 

@@ -2,17 +2,19 @@
 
 For each model family, on the same exported weights: (a) the raw TorchScript image forward
 in-process (the limit), (b) the gateway on its embedded backend, (c) the gateway in front of
-tritonserver, (d) PyTriton with its dynamic batcher, (e) a naive FastAPI + open_clip server;
+tritonserver, (d) PyTriton with its dynamic batcher, (e) a naive FastAPI + open_clip server,
+(f) infinity-emb serving a transformers CLIP of the same image geometry (its own virtual
+environment, `.venv-infinity`; image only, as a plain CLIP takes no instruction);
 closed-loop load at each concurrency, each server started once per family. On (b), at
 concurrency 16, the condition cache (one repeated vs all-distinct instructions), the request
 body (JSON vs multipart) and the output encoding (float vs base64) are measured as well.
 
     .venv/bin/python -m benchmarks.serving [--models demo vitb32] [--concurrency 1 16 64] [--seconds S]
-        [--max-requests N] [--systems raw gateway-embedded gateway-triton pytriton naive] [--no-variants]
+        [--max-requests N] [--systems raw gateway-embedded gateway-triton pytriton naive infinity] [--no-variants]
         [--device cuda --dtype float16 --preprocess-device cuda]
 
 `--device`, `--dtype` and `--preprocess-device` place the raw forward and the embedded gateway
-(the Triton gateway takes `--preprocess-device`); PyTriton and the naive server stay on the CPU.
+(the Triton gateway takes `--preprocess-device`); PyTriton, the naive server and infinity-emb stay on the CPU.
 
 Prints markdown tables, writes benchmarks/results/serving.json and the figures
 benchmarks/serving_throughput.png and benchmarks/serving_latency_cdf.png.
@@ -160,6 +162,9 @@ def notes(cores: int | None) -> list[str]:
         "raw: the image forward alone (pixels and condition precomputed), in the benchmark process, no server "
         "running; batch sizes double until past the peak or a time budget.",
         "vitb32: open_clip ViT-B-32 FocalLens with random weights (seed 0): a speed measurement, not a quality one.",
+        "infinity: infinity-emb 0.0.78 (torch engine, CPU, batches up to the gateways' largest) serving a transformers "
+        "CLIPModel built with the family's open_clip image geometry and eval preprocessing, random weights; it embeds "
+        "the image alone (a plain CLIP takes no instruction), sent as a PNG data URI.",
         "Gateway counters (instruction calls, cache hits, mean image batch) come from its /metrics, warm-up included.",
     ]
 

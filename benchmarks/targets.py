@@ -22,7 +22,8 @@ from pathlib import Path
 import aiohttp
 import tritonclient.grpc.aio as triton_grpc
 
-from benchmarks.clients import REQUEST_TIMEOUT_S, embed_json, triton_infer
+from benchmarks import infinity_peer
+from benchmarks.clients import REQUEST_TIMEOUT_S, embed_json, infinity_images, triton_infer
 from benchmarks.families import BenchFamily
 from benchmarks.loadgen import Send
 from benchmarks.workload import Workload
@@ -116,6 +117,20 @@ async def naive(family: BenchFamily, logs: Path, max_batch_size: int, _: dict[st
 
 
 @asynccontextmanager
+async def infinity(family: BenchFamily, logs: Path, max_batch_size: int, _: dict[str, str]) -> AsyncIterator[Target]:
+    """(f) infinity-emb serving a transformers CLIP of the family's image geometry (random weights), in its own
+    virtual environment, batches up to `max_batch_size` (CPU)."""
+    model_dir = infinity_peer.prepare_model(family)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = infinity_peer.server_command(model_dir, family.name, port, max_batch_size)
+    env = infinity_peer.server_env()
+    with server_process(command, f"{url}/health", logs / "infinity.log", "infinity-emb", env=env):
+        async with http_session() as session:
+            yield Target("infinity", lambda workload: infinity_images(session, url, family.name, workload))
+
+
+@asynccontextmanager
 async def remote_gateway(url: str, family: str) -> AsyncIterator[Target]:
     """A gateway that is already running (say `docker compose up` on a GPU host): measured, never started."""
     async with _gateway_target("gateway-remote", url, family) as target:
@@ -127,6 +142,7 @@ SYSTEMS: dict[str, System] = {
     "gateway-triton": gateway_triton,
     "pytriton": pytriton,
     "naive": naive,
+    "infinity": infinity,
 }
 
 
