@@ -79,7 +79,7 @@ tests-without-demo: $(STAMP) $(CHROMIUM) $(PG_BIN)/initdb
 	$(BIN)/python -m pytest -q -m "not demo_family"
 
 # Serving (6 systems x 2 models x 3 concurrencies; the sixth, infinity-emb, in .venv-infinity), FAISS (100k, 1M), replication (1 vs 3 gateways on
-# a private PostgreSQL), export sizes and single-request latency: ~24 min on 2 CPU cores; rewrites the tables
+# a private PostgreSQL), export sizes and single-request latency: ~28 min on 2 CPU cores; rewrites the tables
 # in benchmarks/RESULTS.md. Loopback only; every server is stopped on exit.
 bench: $(REPO)/demo_image/1/model.pt $(PG_BIN)/initdb $(INFINITY_VENV)/.installed
 	$(BIN)/python -m benchmarks
