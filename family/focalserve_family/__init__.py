@@ -19,8 +19,10 @@ from focalserve_family.config import (
 )
 from focalserve_family.spec import (
     CONDITIONAL_FAMILY,
+    CONDITIONINGS,
     FAMILY_KINDS,
     ROLES,
+    Conditioning,
     FamilyKind,
     FamilyMetadata,
     FamilySpec,
@@ -34,9 +36,11 @@ from focalserve_family.spec import (
 __all__ = [
     "BACKENDS",
     "CONDITIONAL_FAMILY",
+    "CONDITIONINGS",
     "FAMILY_KINDS",
     "ROLES",
     "Backend",
+    "Conditioning",
     "BatchingPolicy",
     "FamilyKind",
     "FamilyMetadata",

@@ -10,6 +10,11 @@ from typing import Literal, get_args
 FamilyKind = Literal["focallens", "clip"]
 FAMILY_KINDS: tuple[FamilyKind, ...] = get_args(FamilyKind)
 CONDITIONAL_FAMILY: FamilyKind = "focallens"  # the kind whose images need an instruction
+# How a FocalLens condition enters the image tower. `full`: the condition token takes part in every
+# layer (one ViT forward per image and condition); `readout`: the trunk runs once per image and a
+# light readout stream per condition reads it.
+Conditioning = Literal["full", "readout"]
+CONDITIONINGS: tuple[Conditioning, ...] = get_args(Conditioning)
 
 Role = Literal["image", "instruction", "text"]
 ROLES: tuple[Role, ...] = get_args(Role)

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import torch
 
+from focalserve_family import Conditioning
 from focalserve_training.models import FocalLensCLIP, load_family_model
 
 TINY = "focalserve-tiny"
 MINILM = "focalserve-minilm"  # the tiny ViT with all-MiniLM-L6-v2 (a Hugging Face tower) as its text tower
 
 
-def tiny_focallens(seed: int = 0, open_condition: bool = True, model_name: str = TINY) -> FocalLensCLIP:
+def tiny_focallens(
+    seed: int = 0, open_condition: bool = True, model_name: str = TINY, conditioning: Conditioning = "full"
+) -> FocalLensCLIP:
     """A FocalLens model; with `open_condition` its condition path is non-zero, as after training.
 
     At initialisation the condition token is gated off (the model equals its base CLIP), so a
     test that needs instructions to matter opens the gates and randomises the projection.
     """
     torch.manual_seed(seed)
-    model = load_family_model("focallens", model_name)
+    model = load_family_model("focallens", model_name, conditioning=conditioning)
     if open_condition:
         with torch.no_grad():
             model.condition_token.gates.fill_(1.0)

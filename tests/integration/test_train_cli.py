@@ -292,3 +292,21 @@ def test_torchrun_trains_on_two_gloo_processes_with_disjoint_batches_and_equal_r
     assert ranks[0]["state_hash"] == ranks[1]["state_hash"]
     model = load_family_model("clip", TINY, checkpoint=output_dir / "checkpoints" / "step_2.pt")
     assert state_hash(model) == ranks[0]["state_hash"]
+
+
+def test_train_focallens_with_readout_conditioning_records_it_in_the_checkpoint(clip_checkpoint, tmp_path):
+    focalserve("train", "focallens", *TRAIN_ARGS, "--conditioning", "readout", "--init-checkpoint",
+               str(clip_checkpoint), "--batch-size", "16", "--max-steps", "1", "--output-dir", str(tmp_path))
+    checkpoint = tmp_path / "checkpoints" / "step_1.pt"
+    assert torch.load(checkpoint, weights_only=True)["conditioning"] == "readout"
+    assert load_family_model("focallens", TINY, checkpoint=checkpoint).conditioning == "readout"
+
+
+def test_train_refuses_readout_conditioning_for_a_plain_clip(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "focalserve_server", "train", "clip", *TRAIN_ARGS, "--conditioning", "readout",
+         "--max-steps", "1", "--output-dir", str(tmp_path)],
+        cwd=REPOSITORY, env=ENVIRONMENT, capture_output=True, text=True, timeout=TIMEOUT,
+    )
+    assert done.returncode != 0
+    assert "conditioning readout is for the focallens recipe" in done.stderr

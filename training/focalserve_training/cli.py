@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from focalserve_family import BACKENDS, FAMILY_KINDS
+from focalserve_family import BACKENDS, CONDITIONINGS, FAMILY_KINDS
 from focalserve_training.options import FSC_CLIP_REFERENCE, LORA_ALPHA
 
 Handler = Callable[[argparse.Namespace], None]
@@ -19,10 +19,11 @@ def _ends_cleanly(handler: Handler) -> Handler:
     def run(args: argparse.Namespace) -> None:
         from focalserve_training.data import MissingImagesError
         from focalserve_training.models.architecture import CheckpointMismatch
+        from focalserve_training.models.focallens import ConditioningError
 
         try:
             handler(args)
-        except CheckpointMismatch as error:
+        except (CheckpointMismatch, ConditioningError) as error:
             sys.exit(f"focalserve {args.command}: {error}")
         except MissingImagesError as error:
             sys.exit(f"focalserve {args.command}: {error} (check --image-root, or pass --skip-missing-images)")
@@ -36,6 +37,17 @@ def _lora_alpha_argument(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=LORA_ALPHA,
         help="a LoRA checkpoint's deltas are scaled by lora_alpha / rank (default: the FSC-CLIP release's %(default)s)",
+    )
+
+
+def _conditioning_argument(parser: argparse.ArgumentParser, default: str | None, help_default: str) -> None:
+    parser.add_argument(
+        "--conditioning",
+        choices=CONDITIONINGS,
+        default=default,
+        help="focallens: how the instruction enters the image tower. full: in every layer (one image forward per "
+        "instruction); readout: the image trunk runs once and a light readout stream per instruction reads it, "
+        f"so one pass over an image serves every instruction ({help_default})",
     )
 
 
@@ -54,6 +66,7 @@ def add_export_command(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--backend", choices=BACKENDS, default="python")
     parser.add_argument("--max-batch-size", type=int, default=64)
+    _conditioning_argument(parser, None, "default: what the checkpoint records; full without one")
     parser.set_defaults(handler=_ends_cleanly(_export))
 
 
@@ -63,7 +76,9 @@ def _export(args: argparse.Namespace) -> None:
     from focalserve_training.models import load_family_model
 
     pretrained = None if args.pretrained in (None, "none") else args.pretrained
-    model = load_family_model(args.family, args.model, pretrained, args.checkpoint, args.lora_alpha)
+    model = load_family_model(
+        args.family, args.model, pretrained, args.checkpoint, args.lora_alpha, args.conditioning
+    )
     batching = default_batching(args.backend, args.max_batch_size)
     for directory in export_family(model, args.family, args.model, args.name, args.repository, args.backend, batching):
         print(directory)
@@ -118,6 +133,7 @@ def add_train_command(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument("--save-every", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-amp", action="store_true")
+    _conditioning_argument(parser, "full", "default: %(default)s; recorded in the checkpoint")
     _fsc_clip_arguments(parser)
     parser.set_defaults(handler=_ends_cleanly(_train))
 
@@ -167,7 +183,9 @@ def _train(args: argparse.Namespace) -> None:
         skip_missing_images=args.skip_missing_images,
         strip_prompt_suffixes=args.strip_prompt_suffixes,
     )
-    model = ModelSpec(args.model, args.pretrained, args.init_checkpoint, args.lora_alpha, args.lock_text)
+    model = ModelSpec(
+        args.model, args.pretrained, args.init_checkpoint, args.lora_alpha, args.lock_text, args.conditioning
+    )
     fsc_clip = FSCCLIPOptions(
         args.global_hn_weight, args.local_hn_weight, args.focal_gamma, args.label_smoothing, args.strict_negative_slots
     )

@@ -240,6 +240,7 @@ class Trainer:
                 "family": self.recipe.family,
                 "recipe": self.recipe.name,
                 "model_name": self.recipe.model_spec.name,
+                **self.recipe.checkpoint_fields(),
                 "state_dict": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),

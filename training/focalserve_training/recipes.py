@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
-from focalserve_family import FamilyKind
+from focalserve_family import CONDITIONAL_FAMILY, Conditioning, FamilyKind
 from focalserve_training.data import (
     COLORSHAPE_ANTONYMS,
     COLORSHAPE_WORD_GROUPS,
@@ -46,7 +46,7 @@ from focalserve_training.data import (
 from focalserve_training.losses import FocalLensLoss, FSCCLIPLoss, batch_contrastive_loss
 from focalserve_training.models import FamilyModel, FocalLensCLIP, load_family_model
 from focalserve_training.models.factory import create_text_tokenizer
-from focalserve_training.models.focallens import BaseCLIP, per_distinct_row
+from focalserve_training.models.focallens import BaseCLIP, ConditioningError, per_distinct_row
 from focalserve_training.models.tokens import encode_image_tokens, encode_text_tokens
 from focalserve_training.options import FSC_CLIP_REFERENCE, LORA_ALPHA, FSCCLIPOptions
 from focalserve_training.recipe_names import RECIPES
@@ -76,6 +76,7 @@ class ModelSpec:
     # tower): all but the last N layers frozen (a Hugging Face tower keeps its projection trainable).
     # None trains the whole tower, as the papers do.
     lock_text: int | None = None
+    conditioning: Conditioning = "full"  # focallens: how the condition enters the image tower
 
 
 class EpochBatchSampler(Protocol):
@@ -115,7 +116,16 @@ class Recipe:
 
     def build_model(self) -> FamilyModel:
         spec = self.model_spec
-        return load_family_model(self.family, spec.name, spec.pretrained, spec.checkpoint, spec.lora_alpha).train()
+        if self.family != CONDITIONAL_FAMILY and spec.conditioning != "full":
+            raise ConditioningError(f"conditioning {spec.conditioning} is for the focallens recipe, not {self.name}")
+        conditioning = spec.conditioning if self.family == CONDITIONAL_FAMILY else None
+        return load_family_model(
+            self.family, spec.name, spec.pretrained, spec.checkpoint, spec.lora_alpha, conditioning
+        ).train()
+
+    def checkpoint_fields(self) -> dict[str, str]:
+        """What a checkpoint records beside the weights to rebuild the same model."""
+        return {"conditioning": self.model.conditioning} if isinstance(self.model, FocalLensCLIP) else {}
 
     def dataset(self) -> Dataset:
         raise NotImplementedError

@@ -15,10 +15,10 @@ from open_clip.hf_configs import arch_dict
 from open_clip.model import CLIP, CustomTextCLIP
 from torch import nn
 
-from focalserve_family import CONDITIONAL_FAMILY, FAMILY_KINDS, FamilyKind
+from focalserve_family import CONDITIONAL_FAMILY, CONDITIONINGS, FAMILY_KINDS, Conditioning, FamilyKind
 from focalserve_family.text_towers import Tokenizer, create_tokenizer, local_text_tower, tokenizer_name
 from focalserve_training.models.architecture import check_checkpoint, check_pretrained_tag
-from focalserve_training.models.focallens import BaseCLIP, FocalLensCLIP
+from focalserve_training.models.focallens import BaseCLIP, ConditioningError, FocalLensCLIP
 from focalserve_training.models.lora import has_lora, merge_lora
 from focalserve_training.options import LORA_ALPHA
 
@@ -120,21 +120,27 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def read_weights(path: str | Path, model_name: str, lora_alpha: float = LORA_ALPHA) -> dict[str, torch.Tensor]:
+def read_weights(
+    path: str | Path, model_name: str, lora_alpha: float = LORA_ALPHA
+) -> tuple[dict[str, torch.Tensor], Conditioning | None]:
     """A checkpoint's state dict, checked against the config `model_name` (CheckpointMismatch names the
-    config it needs) and with any LoRA factors merged into their weights, ready for strict loading."""
+    config it needs) and with any LoRA factors merged into their weights, ready for strict loading;
+    and the conditioning a FocalLens checkpoint was trained with (None where it records none)."""
     register_model_configs()
     checkpoint = read_checkpoint(path)
     check_checkpoint(model_name, checkpoint, Path(path))
     state = checkpoint["state_dict"]
-    return merge_lora(state, lora_alpha) if has_lora(state) else state
+    conditioning = checkpoint.get("conditioning")
+    if conditioning is not None and conditioning not in CONDITIONINGS:
+        raise ConditioningError(f"{path}: unknown conditioning {conditioning!r}; expected one of {CONDITIONINGS}")
+    return (merge_lora(state, lora_alpha) if has_lora(state) else state), conditioning
 
 
-def build_family_model(family: FamilyKind, base: BaseCLIP) -> FamilyModel:
+def build_family_model(family: FamilyKind, base: BaseCLIP, conditioning: Conditioning = "full") -> FamilyModel:
     if family == "clip":
         return base
     if family == CONDITIONAL_FAMILY:
-        return FocalLensCLIP(base)
+        return FocalLensCLIP(base, conditioning)
     raise ValueError(f"unknown family {family!r}; expected one of {FAMILY_KINDS}")
 
 
@@ -144,19 +150,28 @@ def load_family_model(
     pretrained: str | None = None,
     checkpoint: str | Path | None = None,
     lora_alpha: float = LORA_ALPHA,
+    conditioning: Conditioning | None = None,
 ) -> FamilyModel:
     """A model of `family` on the open_clip architecture `model_name`, in eval mode.
 
-    A FocalLens checkpoint holds the whole conditional model; a CLIP-layout checkpoint
-    (ours or FSC-CLIP's, full or LoRA) given for the focallens family initialises its base CLIP
-    instead, which is how a FocalLens fine-tune starts from an FSC-CLIP or other CLIP checkpoint.
+    A FocalLens checkpoint holds the whole conditional model and records its conditioning
+    (`full` where it records none: checkpoints from before readout conditioning); asking for
+    another is an error. A CLIP-layout checkpoint (ours or FSC-CLIP's, full or LoRA) given for
+    the focallens family initialises its base CLIP instead, which is how a FocalLens fine-tune
+    starts from an FSC-CLIP or other CLIP checkpoint; `conditioning` (default `full`) then chooses.
     """
-    state = read_weights(checkpoint, model_name, lora_alpha) if checkpoint else None
+    state, recorded = read_weights(checkpoint, model_name, lora_alpha) if checkpoint else (None, None)
     base = create_base_clip(model_name, pretrained)
     if state is not None and not _is_focallens_state(state):
         base.load_state_dict(state)
-        state = None
-    model = build_family_model(family, base)
+        state, recorded = None, None
+    if state is not None:
+        recorded = recorded or "full"
+        if conditioning is not None and conditioning != recorded:
+            raise ConditioningError(
+                f"{checkpoint} holds a FocalLens model with {recorded} conditioning, not {conditioning}"
+            )
+    model = build_family_model(family, base, recorded or conditioning or "full")
     if state is not None:
         if family != CONDITIONAL_FAMILY:
             raise ValueError(f"{checkpoint} holds a FocalLens model, not a plain CLIP")

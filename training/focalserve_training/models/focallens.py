@@ -25,7 +25,13 @@ from open_clip.model import CLIP, CustomTextCLIP
 from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
 from torch import nn
 
+from focalserve_family import CONDITIONINGS, Conditioning
+
 BaseCLIP: TypeAlias = CLIP | CustomTextCLIP  # open_clip's own text tower, or a Hugging Face one
+
+
+class ConditioningError(ValueError):
+    """A conditioning asked of a model that cannot have it (a plain CLIP, or a checkpoint trained with another)."""
 
 
 def text_side(clip: BaseCLIP) -> BaseCLIP:
@@ -145,6 +151,67 @@ def conditional_image_features(
     return pooled @ visual.proj if visual.proj is not None else pooled
 
 
+def _trunk_block(block: ResidualAttentionBlock, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """open_clip's residual block, also returning the keys and values its attention read (for the readouts)."""
+    q, k, v = _heads(block.attn, block.ln_1(x))
+    x = x + block.ls_1(_merge_heads(block.attn, F.scaled_dot_product_attention(q, k, v)))
+    return x + block.ls_2(block.mlp(block.ln_2(x))), k, v
+
+
+def _readout_attention(
+    attn: nn.MultiheadAttention, readout: torch.Tensor, patch_keys: torch.Tensor, patch_values: torch.Tensor,
+    gate: torch.Tensor,
+) -> torch.Tensor:
+    """Attention of each readout's two tokens over [itself, its image's patches, its condition (gated)].
+
+    `readout` is (M, 2, W): the class-token copy and the condition token; the patches' keys and
+    values are (M, heads, P, head width), one image's per readout. The copy stands where the
+    trunk's class token stands, so with the gate closed it attends exactly as that token does.
+    The softmax is written out (as in `gated_attention`) to stay differentiable at gate 0.
+    """
+    q, k, v = _heads(attn, readout)
+    q = q * q.shape[-1] ** -0.5
+    own = q @ k.transpose(-2, -1)  # (M, heads, 2, 2): columns are the copy's key, the condition's key
+    patches = q @ patch_keys.transpose(-2, -1)  # (M, heads, 2, P)
+    peak = torch.maximum(own.amax(dim=-1, keepdim=True), patches.amax(dim=-1, keepdim=True))
+    own, patches = (own - peak).exp(), (patches - peak).exp()
+    own = torch.cat([own[..., :1], own[..., 1:] * gate], dim=-1)
+    total = own.sum(dim=-1, keepdim=True) + patches.sum(dim=-1, keepdim=True)
+    return _merge_heads(attn, (own @ v + patches @ patch_values) / total)
+
+
+def readout_image_features(
+    visual: VisionTransformer,
+    condition_token: ConditionToken,
+    pixels: torch.Tensor,
+    conditions: torch.Tensor,
+    image_index: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Readout conditioning: the trunk runs once per image, a light readout stream per condition.
+
+    `pixels` are N images, `conditions` M condition vectors, `image_index` (M,) the image each
+    condition reads. The trunk is the base ViT, untouched by any condition; each readout (a copy
+    of the class token plus the condition token) runs through the same layers, attending to its
+    image's patch keys and values at every layer, and no trunk token attends to it. Returns the
+    unconditional (N, D) and conditional (M, D) features, projected and unnormalised.
+    """
+    x = visual._embeds(pixels)
+    readout = torch.cat([x[image_index, :1], visual.ln_pre(condition_token(conditions).to(x.dtype))], dim=1)
+    gates = condition_token.open_gates()
+    for index, block in enumerate(visual.transformer.resblocks):
+        x_next, keys, values = _trunk_block(block, x)
+        attended = _readout_attention(block.attn, block.ln_1(readout), keys[image_index, :, 1:],
+                                      values[image_index, :, 1:], gates[index])
+        readout = readout + block.ls_1(attended)
+        readout = readout + block.ls_2(block.mlp(block.ln_2(readout)))
+        x = x_next
+    unconditional = visual.ln_post(x[:, 0])
+    conditional = visual.ln_post(readout[:, 0])
+    if visual.proj is None:
+        return unconditional, conditional
+    return unconditional @ visual.proj, conditional @ visual.proj
+
+
 def text_embedding_dim(clip: BaseCLIP) -> int:
     """Width of the text tower's pooled output, which is the condition's dimension C."""
     if isinstance(clip, CustomTextCLIP):
@@ -158,8 +225,10 @@ def text_embedding_dim(clip: BaseCLIP) -> int:
 class FocalLensCLIP(nn.Module):
     """Conditional CLIP: `encode_image(pixels, condition)` under an encoded instruction."""
 
-    def __init__(self, clip: BaseCLIP) -> None:
+    def __init__(self, clip: BaseCLIP, conditioning: Conditioning = "full") -> None:
         super().__init__()
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning must be one of {CONDITIONINGS}, not {conditioning!r}")
         visual = clip.visual
         if not isinstance(visual, VisionTransformer) or visual.attn_pool is not None:
             raise ValueError("FocalLens needs an open_clip ViT image tower without attention pooling")
@@ -167,6 +236,9 @@ class FocalLensCLIP(nn.Module):
             raise ValueError("FocalLens supports open_clip's standard ResidualAttentionBlock ViTs")
         if not visual.transformer.batch_first:
             raise ValueError("FocalLens expects a batch-first ViT (open_clip >= 2.24)")
+        if conditioning == "readout" and visual.pool_type != "tok":
+            raise ValueError("readout conditioning reads the class token: the ViT must pool with pool_type 'tok'")
+        self.conditioning = conditioning
         self.clip = clip
         self.instruction_tower = InstructionTower(clip)
         self.condition_token = ConditionToken(
@@ -195,7 +267,14 @@ class FocalLensCLIP(nn.Module):
     def encode_image(self, pixels: torch.Tensor, condition: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         visual = self.clip.visual
         assert isinstance(visual, VisionTransformer)  # checked in __init__
-        features = conditional_image_features(visual, self.condition_token, pixels, condition)
+        if self.conditioning == "readout":
+            # batches repeat images (one per condition asked of it): the trunk runs once per distinct image
+            distinct, image_index = torch.unique(pixels.flatten(1), dim=0, return_inverse=True)
+            _, features = readout_image_features(
+                visual, self.condition_token, distinct.view(-1, *pixels.shape[1:]), condition, image_index
+            )
+        else:
+            features = conditional_image_features(visual, self.condition_token, pixels, condition)
         return F.normalize(features, dim=-1) if normalize else features
 
     def forward(
