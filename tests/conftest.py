@@ -45,6 +45,21 @@ def model_repository(tmp_path_factory, focallens_model, clip_model) -> Path:
 
 
 @pytest.fixture(scope="session")
+def readout_model():
+    return tiny_focallens(seed=1, conditioning="readout")
+
+
+@pytest.fixture(scope="session")
+def readout_repository(tmp_path_factory, readout_model, focallens_model) -> Path:
+    """A python-backend repository holding `tinyreadout` (FocalLens, readout conditioning) beside
+    `tiny` (FocalLens, full conditioning)."""
+    repository = tmp_path_factory.mktemp("readout_repository")
+    export_family(readout_model, "focallens", TINY, "tinyreadout", repository, "python")
+    export_family(focallens_model, "focallens", TINY, "tiny", repository, "python")
+    return repository
+
+
+@pytest.fixture(scope="session")
 def demo_repository() -> Path:
     """The trained demo family (`make demo-model`); `make test` builds it while the tests that do not
     use it run, then runs those that do (marked demo_family)."""

@@ -43,6 +43,13 @@ def image_inputs(images: list[ImageLike], instructions: Instructions) -> list[di
     ]
 
 
+def image_inputs_under(images: list[ImageLike], instructions: Sequence[str]) -> list[dict[str, Any]]:
+    """/embed inputs: each image (base64) under every one of `instructions` (the list form)."""
+    if isinstance(instructions, str) or not instructions:
+        raise ValueError("instructions: a non-empty sequence of strings, every image is embedded under each")
+    return [{"image": b64_image(image), "instructions": list(instructions)} for image in images]
+
+
 def text_inputs(texts: str | Sequence[str]) -> list[dict[str, Any]]:
     return [{"text": text} for text in ([texts] if isinstance(texts, str) else list(texts))]
 

@@ -29,6 +29,7 @@ from focalserve_client._calls import (
     create_collection_call,
     embed_call,
     image_inputs,
+    image_inputs_under,
     item_chunks,
     item_path,
     search_call,
@@ -163,6 +164,21 @@ class AsyncClient:
         inputs = await asyncio.to_thread(image_inputs, as_image_list(images), instructions)
         return await self._embed_all(inputs, model, concurrency)
 
+    async def embed_under(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        instructions: Sequence[str],
+        model: str | None = None,
+        concurrency: int = 4,
+    ) -> NDArray[np.float32]:
+        """Embed every image under each of `instructions` (FocalLens): float32 (n, K, D), in the
+        order given. A readout family runs each image once for all K; a full one once per instruction.
+        Requests are sized so that their embeddings stay within the server's limit."""
+        texts = list(instructions) if not isinstance(instructions, str) else []
+        inputs = await asyncio.to_thread(image_inputs_under, as_image_list(images), texts)
+        flat = await self._embed_all(inputs, model, concurrency, per_input=len(texts))
+        return flat.reshape(len(inputs), len(texts), -1)
+
     async def embed_text(
         self, texts: str | Sequence[str], model: str | None = None, concurrency: int = 4
     ) -> Embeddings:
@@ -170,7 +186,7 @@ class AsyncClient:
         return await self._embed_all(text_inputs(texts), model, concurrency)
 
     async def _embed_all(
-        self, inputs: list[dict[str, Any]], model: str | None, concurrency: int
+        self, inputs: list[dict[str, Any]], model: str | None, concurrency: int, per_input: int = 1
     ) -> Embeddings:
         if not inputs:
             raise ValueError("nothing to embed")
@@ -179,13 +195,13 @@ class AsyncClient:
         slots = asyncio.Semaphore(concurrency)
 
         async def embed_chunk(chunk: list[dict[str, Any]]) -> Embeddings:
-            return _embeddings(await self._send(embed_call(chunk, model)), len(chunk))
+            return _embeddings(await self._send(embed_call(chunk, model)), len(chunk) * per_input)
 
         async def bounded(offset: int, chunk: list[dict[str, Any]]) -> Embeddings:
             async with slots:
                 return np.concatenate(await self._split_on_refusal(chunk, offset, embed_chunk))
 
-        size = self._max_inputs
+        size = max(1, self._max_inputs // per_input)  # the server's limit counts embeddings
         tasks = [
             asyncio.ensure_future(bounded(start, inputs[start : start + size]))
             for start in range(0, len(inputs), size)
@@ -520,6 +536,13 @@ class Client:
         one after another.
         """
         return self._loop.run(self._async.embed(images, instructions, model, concurrency=1))
+
+    def embed_under(
+        self, images: ImageLike | Sequence[ImageLike], instructions: Sequence[str], model: str | None = None
+    ) -> NDArray[np.float32]:
+        """Embed every image under each of `instructions` (FocalLens): float32 (n, K, D), in the order
+        given; a readout family runs each image once for all K. Requests go one after another."""
+        return self._loop.run(self._async.embed_under(images, instructions, model, concurrency=1))
 
     def embed_text(self, texts: str | Sequence[str], model: str | None = None) -> Embeddings:
         """Embed texts with the family's text tower (the query side of search): float32 (n, D)."""

@@ -34,15 +34,28 @@ class EmbedInput(_Request):
     instruction: str | None = Field(
         default=None, description="The condition, e.g. 'what colour is the car?'. FocalLens families only."
     )
+    instructions: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Several conditions for one image, in place of 'instruction': one embedding each, in this "
+        "order (a readout family runs the image once for all of them). FocalLens families only.",
+    )
     text: str | None = Field(default=None, description="A text to embed (the query side of search).")
 
     @model_validator(mode="after")
     def _one_kind(self) -> EmbedInput:
         if (self.image is None) == (self.text is None):
             raise ValueError("each input needs exactly one of 'image' or 'text'")
-        if self.text is not None and self.instruction is not None:
-            raise ValueError("'instruction' conditions an image; a text input takes none")
+        if self.instruction is not None and self.instructions is not None:
+            raise ValueError("give 'instruction' or 'instructions', not both")
+        if self.text is not None and (self.instruction is not None or self.instructions is not None):
+            raise ValueError("instructions condition an image; a text input takes none")
         return self
+
+    @property
+    def embedding_count(self) -> int:
+        """How many embeddings the input is answered with."""
+        return len(self.instructions) if self.instructions is not None else 1
 
 
 class EmbedRequest(_Request):
@@ -76,6 +89,10 @@ class ModelInfo(_Response):
     context_length: int
     checkpoint_hash: str
     requires_instruction: bool
+    conditioning: Literal["full", "readout"] | None = Field(
+        default=None,
+        description="FocalLens: 'readout' runs an image once for all its instructions, 'full' once per instruction.",
+    )
     device: str | None = Field(default=None, description="cpu / cuda:N in the gateway; null when Triton runs it.")
     dtype: str | None = Field(default=None, description="float32 / float16 / bfloat16; null when Triton runs it.")
 

@@ -54,6 +54,9 @@ class FamilyMetadata:
     embedding_dim: int
     condition_dim: int  # 0 for plain CLIP families
     checkpoint_hash: str
+    # readout families take several conditions per image in one row; repositories exported before
+    # readout conditioning existed name none, and are `full`
+    conditioning: Conditioning = "full"
 
     @property
     def conditional(self) -> bool:
@@ -72,10 +75,14 @@ class FamilyMetadata:
         values: dict[str, object] = {}
         for field in dataclasses.fields(FamilyMetadata):
             if field.name not in parameters:
+                if field.default is not dataclasses.MISSING:
+                    continue
                 raise RepositoryError(f"{where}: parameter {field.name!r} missing")
             values[field.name] = _decode(parameters[field.name], field.type)
         if values["family"] not in FAMILY_KINDS:
             raise RepositoryError(f"{where}: unknown family kind {values['family']!r}")
+        if values.get("conditioning", "full") not in CONDITIONINGS:
+            raise RepositoryError(f"{where}: unknown conditioning {values['conditioning']!r}")
         return cls(**values)  # type: ignore[arg-type]
 
 
@@ -98,7 +105,7 @@ class ModelSpec:
 class FamilySpec(FamilyMetadata):
     """A family as served: its metadata and the Triton model of each of its roles."""
 
-    models: Mapping[Role, ModelSpec]
+    models: Mapping[Role, ModelSpec] = dataclasses.field(kw_only=True)
 
 
 def model_name(family: str, role: Role) -> str:
@@ -106,13 +113,23 @@ def model_name(family: str, role: Role) -> str:
 
 
 def model_specs(metadata: FamilyMetadata, max_batch_size: int) -> dict[Role, ModelSpec]:
-    """The tensors of each role (docs/design.md section 2): the one place that names them."""
+    """The tensors of each role (docs/design.md section 2): the one place that names them.
+
+    A readout family's image model takes each image with any number of conditions (the row's
+    CONDITION is (K, C), its EMBEDDING (K, D)): the trunk runs once for all of them.
+    """
     pixels = TensorSpec("PIXELS", (3, metadata.image_size, metadata.image_size))
     tokens = TensorSpec("TOKENS", (metadata.context_length,), "int64")
     embedding = TensorSpec("EMBEDDING", (metadata.embedding_dim,))
     condition = TensorSpec("CONDITION", (metadata.condition_dim,))
+    image: tuple[tuple[TensorSpec, ...], TensorSpec] = ((pixels,), embedding)
+    if metadata.conditional and metadata.conditioning == "readout":
+        image = ((pixels, TensorSpec("CONDITION", (-1, metadata.condition_dim))),
+                 TensorSpec("EMBEDDING", (-1, metadata.embedding_dim)))
+    elif metadata.conditional:
+        image = ((pixels, condition), embedding)
     signatures: dict[Role, tuple[tuple[TensorSpec, ...], TensorSpec]] = {
-        "image": ((pixels, condition) if metadata.conditional else (pixels,), embedding),
+        "image": image,
         "instruction": ((tokens,), condition),
         "text": ((tokens,), embedding),
     }

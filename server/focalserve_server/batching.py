@@ -6,6 +6,10 @@ one backend call and completes the futures. The delay is only paid under concurr
 item with nothing else waiting, right after a batch of one, goes at once, so a single client
 sees the model's latency, not the batching window. The queue is bounded: a full queue refuses new
 items at once (503 + Retry-After upstream) instead of letting latency grow without limit.
+
+An input whose first axis differs between items (a readout family's conditions: one image with
+K of them) is zero-padded to the batch's longest, and each item's output row is cut back to its
+own length, so items asking different numbers of conditions still share one call.
 """
 
 from __future__ import annotations
@@ -148,8 +152,9 @@ class DynamicBatcher:
         return self._held
 
     async def _execute(self, batch: list[_Item]) -> None:
+        inputs, lengths = _stack(batch)
         try:
-            outputs = await self._run(_stack(batch))
+            outputs = await self._run(inputs)
         except BackendUnavailable as error:
             _fail(batch, error)
             return
@@ -164,13 +169,23 @@ class DynamicBatcher:
         if self._on_batch is not None:
             self._on_batch(len(batch))
         self.last_progress = time.monotonic()
-        for item, row in zip(batch, outputs):
+        for item, row, length in zip(batch, outputs, lengths):
             if not item.future.done():
-                item.future.set_result(row)
+                item.future.set_result(row if length is None else row[:length])
 
 
-def _stack(batch: list[_Item]) -> dict[str, np.ndarray]:
-    return {name: np.stack([item.inputs[name] for item in batch]) for name in batch[0].inputs}
+def _stack(batch: list[_Item]) -> tuple[dict[str, np.ndarray], list[int | None]]:
+    """The batch's inputs stacked, and each item's own length where an input's first axis varies."""
+    stacked: dict[str, np.ndarray] = {}
+    lengths: list[int | None] = [None] * len(batch)
+    for name in batch[0].inputs:
+        arrays = [item.inputs[name] for item in batch]
+        if len({array.shape for array in arrays}) > 1:
+            longest = max(array.shape[0] for array in arrays)
+            lengths = [array.shape[0] for array in arrays]
+            arrays = [np.pad(array, [(0, longest - array.shape[0])] + [(0, 0)] * (array.ndim - 1)) for array in arrays]
+        stacked[name] = np.stack(arrays)
+    return stacked, lengths
 
 
 def _fail(batch: list[_Item], error: BaseException) -> None:

@@ -37,6 +37,7 @@ class EmbedInput:
     image: bytes | None = None
     text: str | None = None
     instruction: str | None = None
+    instructions: tuple[str, ...] | None = None  # several conditions of one image, in place of `instruction`
 
 
 @dataclass(frozen=True)
@@ -114,18 +115,25 @@ class FamilyEngine:
 
     # the path ----------------------------------------------------------------------------
 
-    async def embed(self, item: EmbedInput) -> Embedding:
-        """One client input; errors are located at its field (`image`, `instruction`, `text`)."""
+    async def embed(self, item: EmbedInput) -> list[Embedding]:
+        """One client input: a text, or an image under its instruction or each of its `instructions`, in
+        order. Errors are located at their field (`image`, `instruction`, `["instructions", i]`, `text`)."""
         if item.text is not None:
             text = check_at(("text",), self.normalise, item.text, "text")
-            return Embedding(await self._submit("text", self.tokenize(text)), None, self.text_space)
+            return [Embedding(await self._submit("text", self.tokenize(text)), None, self.text_space)]
         assert item.image is not None
-        instruction = check_at(("instruction",), self.condition_of, item.instruction)
+        if item.instructions is None:
+            conditions = [check_at(("instruction",), self.condition_of, item.instruction)]
+        else:
+            conditions = [check_at(("instructions", i), self.condition_of, text)
+                          for i, text in enumerate(item.instructions)]
         pixels = await await_at(("image",), self.prepare(item.image))
-        return Embedding(await self.embed_pixels(pixels, instruction), instruction, self.space(instruction))
+        vectors = await self.embed_pixels_under(pixels, conditions)
+        return [Embedding(vector, condition, self.space(condition)) for vector, condition in zip(vectors, conditions)]
 
-    async def embed_all(self, items: Sequence[EmbedInput], field: str) -> list[Embedding]:
-        """Several inputs at once; an error names its position (`[field, index, ...]`)."""
+    async def embed_all(self, items: Sequence[EmbedInput], field: str) -> list[list[Embedding]]:
+        """Several inputs at once, each answered as `embed` answers it; an error names its position
+        (`[field, index, ...]`)."""
         return list(await asyncio.gather(*(await_at((field, i), self.embed(item)) for i, item in enumerate(items))))
 
     async def prepare(self, image: bytes) -> np.ndarray:
@@ -136,7 +144,19 @@ class FamilyEngine:
         """A prepared image under an already normalised condition (see `condition_of`)."""
         if condition is None:
             return await self._submit("image", pixels)
+        if self.spec.conditioning == "readout":
+            return (await self.embed_pixels_under(pixels, [condition]))[0]
         return await self._submit("image", pixels, await self._conditions.get(condition, self._encode_instruction))
+
+    async def embed_pixels_under(self, pixels: np.ndarray, conditions: Sequence[str | None]) -> list[np.ndarray]:
+        """A prepared image under each of several normalised conditions, in order. A readout family
+        takes the image once with all of them (one trunk pass); any other family runs once per condition."""
+        if self.spec.conditioning != "readout":
+            return list(await asyncio.gather(*(self.embed_pixels(pixels, condition) for condition in conditions)))
+        texts = [condition for condition in conditions if condition is not None]
+        assert len(texts) == len(conditions)  # a FocalLens image always has its instructions (`condition_of`)
+        vectors = await asyncio.gather(*(self._conditions.get(text, self._encode_instruction) for text in texts))
+        return list(await self._submit("image", pixels, np.stack(vectors)))
 
     async def embed_query_text(self, text: str) -> np.ndarray:
         return await self._submit("text", self.tokenize(self.normalise(text, "text")))
@@ -159,7 +179,8 @@ class FamilyEngine:
         for role, model in self.spec.models.items():
             started = time.perf_counter()
             for size in sorted({1, self.batchers[role].max_batch_size}):
-                zeros = {tensor.name: np.zeros((size, *tensor.dims), np.float32 if tensor.dtype == "fp32" else np.int64)
+                zeros = {tensor.name: np.zeros((size, *(max(dim, 1) for dim in tensor.dims)),
+                                               np.float32 if tensor.dtype == "fp32" else np.int64)
                          for tensor in model.inputs}
                 for _ in range(2):
                     await self._backend.infer(model.name, zeros)
@@ -201,7 +222,8 @@ class Engine:
 
     def check_count(self, count: int, field: str) -> None:
         """The one input-count limit, for /embed, the OpenAI route and item uploads alike; checked
-        before a request's inputs are decoded, so an oversized request costs no decoding."""
+        before a request's inputs are decoded, so an oversized request costs no decoding. It counts
+        embeddings answered: an image with eight instructions counts eight."""
         if count > self.max_inputs_per_request:
             raise TooManyInputs(
                 f"{count} {field} in one request; the limit is {self.max_inputs_per_request}",
@@ -211,8 +233,9 @@ class Engine:
 
     async def embed(
         self, model: str | None, items: Sequence[EmbedInput], field: str
-    ) -> tuple[FamilyEngine, list[Embedding]]:
-        """Inputs of one request (whose count the caller checked before decoding them)."""
+    ) -> tuple[FamilyEngine, list[list[Embedding]]]:
+        """Inputs of one request (whose count the caller checked before decoding them), each answered
+        with its embeddings (one per instruction it asks)."""
         family = self.family(model)
         return family, await family.embed_all(items, field)
 

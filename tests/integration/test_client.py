@@ -619,3 +619,18 @@ def test_collection_conditions_and_search(demo_url):
         client.delete_collection("shapes")
         with pytest.raises(NotFoundError):
             client.get_collection("shapes")
+
+
+def test_every_image_under_several_instructions_in_order_and_within_the_limit(gateway_url):
+    images = [RED, BLUE, RED, BLUE, RED, BLUE]
+    instructions = [COLOUR, SHAPE, "is it round?"]
+    transport = CountingTransport()
+    with Client(gateway_url, max_inputs_per_request=16, transport=transport) as client:
+        under = client.embed_under(images, instructions, model="tiny")
+        singles = [client.embed(images, instruction, model="tiny") for instruction in instructions]
+        with pytest.raises(ValueError, match="non-empty sequence"):
+            client.embed_under(images, "one string", model="tiny")
+    assert under.shape == (6, 3, 64) and under.dtype == np.float32
+    assert embed_posts(transport)[:2] == [5, 1]  # 16 embeddings a request: 5 images x 3, then 1 x 3
+    for number in range(3):
+        np.testing.assert_allclose(under[:, number], singles[number], atol=1e-5)

@@ -37,6 +37,7 @@ from focalserve_training.models.focallens import (
     BaseCLIP,
     conditional_image_features,
     fused_gated_attention,
+    readout_image_features,
     text_side,
 )
 
@@ -67,6 +68,24 @@ class ConditionalImageEncoder(nn.Module):
     def forward(self, PIXELS: torch.Tensor, CONDITION: torch.Tensor) -> torch.Tensor:  # noqa: N803
         features = conditional_image_features(self.visual, self.condition_token, PIXELS, CONDITION, self.attention)
         return F.normalize(features, dim=-1)
+
+
+class ReadoutImageEncoder(nn.Module):
+    """(PIXELS (N, 3, S, S), CONDITION (N, K, C)) -> L2-normalised EMBEDDING (N, K, D) (FocalLens, readout):
+    each image's trunk runs once for its K conditions; the image tower and the condition token alone."""
+
+    def __init__(self, model: FocalLensCLIP) -> None:
+        super().__init__()
+        self.visual = model.clip.visual
+        self.condition_token = model.condition_token
+
+    def forward(self, PIXELS: torch.Tensor, CONDITION: torch.Tensor) -> torch.Tensor:  # noqa: N803
+        images, per_image = CONDITION.shape[0], CONDITION.shape[1]
+        image_index = torch.arange(images, device=PIXELS.device).repeat_interleave(per_image)
+        _, features = readout_image_features(
+            self.visual, self.condition_token, PIXELS, CONDITION.reshape(images * per_image, -1), image_index
+        )
+        return F.normalize(features, dim=-1).reshape(images, per_image, -1)
 
 
 class InstructionEncoder(nn.Module):
@@ -114,6 +133,7 @@ def family_metadata(model: FamilyModel, family: FamilyKind, name: str, model_nam
         embedding_dim=embedding_dim,
         condition_dim=model.condition_dim if isinstance(model, FocalLensCLIP) else 0,
         checkpoint_hash=state_hash(model),
+        conditioning=model.conditioning if isinstance(model, FocalLensCLIP) else "full",
     )
 
 
@@ -121,18 +141,21 @@ def role_modules(model: FamilyModel) -> dict[Role, nn.Module]:
     """The module each Triton model of the family runs (tensor names as in `model_specs`)."""
     if isinstance(model, FocalLensCLIP):
         return {
-            "image": ConditionalImageEncoder(model),
+            "image": ReadoutImageEncoder(model) if model.conditioning == "readout" else ConditionalImageEncoder(model),
             "instruction": InstructionEncoder(model),
             "text": TextEncoder(model),
         }
     return {"image": ImageEncoder(model), "text": TextEncoder(model)}
 
 
+TRACED_VARIABLE_DIM = 3  # a -1 dimension (a readout row's conditions) is traced at this size
+
+
 def example_inputs(specs: tuple[TensorSpec, ...], batch: int = 2) -> tuple[torch.Tensor, ...]:
     generator = torch.Generator().manual_seed(0)
     examples = []
     for spec in specs:
-        shape = (batch, *spec.dims)
+        shape = (batch, *(TRACED_VARIABLE_DIM if dim == -1 else dim for dim in spec.dims))
         if spec.dtype == "int64":
             examples.append(torch.randint(1, 1000, shape, generator=generator))
         else:

@@ -169,7 +169,7 @@ class CollectionService:
         for _ in range(ADD_ATTEMPTS):
             live = [c for c in conditions if c.status != "failed"]
             todo = [c for c in live if c.rowid not in vectors]
-            embedded = await asyncio.gather(*(self._embed_all(family, c, pixels) for c in todo))
+            embedded = await self._embed_under(family, todo, pixels)
             vectors.update({c.rowid: v for c, v in zip(todo, embedded)})
             vectors = {rowid: v for rowid, v in vectors.items() if rowid in {c.rowid for c in live}}
             items = [
@@ -184,10 +184,16 @@ class CollectionService:
             return len(items), await self._applied_here(seq) or 0
         raise ReplicaBehind(f"the conditions of {name!r} kept changing while items were added; retry")
 
-    async def _embed_all(
-        self, family: FamilyEngine, condition: Condition, pixels: list[np.ndarray]
-    ) -> list[np.ndarray]:
-        return list(await asyncio.gather(*(family.embed_pixels(p, condition.instruction) for p in pixels)))
+    async def _embed_under(
+        self, family: FamilyEngine, conditions: list[Condition], pixels: list[np.ndarray]
+    ) -> list[list[np.ndarray]]:
+        """Every image under every condition, per condition: each image goes to the family once with all
+        the conditions (a readout family runs its trunk once per image, however many conditions there are)."""
+        if not conditions:
+            return []
+        instructions = [condition.instruction for condition in conditions]
+        per_image = await asyncio.gather(*(family.embed_pixels_under(p, instructions) for p in pixels))
+        return [[vectors[j] for vectors in per_image] for j in range(len(conditions))]
 
     async def list_items(self, name: str, after_rowid: int, limit: int) -> list[Item]:
         """Items in insertion order after `after_rowid`, at most `limit`."""

@@ -46,13 +46,14 @@ MULTIPART_SCHEMA = {
 async def embed(request: Request, gateway: GatewayDep) -> FastJSONResponse:
     """Embed images (under an instruction, for FocalLens families) and texts."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        model, items = await _parse_multipart(request)
+        model, items = await _parse_multipart(request, gateway.engine)
     else:
         model, items = _parse_json(await request.body(), gateway.engine)
-    family, embeddings = await gateway.engine.embed(model, items, "inputs")
+    family, answered = await gateway.engine.embed(model, items, "inputs")
     data = [
         {"index": index, "embedding": e.vector, "instruction": e.instruction, "space": e.space}
-        for index, e in enumerate(embeddings)
+        for index, embeddings in enumerate(answered)
+        for e in embeddings
     ]
     return FastJSONResponse({"model": family.spec.name, "dim": family.spec.embedding_dim, "data": data})
 
@@ -62,24 +63,29 @@ def _parse_json(body: bytes, engine: Engine) -> tuple[str | None, list[EmbedInpu
         payload = EmbedRequest.model_validate_json(body)
     except ValidationError as error:
         raise InvalidRequest.from_validation(error.errors()) from None
-    engine.check_count(len(payload.inputs), "inputs")
+    engine.check_count(sum(entry.embedding_count for entry in payload.inputs), "inputs")
     items = [
         EmbedInput(
             image=None if entry.image is None else check_at(("inputs", index, "image"), b64decode, entry.image),
             text=entry.text,
             instruction=entry.instruction,
+            instructions=None if entry.instructions is None else tuple(entry.instructions),
         )
         for index, entry in enumerate(payload.inputs)
     ]
     return payload.model, items
 
 
-async def _parse_multipart(request: Request) -> tuple[str | None, list[EmbedInput]]:
+async def _parse_multipart(request: Request, engine: Engine) -> tuple[str | None, list[EmbedInput]]:
     form = await request.form()
     upload = form.get("image")
     if not isinstance(upload, UploadFile):
         raise InvalidRequest("multipart requests need an 'image' file field", loc=("image",))
-    instruction, model = form.get("instruction"), form.get("model")
-    if isinstance(instruction, UploadFile) or isinstance(model, UploadFile):
+    instructions, model = form.getlist("instruction"), form.get("model")
+    if isinstance(model, UploadFile) or any(isinstance(field, UploadFile) for field in instructions):
         raise InvalidRequest("'instruction' and 'model' must be text fields")
-    return model or None, [EmbedInput(image=await upload.read(), instruction=instruction)]
+    texts = [text for text in instructions if isinstance(text, str)]
+    engine.check_count(len(texts), "instruction")
+    if len(texts) > 1:  # the field repeated: one embedding per instruction, as JSON's `instructions`
+        return model or None, [EmbedInput(image=await upload.read(), instructions=tuple(texts))]
+    return model or None, [EmbedInput(image=await upload.read(), instruction=texts[0] if texts else None)]

@@ -26,6 +26,7 @@ async def list_models(gateway: GatewayDep) -> FastJSONResponse:
             "context_length": spec.context_length,
             "checkpoint_hash": spec.checkpoint_hash,
             "requires_instruction": spec.conditional,
+            "conditioning": spec.conditioning if spec.conditional else None,
             "device": device,
             "dtype": dtype,
         }

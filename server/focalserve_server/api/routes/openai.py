@@ -122,7 +122,7 @@ async def create_embeddings(body: OpenAIEmbeddingRequest, gateway: GatewayDep) -
         texts = [body.input] if isinstance(body.input, str) else body.input or []
         gateway.engine.check_count(len(texts), "input")
         field, items = "input", [EmbedInput(text=text) for text in texts]
-    embeddings = await family.embed_all(items, field)
+    embeddings = [embedding for answered in await family.embed_all(items, field) for embedding in answered]
     data = [
         {"object": "embedding", "index": index, "embedding": _encoded(e.vector, body.encoding_format)}
         for index, e in enumerate(embeddings)
