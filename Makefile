@@ -30,10 +30,16 @@ install: $(STAMP)
 
 # The demo family is built once (base CLIP, then FocalLens, exported: ~14 min on 2 cores), or copied
 # from this machine's cache of builds of the same code (~/.cache/focalserve); delete
-# model_repository/demo_* to fetch or rebuild it. `make demo-model` runs the whole demo: FSC-CLIP too,
-# and the evaluation of all three (runs/demo/results.md).
+# model_repository/demo_* to fetch or rebuild it. `demo-readout` is the same FocalLens with readout
+# conditioning, from the same base (~7 min more); `make serve` serves both, `make test` needs only
+# `demo`. `make demo-model` runs the whole demo: FSC-CLIP too, and the evaluation of all four
+# (runs/demo/results.md).
 $(REPO)/demo_image/1/model.pt: | $(STAMP)
 	$(BIN)/python -m focalserve_training.demo --repository $(REPO) --family-only
+
+$(REPO)/demo-readout_image/1/model.pt: | $(STAMP) $(REPO)/demo_image/1/model.pt
+	$(BIN)/python -m focalserve_training.demo --repository $(REPO) --family-only --conditioning readout \
+		--name demo-readout
 
 demo-model: $(STAMP)
 	$(BIN)/python -m focalserve_training.demo --repository $(REPO) --force
@@ -44,7 +50,7 @@ $(DATA)/.demo-collection: $(REPO)/demo_image/1/model.pt
 	$(BIN)/python -m focalserve_devtools.demo_collection --repository $(REPO) --data-dir $(DATA)
 	touch $@
 
-serve: $(REPO)/demo_image/1/model.pt $(DATA)/.demo-collection
+serve: $(REPO)/demo_image/1/model.pt $(REPO)/demo-readout_image/1/model.pt $(DATA)/.demo-collection
 	$(BIN)/focalserve serve --host $(HOST) --port $(PORT) --model-repository $(REPO) --data-dir $(DATA)
 
 # `docker compose up` without Docker: PostgreSQL, tritonserver (CPU, python backend) and two gateways

@@ -1,6 +1,6 @@
 """`make bench`: the serving, FAISS, replication, export and latency benchmarks; RESULTS.md's tables rewritten.
 
-    .venv/bin/python -m benchmarks [--parts serving faiss replication export latency] [--seconds S]
+    .venv/bin/python -m benchmarks [--parts serving faiss replication export latency conditions] [--seconds S]
         [--faiss-sizes N ...]
 
 RESULTS.md keeps its prose; only the text between `<!-- generated:NAME -->` and
@@ -16,10 +16,10 @@ import shlex
 import sys
 from pathlib import Path
 
-from benchmarks import export_bench, faiss_bench, latency, replication, serving
+from benchmarks import conditions, export_bench, faiss_bench, latency, replication, serving
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
-PARTS = ("serving", "faiss", "replication", "export", "latency")
+PARTS = ("serving", "faiss", "replication", "export", "latency", "conditions")
 
 
 def replace_generated(text: str, name: str, content: str) -> str:
@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> None:
     if "latency" in args.parts:
         measured = latency.main([])
         text = replace_generated(text, "latency_run", run_section(measured["command"], measured["machine"]))
+        text = replace_all(text, measured["tables"])
+    if "conditions" in args.parts:
+        measured = conditions.main([])
+        text = replace_generated(text, "conditions_run", run_section(measured["command"], measured["machine"]))
         text = replace_all(text, measured["tables"])
     RESULTS_MD.write_text(text)
     print(f"updated {RESULTS_MD}")

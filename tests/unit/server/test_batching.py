@@ -355,3 +355,23 @@ async def test_max_inflight_lets_several_batches_run_at_once():
     results = await asyncio.gather(*tasks)
     assert [float(r[0]) for r in results] == [0, 2, 4, 6, 8]
     await batcher.stop()
+
+
+async def test_items_whose_first_axis_varies_are_padded_into_one_call_and_cut_back(make_batcher):
+    """A readout image with K conditions: one call, zero rows added to the shorter items, and each
+    caller gets exactly its own K rows back."""
+    runner = FakeBatchRunner(hold=True)
+    batcher = make_batcher(runner, max_batch_size=8)
+    blocker = queue(batcher, [100.0])  # holds the runner while the others queue up
+    await runner.entered.wait()
+    lists = [np.arange(k * 2, dtype=np.float32).reshape(k, 2) + 10 * k for k in (1, 3, 2)]
+    tasks = [asyncio.create_task(batcher.submit({"x": conditions})) for conditions in lists]
+    await wait_until(lambda: batcher.queue_depth == 3)
+    runner.gate.set()
+    results = await asyncio.wait_for(asyncio.gather(*tasks), BOUND_S)
+    await asyncio.wait_for(asyncio.gather(*blocker), BOUND_S)
+
+    assert runner.calls[1].shape == (3, 3, 2)  # one call, every item padded to K = 3
+    assert runner.calls[1][0, 1:].sum() == 0
+    for conditions, result in zip(lists, results, strict=True):
+        np.testing.assert_array_equal(result, conditions * 2)
