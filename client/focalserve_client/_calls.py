@@ -73,8 +73,12 @@ def add_items_call(collection: str, chunk: list[Item]) -> Call:
     return Call("POST", f"{collection_path(collection)}/items", json=body)
 
 
-def add_condition_call(collection: str, instruction: str, index: IndexKind, options: Mapping[str, Any]) -> Call:
-    body = ConditionCreate.model_validate({"instruction": instruction, "index": index, "index_options": options})
+def add_condition_call(
+    collection: str, instruction: str | list[str], index: IndexKind, options: Mapping[str, Any]
+) -> Call:
+    """One instruction (`instruction`), or several registered together (`instructions`)."""
+    form = "instruction" if isinstance(instruction, str) else "instructions"
+    body = ConditionCreate.model_validate({form: instruction, "index": index, "index_options": options})
     return Call("POST", f"{collection_path(collection)}/conditions",
                 json=body.model_dump(mode="json", exclude_none=True))
 

@@ -361,6 +361,18 @@ class AsyncClient:
         response = await self._send(add_condition_call(collection, instruction, index, index_options or {}))
         return ConditionInfo.model_validate_json(response.content)
 
+    async def add_conditions(
+        self, collection: str, instructions: Sequence[str], index: IndexKind = "auto",
+        index_options: Mapping[str, Any] | None = None,
+    ) -> list[ConditionInfo]:
+        """Register several instructions at once (as `add_condition` each, same index settings): their
+        indexes build in one pass over the stored images, each image going to the model once for all."""
+        if isinstance(instructions, str) or not instructions:
+            raise ValueError("instructions: a non-empty sequence of strings")
+        call = add_condition_call(collection, list(instructions), index, index_options or {})
+        response = await self._send(call)
+        return [ConditionInfo.model_validate(entry) for entry in response.json()]
+
     async def list_conditions(self, collection: str) -> list[ConditionInfo]:
         """The collection's conditions with their status and build progress."""
         response = await self._send(Call("GET", f"{collection_path(collection)}/conditions"))
@@ -557,6 +569,7 @@ class Client:
     get_item = _blocking(AsyncClient.get_item)
     delete_item = _blocking(AsyncClient.delete_item)
     add_condition = _blocking(AsyncClient.add_condition)
+    add_conditions = _blocking(AsyncClient.add_conditions)
     list_conditions = _blocking(AsyncClient.list_conditions)
     wait_for_condition = _blocking(AsyncClient.wait_for_condition)
     search = _blocking(AsyncClient.search)

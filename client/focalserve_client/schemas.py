@@ -209,9 +209,21 @@ class ItemInfo(_Response):
 
 
 class ConditionCreate(_Request):
-    instruction: str
+    instruction: str | None = Field(default=None, description="The instruction to register.")
+    instructions: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Several instructions registered together, in place of 'instruction': their backfills "
+        "build in one pass over the stored images (a readout family runs each image once for all of them).",
+    )
     index: IndexKind = Field(default="auto", description="'auto' follows the collection's size.")
     index_options: IndexOptions = Field(default_factory=IndexOptions)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ConditionCreate:
+        if (self.instruction is None) == (self.instructions is None):
+            raise ValueError("give 'instruction' or 'instructions' (a list), not both or neither")
+        return self
 
 
 class SearchQuery(_Request):

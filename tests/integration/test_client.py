@@ -634,3 +634,16 @@ def test_every_image_under_several_instructions_in_order_and_within_the_limit(ga
     assert embed_posts(transport)[:2] == [5, 1]  # 16 embeddings a request: 5 images x 3, then 1 x 3
     for number in range(3):
         np.testing.assert_allclose(under[:, number], singles[number], atol=1e-5)
+
+
+def test_add_conditions_registers_several_at_once(gateway_url):
+    with Client(gateway_url) as client:
+        client.create_collection("multi-sdk", model="tiny")
+        client.add_items("multi-sdk", [(f"i{n}", image, {}) for n, image in enumerate([RED, BLUE, RED])])
+        infos = client.add_conditions("multi-sdk", [COLOUR, SHAPE])
+        assert [info.instruction for info in infos] == [COLOUR, SHAPE]
+        for instruction in (COLOUR, SHAPE):
+            assert client.wait_for_condition("multi-sdk", instruction, timeout=60).status == "ready"
+            assert client.search("multi-sdk", instruction, item_id="i0", k=1).results[0].id == "i2"
+        with pytest.raises(ValueError, match="non-empty"):
+            client.add_conditions("multi-sdk", [])

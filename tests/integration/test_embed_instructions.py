@@ -160,3 +160,33 @@ def test_triton_serves_the_list_form_as_the_embedded_backend_does(readout_triton
     in_process = embed(gateway, "tinyreadout", inputs)
     assert [e["instruction"] for e in via_triton] == [e["instruction"] for e in in_process]
     np.testing.assert_allclose(matrix(via_triton), matrix(in_process), atol=1e-5)
+
+
+def test_conditions_registered_together_build_in_one_pass_over_the_stored_images(readout_repository, tmp_path):
+    """`instructions` registers several conditions in one transaction; their backfills share chunks,
+    and each stored image goes to the readout image model once for all of them."""
+    settings = gateway_settings(readout_repository, tmp_path, build_chunk_size=4)
+    images = [shape_png((8 * n, 200 - 8 * n, 60), box=2 + n % 6) for n in range(24)]
+    with InProcessGateway(settings) as client:
+        client.post("/collections", json={"name": "backfill", "model": "tinyreadout"}).raise_for_status()
+        items = [{"id": f"i{n}", "image": b64(image)} for n, image in enumerate(images)]
+        client.post("/collections/backfill/items", json={"items": items}).raise_for_status()
+        before = image_model_items(client, "tinyreadout")
+        registered = client.post("/collections/backfill/conditions", json={"instructions": INSTRUCTIONS[:3]})
+        assert registered.status_code == 202, registered.text
+        assert [c["instruction"] for c in registered.json()] == [text.lower() for text in INSTRUCTIONS[:3]]
+        again = client.post("/collections/backfill/conditions", json={"instructions": INSTRUCTIONS[1:3]})
+        assert again.status_code == 200 and len(again.json()) == 2  # already registered: nothing new
+        deadline = time.monotonic() + 60
+        while any(c["status"] != "ready" for c in client.get("/collections/backfill/conditions").json()):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert image_model_items(client, "tinyreadout") - before == len(images)  # 3 x 24 one at a time
+        for text in INSTRUCTIONS[:3]:
+            found = client.post("/search", json={"collection": "backfill", "condition": text,
+                                                 "query": {"image": b64(images[5])}, "k": 1}).json()["results"][0]
+            assert found["id"] == "i5" and found["score"] == pytest.approx(1.0, abs=1e-4), text
+        bad = client.post("/collections/backfill/conditions", json={"instructions": ["fine", "x" * 600]})
+        assert bad.status_code == 422 and bad.json()["error"]["loc"] == ["instructions", 1]
+        both = client.post("/collections/backfill/conditions", json={"instruction": "a", "instructions": ["b"]})
+        assert both.status_code == 422

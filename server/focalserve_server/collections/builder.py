@@ -6,6 +6,11 @@ have no vector yet, and writes their vectors while it still holds the lease; a r
 mid-chunk loses only that chunk, which another replica claims once the lease expires. When no chunk
 is left, any replica marks the condition ready. Items added after registration are embedded under
 the condition by the add itself (service.add_items), so the chunks cover everything.
+
+Conditions of one collection registered together are built together: with a chunk of one, the
+builder claims the next chunk of each other building condition of that collection, and chunks
+covering the same items are embedded in one pass (each image decoded once and sent to the
+family once with all of their conditions; a readout family runs its trunk once for them).
 """
 
 from __future__ import annotations
@@ -71,14 +76,24 @@ class ConditionBuilder:
                 pass
 
     async def _work_once(self) -> bool:
-        """Build one chunk of some building condition, or finish conditions with none left."""
-        for condition in await asyncio.to_thread(self._store.building_conditions):
+        """Build one chunk of some building condition (with the same chunk of the collection's other
+        building conditions), or finish conditions with none left."""
+        building = await asyncio.to_thread(self._store.building_conditions)
+        for condition in building:
             family = await self._family(condition)
             if family is None:
                 continue
             chunk = await asyncio.to_thread(self._store.claim_chunk, condition.rowid, self._owner, self._lease_s)
             if chunk is not None:
-                await self._build(condition, family, chunk)
+                claimed = [(condition, chunk)]
+                for sibling in building:
+                    if sibling.collection == condition.collection and sibling.rowid != condition.rowid:
+                        other = await asyncio.to_thread(self._store.claim_chunk, sibling.rowid, self._owner,
+                                                        self._lease_s)
+                        if other is not None:
+                            claimed.append((sibling, other))
+                for span in {(c.first, c.last) for _, c in claimed}:
+                    await self._build(family, [(cond, c) for cond, c in claimed if (c.first, c.last) == span])
                 return True
             if await asyncio.to_thread(self._store.complete_build, condition.rowid):
                 await self._replica.wait_for(await asyncio.to_thread(self._store.head), self._lease_s)
@@ -92,28 +107,41 @@ class ConditionBuilder:
             return None  # another gateway serves that family
         return self._engine.families[collection.model]
 
-    async def _build(self, condition: Condition, family: FamilyEngine, chunk: Chunk) -> None:
-        items = await asyncio.to_thread(self._store.missing_in_chunk, chunk)
+    async def _build(self, family: FamilyEngine, chunks: list[tuple[Condition, Chunk]]) -> None:
+        """Chunks of several conditions over the same items: each missing image embedded once under
+        every condition it lacks."""
+        missing = [await asyncio.to_thread(self._store.missing_in_chunk, chunk) for _, chunk in chunks]
+        items = {item.rowid: item for lacking in missing for item in lacking}
+        lacking_rowids = [{item.rowid for item in lacking} for lacking in missing]
+        wanted = {rowid: [number for number, rowids in enumerate(lacking_rowids) if rowid in rowids] for rowid in items}
         try:
-            vectors = await asyncio.gather(*(self._embed(family, condition, item.blob) for item in items))
+            embedded = await asyncio.gather(*(
+                self._embed(family, [chunks[n][0] for n in wanted[rowid]], item.blob) for rowid, item in items.items()
+            ))
         except FocalServeError as error:
             if error.status >= 500:
                 raise  # overloaded or backend away: transient, the lease lapses and the chunk comes back
-            await self._fail(condition, str(error))
+            for condition, _ in chunks:
+                await self._fail(condition, str(error))
             return
         except Exception as error:
-            await self._fail(condition, str(error))
+            for condition, _ in chunks:
+                await self._fail(condition, str(error))
             return
-        written = await asyncio.to_thread(
-            self._store.finish_chunk, chunk, self._owner, {item.rowid: v for item, v in zip(items, vectors)}
-        )
-        if written is None:
-            logger.warning("lost the lease of chunk %d of %r; another replica redoes it", chunk.rowid,
-                           condition.instruction)
+        vectors: list[dict[int, np.ndarray]] = [{} for _ in chunks]
+        for rowid, per_condition in zip(items, embedded):
+            for number, vector in zip(wanted[rowid], per_condition):
+                vectors[number][rowid] = vector
+        for (condition, chunk), written_vectors in zip(chunks, vectors):
+            written = await asyncio.to_thread(self._store.finish_chunk, chunk, self._owner, written_vectors)
+            if written is None:
+                logger.warning("lost the lease of chunk %d of %r; another replica redoes it", chunk.rowid,
+                               condition.instruction)
 
-    async def _embed(self, family: FamilyEngine, condition: Condition, blob: str) -> np.ndarray:
+    async def _embed(self, family: FamilyEngine, conditions: list[Condition], blob: str) -> list[np.ndarray]:
         image = await asyncio.to_thread(self._store.read_blob, blob)
-        return await family.embed_pixels(await family.prepare(image), condition.instruction)
+        pixels = await family.prepare(image)
+        return await family.embed_pixels_under(pixels, [condition.instruction for condition in conditions])
 
     async def _fail(self, condition: Condition, error: str) -> None:
         logger.error("building condition %r of %s failed: %s", condition.instruction, condition.collection, error)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -220,28 +221,34 @@ class CollectionService:
 
     # conditions --------------------------------------------------------------------------
 
-    async def add_condition(
-        self, name: str, instruction: str, index_kind: IndexKind, index_options: IndexOptions
-    ) -> tuple[Condition, bool, int]:
+    async def add_conditions(
+        self, name: str, instructions: Sequence[str], index_kind: IndexKind, index_options: IndexOptions,
+        field: tuple[str | int, ...],
+    ) -> tuple[list[tuple[Condition, bool]], int]:
+        """Register instructions in one transaction; their backfills build together (one pass over the
+        stored images for all of them). `field` locates the instructions in the request for errors."""
         collection = await self.collection(name)
         family = self.family_of(collection)
         self._check_options(index_options, family)
         if not family.spec.conditional:
             raise InvalidInstruction(
                 f"collection {name!r} uses the plain CLIP family {collection.model}: it has one unconditional view",
-                loc=("instruction",),
+                loc=field,
             )
-        normalised = check_at(("instruction",), family.normalise, instruction)
+        many = len(instructions) > 1 or field != ("instruction",)
+        normalised = [check_at((*field, n) if many else field, family.normalise, text)
+                      for n, text in enumerate(instructions)]
         options = index_options.model_dump(exclude_none=True)
-        condition, created, seq = await asyncio.to_thread(
-            self._store.add_condition, name, normalised, index_kind, self._chunk_size, options
+        registered, seq = await asyncio.to_thread(
+            self._store.add_conditions, name, normalised, index_kind, self._chunk_size, options
         )
-        if not created and (condition.index_kind, condition.index_options) != (index_kind, options):
-            raise Conflict(f"condition {normalised!r} is registered with index {condition.index_kind!r} "
-                           f"and options {condition.index_options}")
-        if created:
+        for condition, created in registered:
+            if not created and (condition.index_kind, condition.index_options) != (index_kind, options):
+                raise Conflict(f"condition {condition.instruction!r} is registered with index "
+                               f"{condition.index_kind!r} and options {condition.index_options}")
+        if any(created for _, created in registered):
             self._builder.wake()
-        return condition, created, await self._applied_here(seq) or self._replica.applied
+        return registered, await self._applied_here(seq) or self._replica.applied
 
     async def conditions(self, name: str) -> list[Condition]:
         await self.collection(name)

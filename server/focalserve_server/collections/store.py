@@ -281,29 +281,41 @@ class Store(ABC):
         self, collection: str, instruction: str | None, index_kind: IndexKind, chunk_size: int,
         index_options: dict[str, Any] | None = None,
     ) -> tuple[Condition, bool, int | None]:
-        """(condition, created now, log position); a new condition's backfill is cut into chunks
-        of `chunk_size` stored items, which any replica may claim."""
+        """(condition, created now, log position); see `add_conditions`."""
+        [(condition, created)], seq = self.add_conditions(collection, [instruction], index_kind, chunk_size,
+                                                          index_options)
+        return condition, created, seq
+
+    def add_conditions(
+        self, collection: str, instructions: Sequence[str | None], index_kind: IndexKind, chunk_size: int,
+        index_options: dict[str, Any] | None = None,
+    ) -> tuple[list[tuple[Condition, bool]], int | None]:
+        """((condition, created now) per instruction, log position), in one transaction. A new
+        condition's backfill is cut into chunks of `chunk_size` stored items, which any replica may
+        claim; conditions registered together get the same chunks, so builders take them together."""
         with self._write() as tx:
-            existing = [c for c in self._conditions(tx, collection) if c.instruction == instruction]
-            if existing:
-                return existing[0], False, None
-            rowid = int(
-                tx.execute(
-                    "INSERT INTO conditions(collection, instruction, index_kind, status, index_options) "
-                    "VALUES (?, ?, ?, 'building', ?) RETURNING rowid",
-                    (collection, instruction, index_kind, json.dumps(index_options or {}, sort_keys=True)),
-                ).fetchone()[0]
-            )
             items = [int(row[0]) for row in tx.execute(
                 "SELECT rowid FROM items WHERE collection = ? ORDER BY rowid", (collection,)
             ).fetchall()]
-            tx.executemany(
-                "INSERT INTO chunks(condition, collection, first, last) VALUES (?, ?, ?, ?)",
-                [(rowid, collection, part[0], part[-1]) for part in _parts(items, chunk_size)],
-            )
-            seq = self._log(tx, "condition_added", collection, [(rowid, None)])
-            condition = next(c for c in self._conditions(tx, collection) if c.rowid == rowid)
-        return condition, True, seq
+            added: list[int] = []
+            for instruction in dict.fromkeys(instructions):
+                if any(c.instruction == instruction for c in self._conditions(tx, collection)):
+                    continue
+                rowid = int(
+                    tx.execute(
+                        "INSERT INTO conditions(collection, instruction, index_kind, status, index_options) "
+                        "VALUES (?, ?, ?, 'building', ?) RETURNING rowid",
+                        (collection, instruction, index_kind, json.dumps(index_options or {}, sort_keys=True)),
+                    ).fetchone()[0]
+                )
+                tx.executemany(
+                    "INSERT INTO chunks(condition, collection, first, last) VALUES (?, ?, ?, ?)",
+                    [(rowid, collection, part[0], part[-1]) for part in _parts(items, chunk_size)],
+                )
+                added.append(rowid)
+            seq = self._log(tx, "condition_added", collection, [(rowid, None) for rowid in added]) if added else None
+            by_instruction = {c.instruction: c for c in self._conditions(tx, collection)}
+        return [(by_instruction[text], by_instruction[text].rowid in added) for text in instructions], seq
 
     def conditions(self, collection: str) -> list[Condition]:
         return [_condition(row) for row in self._query(

@@ -164,11 +164,11 @@ def test_list_items_pages_through_a_collection(kind):
 def test_client_has_every_method_of_async_client_with_its_documentation():
     public = {name for name, _ in inspect.getmembers(AsyncClient) if not name.startswith("_")}
     assert public - {"aclose"} <= set(dir(Client))
-    for name in public - {"aclose", "embed", "embed_text", "max_inputs_per_request"}:
+    for name in public - {"aclose", "embed", "embed_under", "embed_text", "max_inputs_per_request"}:
         assert getattr(Client, name).__doc__ == getattr(AsyncClient, name).__doc__, name
         sync, run = inspect.signature(getattr(Client, name)), inspect.signature(getattr(AsyncClient, name))
         assert sync == run, name
-    for name in ("embed", "embed_text"):  # as before: no concurrency argument, one chunk at a time
+    for name in ("embed", "embed_under", "embed_text"):  # no concurrency argument, one chunk at a time
         parameters = inspect.signature(getattr(Client, name)).parameters
         assert "concurrency" not in parameters and getattr(Client, name).__doc__
 

@@ -220,15 +220,23 @@ def _checked_id(item_id: str) -> str:
 
 
 @router.post(
-    "/{name}/conditions", status_code=202, dependencies=[WriteAccess], response_model=ConditionInfo, responses=ERRORS
+    "/{name}/conditions", status_code=202, dependencies=[WriteAccess],
+    response_model=ConditionInfo | list[ConditionInfo], responses=ERRORS,
 )
 async def add_condition(name: CollectionName, body: ConditionCreate, gateway: GatewayDep) -> Response:
-    """Register an instruction: every item is embedded under it and indexed in the background."""
+    """Register an instruction (or, with `instructions`, several at once: a list answers): every
+    item is embedded under it and indexed in the background. 202 if any was new, 200 if none."""
     service = gateway.collections
-    condition, created, seq = await service.add_condition(name, body.instruction, body.index, body.index_options)
+    if body.instructions is not None:
+        texts, field = body.instructions, ("instructions",)
+    else:
+        assert body.instruction is not None  # ConditionCreate holds one form or the other
+        texts, field = [body.instruction], ("instruction",)
+    registered, seq = await service.add_conditions(name, texts, body.index, body.index_options, field)
     total = await service.item_count(name)
-    info = await condition_info(service, condition, total)
-    return with_seq(FastJSONResponse(info, status_code=202 if created else 200), seq)
+    infos = [await condition_info(service, condition, total) for condition, _ in registered]
+    status = 202 if any(created for _, created in registered) else 200
+    return with_seq(FastJSONResponse(infos if body.instructions is not None else infos[0], status_code=status), seq)
 
 
 @router.get("/{name}/conditions", response_model=list[ConditionInfo], responses=ERRORS)
