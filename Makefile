@@ -31,7 +31,7 @@ install: $(STAMP)
 # The demo family is built once (base CLIP, then FocalLens, exported: ~14 min on 2 cores), or copied
 # from this machine's cache of builds of the same code (~/.cache/focalserve); delete
 # model_repository/demo_* to fetch or rebuild it. `demo-readout` is the same FocalLens with readout
-# conditioning, from the same base (~7 min more); `make serve` serves both, `make test` needs only
+# conditioning, from the same base (~10 min more); `make serve` serves both, `make test` needs only
 # `demo`. `make demo-model` runs the whole demo: FSC-CLIP too, and the evaluation of all four
 # (runs/demo/results.md).
 $(REPO)/demo_image/1/model.pt: | $(STAMP)
