@@ -130,11 +130,11 @@ def check_shared_collection(writer: str, reader: str) -> None:
 
 def test_make_stack_runs_two_gateways_on_one_database(demo_repository, tmp_path):
     with running_stack(tmp_path / "stack.log") as gateways:
-        via_triton = [httpx.post(f"{url}/embed", json={"inputs": INPUTS}, timeout=60).json()["data"]
+        via_triton = [httpx.post(f"{url}/embed", json={"model": "demo", "inputs": INPUTS}, timeout=60).json()["data"]
                       for url in gateways]
         check_shared_collection(*gateways)
     with running_gateway(demo_repository, tmp_path / "serve.log", data_dir=str(tmp_path / "data")) as serve:
-        embedded = httpx.post(f"{serve}/embed", json={"inputs": INPUTS}, timeout=60).json()["data"]
+        embedded = httpx.post(f"{serve}/embed", json={"model": "demo", "inputs": INPUTS}, timeout=60).json()["data"]
     for served in via_triton:
         for a, b in zip(served, embedded, strict=True):
             np.testing.assert_allclose(a["embedding"], b["embedding"], atol=1e-5)
