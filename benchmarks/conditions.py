@@ -1,7 +1,7 @@
 """Many conditions for one image: what K instructions cost, full against readout conditioning.
 
     .venv/bin/python -m benchmarks.conditions [--models vitb32 vitl14-336] [--counts 1 2 4 8 16]
-        [--seconds S] [--no-gateway]
+        [--seconds S] [--no-gateway] [--device cuda --dtype float16]
 
 For each open_clip geometry, one set of random weights (seed 0) built as a full and as a readout
 FocalLens family. Raw: the exported TorchScript image model on one preprocessed image under K
@@ -57,12 +57,14 @@ def export_both(name: str, work_dir: Path) -> Path:
     return repository
 
 
-def raw_costs(repository: Path, name: str, counts: tuple[int, ...], seconds: float) -> dict[Conditioning, list[float]]:
+def raw_costs(
+    repository: Path, name: str, counts: tuple[int, ...], seconds: float, placement: dict[str, str]
+) -> dict[Conditioning, list[float]]:
     """p50 ms of the image model for one image under each count of conditions."""
     costs: dict[Conditioning, list[float]] = {}
     image = jpeg_256()
     for conditioning in CONDITIONINGS:
-        family = ScriptedFamily(repository, f"{name}-{conditioning}")
+        family = ScriptedFamily(repository, f"{name}-{conditioning}", placement["device"], placement["dtype"])
         pixels = family.pixels([image])
         condition = family.conditions([PHRASINGS[0]])
         row = []
@@ -78,7 +80,9 @@ def raw_costs(repository: Path, name: str, counts: tuple[int, ...], seconds: flo
     return costs
 
 
-def gateway_costs(repository: Path, name: str, counts: tuple[int, ...], seconds: float) -> dict[str, Any]:
+def gateway_costs(
+    repository: Path, name: str, counts: tuple[int, ...], seconds: float, placement: dict[str, str]
+) -> dict[str, Any]:
     """p50 ms of POST /embed with K instructions, and items/s added under four conditions, per conditioning."""
     image = base64.b64encode(jpeg_256()).decode("ascii")
     logs = WORK_DIR / "logs" / "conditions"
@@ -86,7 +90,7 @@ def gateway_costs(repository: Path, name: str, counts: tuple[int, ...], seconds:
     result: dict[str, Any] = {}
     for conditioning in CONDITIONINGS:
         family = f"{name}-{conditioning}"
-        settings = {"families": json.dumps([family]), "data_dir": str(logs / f"{family}-data")}
+        settings = {"families": json.dumps([family]), "data_dir": str(logs / f"{family}-data"), **placement}
         with running_gateway(repository, logs / f"{family}.log", **settings) as url, \
                 httpx.Client(base_url=url, timeout=600) as client:
             latencies = []
@@ -153,14 +157,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--counts", nargs="+", type=int, default=list(COUNTS))
     parser.add_argument("--seconds", type=float, default=3.0, help="timed part of each measurement")
     parser.add_argument("--no-gateway", action="store_true", help="the raw image model only")
+    parser.add_argument("--device", default="cpu", help="raw forward and embedded gateway: cpu, cuda, cuda:N")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     args = parser.parse_args(argv)
     counts = tuple(args.counts)
+    placement = {"device": args.device, "dtype": args.dtype}
     rows = []
     for name in args.models:
         repository = export_both(name, WORK_DIR)
-        row: dict[str, Any] = {"model": name, "raw": raw_costs(repository, name, counts, args.seconds)}
+        row: dict[str, Any] = {"model": name, **placement,
+                               "raw": raw_costs(repository, name, counts, args.seconds, placement)}
         if not args.no_gateway:
-            row["gateway"] = gateway_costs(repository, name, counts, args.seconds)
+            row["gateway"] = gateway_costs(repository, name, counts, args.seconds, placement)
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     generated = tables(rows, counts)

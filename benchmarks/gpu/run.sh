@@ -4,7 +4,8 @@
 #   export sizes and fused vs hand-written attention on CUDA;
 #   the first request after ready (warm-up on and off) and the batch-1 overhead over the raw forward;
 #   the serving benchmark, gateway (embedded backend) against the raw forward, ViT-B-32 and
-#   ViT-L-14-336 FocalLens, fp32 and fp16, PIL and GPU preprocessing.
+#   ViT-L-14-336 FocalLens, fp32 and fp16, PIL and GPU preprocessing;
+#   K instructions on one image, full against readout conditioning (benchmarks/conditions.py).
 # Logs and JSON go to $OUT (the device tool's output folder) or benchmarks/results/gpu. Uses the
 # machine's python3 (with CUDA torch) and the wheels benchmarks/gpu/wheels.sh put in .whl/.
 # Families are exported on the machine itself: its torch may differ from ours.
@@ -24,6 +25,9 @@ python3 -m pytest -q -m gpu tests -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests
 python3 -m benchmarks.export_bench --device cuda --speed-models ViT-B-32 ViT-L-14-336 --batches 1 64 --json "$OUT/export.json" 2>&1 | tee "$OUT/export.log"
 python3 -m benchmarks.latency --models vitb32 vitl14-336 --device cuda --dtype float16 2>&1 \
     | tee "$OUT/latency.log"
+python3 -m benchmarks.conditions --models vitb32 vitl14-336 --device cuda --dtype float16 2>&1 \
+    | tee "$OUT/conditions.log"
+cp benchmarks/results/conditions.json "$OUT/conditions.json"
 for run in "float16 cuda" "float16 pil" "float32 cuda"; do
     set -- $run
     python3 -m benchmarks.serving --models vitb32 vitl14-336 --systems raw gateway-embedded --no-variants \
