@@ -88,16 +88,15 @@ def gateway_costs(
     logs = WORK_DIR / "logs" / "conditions"
     logs.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {}
-    for conditioning in CONDITIONINGS:
-        family = f"{name}-{conditioning}"
-        settings = {"families": json.dumps([family]), "data_dir": str(logs / f"{family}-data"), **placement}
-        with running_gateway(repository, logs / f"{family}.log", **settings) as url, \
-                httpx.Client(base_url=url, timeout=600) as client:
+    families = [f"{name}-{conditioning}" for conditioning in CONDITIONINGS]  # one gateway serves both
+    settings = {"families": json.dumps(families), "data_dir": str(logs / f"{name}-data"), **placement}
+    with running_gateway(repository, logs / f"{name}.log", **settings) as url, \
+            httpx.Client(base_url=url, timeout=600) as client:
+        for conditioning, family in zip(CONDITIONINGS, families):
             latencies = []
             for count in counts:
                 body = {"model": family, "inputs": [{"image": image, "instructions": _instructions(count)}]}
-                times = _time_posts(client, body, seconds)
-                latencies.append(statistics.median(times) * 1000)
+                latencies.append(statistics.median(_time_posts(client, body, seconds)) * 1000)
             result[conditioning] = {"embed_p50_ms": latencies, "add_items_per_s": _add_rate(client, family, image)}
     return result
 
