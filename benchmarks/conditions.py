@@ -34,7 +34,7 @@ from benchmarks.raw import time_calls
 from benchmarks.report import machine, markdown_table, save_json
 from benchmarks.scripted import ScriptedFamily
 from benchmarks.workload import PHRASINGS
-from focalserve_devtools.launch import running_gateway
+from focalserve_devtools.launch import gateway_processes
 from focalserve_family import CONDITIONINGS, Conditioning
 from focalserve_training.export import export_family
 from focalserve_training.models import load_family_model
@@ -89,8 +89,11 @@ def gateway_costs(
     logs.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {}
     families = [f"{name}-{conditioning}" for conditioning in CONDITIONINGS]  # one gateway serves both
-    settings = {"families": json.dumps(families), "data_dir": str(logs / f"{name}-data"), **placement}
-    with running_gateway(repository, logs / f"{name}.log", **settings) as url, \
+    # No start-up warm-up: it runs every model at its largest batch (minutes for ViT-L-14-336 on a
+    # CPU), and each cell below warms up with its own request first. Loading still takes minutes.
+    settings = {"families": json.dumps(families), "data_dir": str(logs / f"{name}-data"), "warmup": "false",
+                **placement}
+    with gateway_processes(repository, [(logs / f"{name}.log", settings)], ready_timeout_s=900) as [(url, _)], \
             httpx.Client(base_url=url, timeout=600) as client:
         for conditioning, family in zip(CONDITIONINGS, families):
             latencies = []
@@ -152,7 +155,7 @@ def tables(rows: list[dict[str, Any]], counts: tuple[int, ...]) -> dict[str, str
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", choices=list(GEOMETRIES), default=["vitb32"])
+    parser.add_argument("--models", nargs="+", choices=list(GEOMETRIES), default=list(GEOMETRIES))
     parser.add_argument("--counts", nargs="+", type=int, default=list(COUNTS))
     parser.add_argument("--seconds", type=float, default=3.0, help="timed part of each measurement")
     parser.add_argument("--no-gateway", action="store_true", help="the raw image model only")
@@ -166,6 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         repository = export_both(name, WORK_DIR)
         row: dict[str, Any] = {"model": name, **placement,
                                "raw": raw_costs(repository, name, counts, args.seconds, placement)}
+        print(json.dumps(row), file=sys.stderr, flush=True)  # kept in the log if the gateway part fails
         if not args.no_gateway:
             row["gateway"] = gateway_costs(repository, name, counts, args.seconds, placement)
         rows.append(row)

@@ -61,16 +61,17 @@ def gateway_process(repository: Path, log_file: Path, **settings: str) -> Iterat
 
 @contextmanager
 def gateway_processes(
-    repository: Path, configs: list[tuple[Path, dict[str, str]]]
+    repository: Path, configs: list[tuple[Path, dict[str, str]]], ready_timeout_s: float = 90
 ) -> Iterator[list[tuple[str, subprocess.Popen]]]:
     """Several gateways, each with its log file and FOCALSERVE_* settings, started together (their
-    start-up is mostly imports and model loading, which overlap) and always stopped."""
+    start-up is mostly imports and model loading, which overlap) and always stopped. Large models
+    on a CPU take minutes to load and warm up: `ready_timeout_s` bounds the wait."""
     started: list[tuple[str, subprocess.Popen]] = []
     try:
         for log_file, settings in configs:
             started.append(_start_gateway(repository, log_file, settings))
         for url, process in started:
-            wait_until_ready(f"{url}/readyz", process, what="gateway")
+            wait_until_ready(f"{url}/readyz", process, ready_timeout_s, what="gateway")
         yield started
     finally:
         for _, process in started:
