@@ -88,8 +88,9 @@ tests-without-demo: lint $(CHROMIUM) $(PG_BIN)/initdb
 	$(BIN)/python -m pytest -q -m "not demo_family"
 
 # Serving (6 systems x 2 models x 3 concurrencies; the sixth, infinity-emb, in .venv-infinity), FAISS (100k, 1M), replication (1 vs 3 gateways on
-# a private PostgreSQL), export sizes and single-request latency: ~28 min on 2 CPU cores; rewrites the tables
-# in benchmarks/RESULTS.md. Loopback only; every server is stopped on exit.
+# a private PostgreSQL), export sizes and single-request latency: ~28 min on 2 CPU cores; then K instructions
+# on one image, full against readout (ViT-B-32 and ViT-L-14-336): ~45 min more, nearly all ViT-L-14-336.
+# Rewrites the tables in benchmarks/RESULTS.md. Loopback only; every server is stopped on exit.
 bench: $(REPO)/demo_image/1/model.pt $(PG_BIN)/initdb $(INFINITY_VENV)/.installed
 	$(BIN)/python -m benchmarks
 
