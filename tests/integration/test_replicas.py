@@ -243,3 +243,10 @@ def test_two_processes_on_one_sqlite_data_dir_stay_consistent(model_repository: 
         assert seq(registered) < last
         assert ranked(a, "local", COLOUR, {"image": png(20)}, min_seq=last) == ranked(
             b, "local", COLOUR, {"image": png(20)}, min_seq=last)
+
+
+def test_a_gateway_that_is_not_ready_in_time_is_reported_and_stopped(tmp_path, model_repository):
+    with pytest.raises(TimeoutError, match="not ready after 0.01 s"):
+        with gateway_processes(model_repository, [(tmp_path / "gw.log", {"data_dir": str(tmp_path)})],
+                               ready_timeout_s=0.01):
+            pass
