@@ -6,6 +6,7 @@ the image model alone: what no server in front of it can beat on the same cores.
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -18,8 +19,9 @@ from benchmarks.scripted import ScriptedFamily
 from benchmarks.workload import PHRASINGS, Workload
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
-FIRST_WARMUP_CALLS = 2  # TorchScript's profiling executor optimises the graph on its second run
-WARMUP_CALLS = 1  # later batch sizes: allocator and caches only (no re-optimisation was seen per new size)
+# TorchScript's profiling executor optimises a graph on its second run. On CUDA it does so again
+# for every new batch size: on an H200 a new size's first calls took 1.1-2.1 s, later ones 6-10 ms.
+WARMUP_CALLS = 2
 MIN_CALLS = 3  # a p50 of fewer calls is one outlier on a shared machine
 PAST_PEAK = 0.8  # a batch size this far below the best so far ends the sweep: larger ones only cost time
 
@@ -41,7 +43,8 @@ def raw_forward(
     max_seconds: float,
     batch_sizes: Sequence[int] = BATCH_SIZES,
 ) -> RawForward:
-    """Images/s of the image forward per batch size, and batch-1 latency.
+    """Images/s of the image forward per batch size (from the median call: one late re-optimisation
+    would otherwise make a size look slow and end the sweep), and batch-1 latency.
 
     Sizes grow until past the peak, or until the next size (about twice the last one's call
     time, warm-up included) would overrun `max_seconds`: on a large model, batch 64 on two
@@ -56,9 +59,8 @@ def raw_forward(
             break
         batch = pixels[torch.arange(size) % len(pixels)]
         conditions = condition.expand(size, -1).contiguous()
-        warmup = WARMUP_CALLS if sweep else FIRST_WARMUP_CALLS
-        times = time_calls(partial(family.embed, batch, conditions), seconds_per_size, warmup)
-        sweep.append({"batch_size": size, "calls": len(times), "images_per_s": size * len(times) / sum(times),
+        times = time_calls(partial(family.embed, batch, conditions), seconds_per_size, WARMUP_CALLS)
+        sweep.append({"batch_size": size, "calls": len(times), "images_per_s": size / statistics.median(times),
                       **percentiles_ms(times)})
         if sweep[-1]["images_per_s"] < PAST_PEAK * max(row["images_per_s"] for row in sweep):
             break

@@ -4,7 +4,7 @@
 #   export sizes and fused vs hand-written attention on CUDA;
 #   the first request after ready (warm-up on and off) and the batch-1 overhead over the raw forward;
 #   the serving benchmark, gateway (embedded backend) against the raw forward, ViT-B-32 and
-#   ViT-L-14-336 FocalLens, fp32 and fp16, PIL and GPU preprocessing;
+#   ViT-L-14-336 FocalLens in fp16, PIL and GPU preprocessing;
 #   K instructions on one image, full against readout conditioning (benchmarks/conditions.py).
 # Logs and JSON go to $OUT (the device tool's output folder) or benchmarks/results/gpu. Uses the
 # machine's python3 (with CUDA torch) and the wheels benchmarks/gpu/wheels.sh put in .whl/.
@@ -21,17 +21,22 @@ fi
 python3 -m pip install -q --no-deps --no-index --no-build-isolation -e ./client -e . || exit 1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 
-python3 -m pytest -q -m gpu tests -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log"
-python3 -m benchmarks.export_bench --device cuda --speed-models ViT-B-32 ViT-L-14-336 --batches 1 64 --json "$OUT/export.json" 2>&1 | tee "$OUT/export.log"
-python3 -m benchmarks.latency --models vitb32 vitl14-336 --device cuda --dtype float16 2>&1 \
-    | tee "$OUT/latency.log"
-python3 -m benchmarks.conditions --models vitb32 vitl14-336 --device cuda --dtype float16 2>&1 \
-    | tee "$OUT/conditions.log"
-cp benchmarks/results/conditions.json "$OUT/conditions.json"
-for run in "float16 cuda" "float16 pil" "float32 cuda"; do
-    set -- $run
-    python3 -m benchmarks.serving --models vitb32 vitl14-336 --systems raw gateway-embedded --no-variants \
-        --device cuda --dtype "$1" --preprocess-device "$2" --concurrency 1 16 64 --seconds 4 2>&1 \
-        | tee "$OUT/serving_$1_$2.log"
-    cp benchmarks/results/serving.json "$OUT/serving_$1_$2.json"
-done
+# Each step has its own time limit, most valuable first, so that one that overruns leaves the others
+# their share of a device lease (about 9 minutes of work in all).
+step() { local seconds=$1 log=$2; shift 2; echo "== $log: $*"; timeout -k 5 "$seconds" "$@" 2>&1 | tee "$OUT/$log.log"; }
+step 100 gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider tests/integration/test_device_and_dtype.py \
+    tests/integration/test_device_preprocessing.py tests/unit/server/test_indexes.py
+# A benchmark's JSON is copied only when its step finished: the committed one is the CPU's.
+serving() {
+    step "$1" "serving_float16_$2" python3 -m benchmarks.serving --models vitb32 vitl14-336 \
+        --systems raw gateway-embedded --no-variants --device cuda --dtype float16 \
+        --preprocess-device "$2" --concurrency 1 64 --seconds 3 \
+        && cp benchmarks/results/serving.json "$OUT/serving_float16_$2.json"
+}
+serving 140 cuda  # the first exports the families; the second reuses them
+serving 70 pil
+step 80 conditions python3 -m benchmarks.conditions --models vitb32 vitl14-336 --device cuda --dtype float16 \
+    --seconds 2 && cp benchmarks/results/conditions.json "$OUT/conditions.json"
+step 50 latency python3 -m benchmarks.latency --models vitb32 vitl14-336 --device cuda --dtype float16
+step 40 export python3 -m benchmarks.export_bench --device cuda --speed-models ViT-B-32 ViT-L-14-336 \
+    --batches 1 64 --seconds 2 --json "$OUT/export.json"

@@ -29,9 +29,8 @@ from focalserve_family import (
     model_specs,
     to_pbtxt,
 )
-from focalserve_family.text_towers import create_tokenizer
 from focalserve_training.models import FamilyModel, FocalLensCLIP
-from focalserve_training.models.factory import state_hash, tokenizer_spec
+from focalserve_training.models.factory import create_text_tokenizer, state_hash, tokenizer_spec
 from focalserve_training.models.focallens import (
     Attention,
     BaseCLIP,
@@ -116,9 +115,6 @@ def family_metadata(model: FamilyModel, family: FamilyKind, name: str, model_nam
     size = preprocess["size"]
     image_size = size if isinstance(size, int) else size[0]
     tokenizer, context_length = tokenizer_spec(model_name)
-    tokens = create_tokenizer(tokenizer, context_length)(["probe"])
-    with torch.inference_mode():
-        embedding_dim = int(clip.encode_text(tokens).shape[-1])
     return FamilyMetadata(
         family=family,
         name=name,
@@ -130,11 +126,19 @@ def family_metadata(model: FamilyModel, family: FamilyKind, name: str, model_nam
         resize_mode=preprocess.get("resize_mode", "shortest"),
         tokenizer=tokenizer,
         context_length=context_length,
-        embedding_dim=embedding_dim,
+        embedding_dim=text_embedding_dim(clip, model_name),
         condition_dim=model.condition_dim if isinstance(model, FocalLensCLIP) else 0,
         checkpoint_hash=state_hash(model),
         conditioning=model.conditioning if isinstance(model, FocalLensCLIP) else "full",
     )
+
+
+def text_embedding_dim(clip: BaseCLIP, model_name: str) -> int:
+    """The embedding width, probed through the text tower on whichever device the model is (a GPU
+    host exports from CUDA): configs spell it in several places, the forward in one."""
+    tokens = create_text_tokenizer(model_name)(["probe"]).to(next(clip.parameters()).device)
+    with torch.inference_mode():
+        return int(clip.encode_text(tokens).shape[-1])
 
 
 def role_modules(model: FamilyModel) -> dict[Role, nn.Module]:

