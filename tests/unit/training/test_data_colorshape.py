@@ -145,6 +145,20 @@ def test_instruction_dataset_groups_items_by_image():
         ColorShapeInstructions(2, conditions=())
 
 
+def test_an_images_run_of_items_is_rendered_once_and_any_order_gives_the_same_items(monkeypatch):
+    in_order = list(ColorShapeInstructions(3, seed=4, per_condition=2))
+    dataset = ColorShapeInstructions(3, seed=4, per_condition=2)
+    rendered: list[int] = []
+    render = dataset.generator.sample
+    monkeypatch.setattr(dataset.generator, "sample", lambda index: rendered.append(index) or render(index))
+    shuffled = [11, 3, 0, 1, 2, 7, 4]
+    items = {i: dataset[i] for i in shuffled}
+    assert rendered == [2, 0, 1]  # image ids: 11 -> 2, then 3, 0, 1, 2 -> 0, then 7, 4 -> 1
+    for i in shuffled:
+        np.testing.assert_array_equal(pixels(items[i]["image"]), pixels(in_order[i]["image"]))
+        assert items[i]["answer"] == in_order[i]["answer"]
+
+
 def test_two_object_dataset_items():
     dataset = TwoObjectCaptions(5, seed=2, image_size=48)
     item = dataset[4]

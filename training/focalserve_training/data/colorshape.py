@@ -186,13 +186,14 @@ class ColorShapeInstructions(Dataset):
         self.generator = ColorShapeGenerator(seed, image_size)
         self.slots = [condition for condition in conditions for _ in range(per_condition)]
         self.image_ids = [i for i in range(n_images) for _ in self.slots]
+        self._last_sample: tuple[int, ColorShapeSample] | None = None
 
     def __len__(self) -> int:
         return len(self.image_ids)
 
     def __getitem__(self, index: int) -> dict:
         image_id, slot = divmod(_check_index(index, len(self)), len(self.slots))
-        sample = self.generator.sample(image_id)
+        sample = self._sample(image_id)
         condition = self.slots[slot]
         return {
             "image": sample.image,
@@ -200,6 +201,14 @@ class ColorShapeInstructions(Dataset):
             "image_id": image_id,
             "condition": condition,
         }
+
+
+    def _sample(self, image_id: int) -> ColorShapeSample:
+        """The image's sample, rendered once for the run of its items that a batch fetches in turn
+        (rendering was most of a training batch's collation); a pure function of `image_id`."""
+        if self._last_sample is None or self._last_sample[0] != image_id:
+            self._last_sample = (image_id, self.generator.sample(image_id))
+        return self._last_sample[1]
 
 
 class TwoObjectCaptions(Dataset):
