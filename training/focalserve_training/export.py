@@ -30,13 +30,14 @@ from focalserve_family import (
     to_pbtxt,
 )
 from focalserve_training.models import FamilyModel, FocalLensCLIP
-from focalserve_training.models.factory import create_text_tokenizer, state_hash, tokenizer_spec
+from focalserve_training.models.factory import state_hash, tokenizer_spec
 from focalserve_training.models.focallens import (
     Attention,
     BaseCLIP,
     conditional_image_features,
     fused_gated_attention,
     readout_image_features,
+    text_embedding_dim,
     text_side,
 )
 
@@ -126,19 +127,11 @@ def family_metadata(model: FamilyModel, family: FamilyKind, name: str, model_nam
         resize_mode=preprocess.get("resize_mode", "shortest"),
         tokenizer=tokenizer,
         context_length=context_length,
-        embedding_dim=text_embedding_dim(clip, model_name),
+        embedding_dim=text_embedding_dim(clip),  # read off the weights: no forward, on any device
         condition_dim=model.condition_dim if isinstance(model, FocalLensCLIP) else 0,
         checkpoint_hash=state_hash(model),
         conditioning=model.conditioning if isinstance(model, FocalLensCLIP) else "full",
     )
-
-
-def text_embedding_dim(clip: BaseCLIP, model_name: str) -> int:
-    """The embedding width, probed through the text tower on whichever device the model is (a GPU
-    host exports from CUDA): configs spell it in several places, the forward in one."""
-    tokens = create_text_tokenizer(model_name)(["probe"]).to(next(clip.parameters()).device)
-    with torch.inference_mode():
-        return int(clip.encode_text(tokens).shape[-1])
 
 
 def role_modules(model: FamilyModel) -> dict[Role, nn.Module]:

@@ -10,8 +10,9 @@ import torch
 from tritonclient.grpc import model_config_pb2 as pb
 
 from focalserve_family import families_from_configs, model_specs, parse_pbtxt, read_repository
-from focalserve_training.export import example_inputs, export_family, family_metadata, role_modules, text_embedding_dim
-from tests.helpers.models import TINY
+from focalserve_training.export import example_inputs, export_family, family_metadata, role_modules
+from focalserve_training.models.factory import create_text_tokenizer
+from tests.helpers.models import MINILM, TINY, tiny_focallens
 
 
 @pytest.mark.parametrize("family", ["focallens", "tinyclip"])
@@ -28,10 +29,13 @@ def test_exported_models_equal_eager_outputs(model_repository, focallens_model, 
             torch.testing.assert_close(script(*inputs), modules[role](*inputs), atol=1e-5, rtol=0)
 
 
-def test_the_embedding_width_is_probed_wherever_the_model_lives(focallens_model):
-    """A GPU host exports from CUDA; the meta device stands in for one here, since it needs no data."""
-    on_meta = copy.deepcopy(focallens_model.clip).to("meta")
-    assert text_embedding_dim(on_meta, TINY) == text_embedding_dim(focallens_model.clip, TINY) == 64
+@pytest.mark.parametrize("model_name", [TINY, MINILM])
+def test_the_metadata_gives_the_text_towers_width_read_off_its_weights(model_name):
+    """Read without a forward pass, so a model on any device exports (a GPU host exports from CUDA)."""
+    model = tiny_focallens(model_name=model_name)
+    with torch.no_grad():
+        width = model.clip.encode_text(create_text_tokenizer(model_name)(["probe"])).shape[-1]
+    assert family_metadata(model, "focallens", "probe", model_name).embedding_dim == width
 
 
 def test_every_config_parses_with_tritons_protobuf(model_repository):
