@@ -83,15 +83,24 @@ class ConditionToken(nn.Module):
 
 def _heads(attn: nn.MultiheadAttention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Queries, keys and values of batch-first `x`, each (B, heads, L, head width)."""
-    batch, length, width = x.shape
-    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
+    return _split_heads(attn, F.linear(x, attn.in_proj_weight, attn.in_proj_bias))
+
+
+def _split_heads(attn: nn.MultiheadAttention, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, L, 3 W) projected tokens -> queries, keys and values, each (B, heads, L, head width)."""
+    batch, length, width = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
     q, k, v = qkv.reshape(batch, length, 3, attn.num_heads, width // attn.num_heads).permute(2, 0, 3, 1, 4)
     return q, k, v
 
 
 def _merge_heads(attn: nn.MultiheadAttention, out: torch.Tensor) -> torch.Tensor:
+    return attn.out_proj(_join_heads(out))
+
+
+def _join_heads(out: torch.Tensor) -> torch.Tensor:
+    """(B, heads, L, head width) -> (B, L, W), before the output projection."""
     batch, heads, length, head_width = out.shape
-    return attn.out_proj(out.transpose(1, 2).reshape(batch, length, heads * head_width))
+    return out.transpose(1, 2).reshape(batch, length, heads * head_width)
 
 
 def gated_attention(attn: nn.MultiheadAttention, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
@@ -151,25 +160,34 @@ def conditional_image_features(
     return pooled @ visual.proj if visual.proj is not None else pooled
 
 
-def _trunk_block(block: ResidualAttentionBlock, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """open_clip's residual block, also returning the keys and values its attention read (for the readouts)."""
-    q, k, v = _heads(block.attn, block.ln_1(x))
-    x = x + block.ls_1(_merge_heads(block.attn, F.scaled_dot_product_attention(q, k, v)))
-    return x + block.ls_2(block.mlp(block.ln_2(x))), k, v
+def _per_stream(
+    layer: Callable[[torch.Tensor], torch.Tensor], trunk: torch.Tensor, readout: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`layer` (a per-token map) over the trunk's and the readouts' tokens as one set of rows, split back.
+
+    One matrix product per weight, not one per stream: a readout's two tokens alone re-read every
+    weight matrix, which on a CPU made one condition cost nearly a second trunk pass.
+    """
+    width = trunk.shape[-1]
+    rows = layer(torch.cat([trunk.reshape(-1, width), readout.reshape(-1, width)]))
+    split = trunk.shape[0] * trunk.shape[1]
+    return (rows[:split].reshape(trunk.shape[0], trunk.shape[1], -1),
+            rows[split:].reshape(readout.shape[0], readout.shape[1], -1))
 
 
 def _readout_attention(
-    attn: nn.MultiheadAttention, readout: torch.Tensor, patch_keys: torch.Tensor, patch_values: torch.Tensor,
+    attn: nn.MultiheadAttention, readout_qkv: torch.Tensor, patch_keys: torch.Tensor, patch_values: torch.Tensor,
     gate: torch.Tensor,
 ) -> torch.Tensor:
-    """Attention of each readout's two tokens over [itself, its image's patches, its condition (gated)].
+    """Attention of each readout's two tokens over [itself, its image's patches, its condition (gated)],
+    before the output projection.
 
-    `readout` is (M, 2, W): the class-token copy and the condition token; the patches' keys and
-    values are (M, heads, P, head width), one image's per readout. The copy stands where the
-    trunk's class token stands, so with the gate closed it attends exactly as that token does.
+    `readout_qkv` is (M, 2, 3 W), the projected class-token copy and condition token; the patches'
+    keys and values are (M, heads, P, head width), one image's per readout. The copy stands where
+    the trunk's class token stands, so with the gate closed it attends exactly as that token does.
     The softmax is written out (as in `gated_attention`) to stay differentiable at gate 0.
     """
-    q, k, v = _heads(attn, readout)
+    q, k, v = _split_heads(attn, readout_qkv)
     q = q * q.shape[-1] ** -0.5
     own = q @ k.transpose(-2, -1)  # (M, heads, 2, 2): columns are the copy's key, the condition's key
     patches = q @ patch_keys.transpose(-2, -1)  # (M, heads, 2, P)
@@ -177,7 +195,25 @@ def _readout_attention(
     own, patches = (own - peak).exp(), (patches - peak).exp()
     own = torch.cat([own[..., :1], own[..., 1:] * gate], dim=-1)
     total = own.sum(dim=-1, keepdim=True) + patches.sum(dim=-1, keepdim=True)
-    return _merge_heads(attn, (own @ v + patches @ patch_values) / total)
+    return _join_heads((own @ v + patches @ patch_values) / total)
+
+
+def _readout_block(
+    block: ResidualAttentionBlock, x: torch.Tensor, readout: torch.Tensor, image_index: torch.Tensor,
+    gate: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One layer: open_clip's residual block on the trunk `x`, and the readouts beside it, reading
+    their images' patch keys and values of that layer."""
+    attn = block.attn
+    qkv, readout_qkv = _per_stream(
+        lambda tokens: F.linear(block.ln_1(tokens), attn.in_proj_weight, attn.in_proj_bias), x, readout)
+    q, keys, values = _split_heads(attn, qkv)
+    attended, readout_attended = _per_stream(
+        attn.out_proj, _join_heads(F.scaled_dot_product_attention(q, keys, values)),
+        _readout_attention(attn, readout_qkv, keys[image_index, :, 1:], values[image_index, :, 1:], gate))
+    x, readout = x + block.ls_1(attended), readout + block.ls_1(readout_attended)
+    mlp, readout_mlp = _per_stream(lambda tokens: block.mlp(block.ln_2(tokens)), x, readout)
+    return x + block.ls_2(mlp), readout + block.ls_2(readout_mlp)
 
 
 def readout_image_features(
@@ -199,12 +235,7 @@ def readout_image_features(
     readout = torch.cat([x[image_index, :1], visual.ln_pre(condition_token(conditions).to(x.dtype))], dim=1)
     gates = condition_token.open_gates()
     for index, block in enumerate(visual.transformer.resblocks):
-        x_next, keys, values = _trunk_block(block, x)
-        attended = _readout_attention(block.attn, block.ln_1(readout), keys[image_index, :, 1:],
-                                      values[image_index, :, 1:], gates[index])
-        readout = readout + block.ls_1(attended)
-        readout = readout + block.ls_2(block.mlp(block.ln_2(readout)))
-        x = x_next
+        x, readout = _readout_block(block, x, readout, image_index, gates[index])
     unconditional = visual.ln_post(x[:, 0])
     conditional = visual.ln_post(readout[:, 0])
     if visual.proj is None:
