@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import torch
 
-from benchmarks.families import RANDOM_SEED, WORK_DIR
+from benchmarks.families import RANDOM_SEED, WORK_DIR, export_dir
 from benchmarks.latency import jpeg_256
 from benchmarks.raw import time_calls
 from benchmarks.report import machine, markdown_table, save_json
@@ -47,7 +47,7 @@ ADD_CONDITIONS = 4
 
 def export_both(name: str, work_dir: Path) -> Path:
     """One repository holding NAME-full and NAME-readout on the same random weights (once; reused)."""
-    repository = work_dir / "conditions" / name
+    repository = export_dir(work_dir / "conditions", name, GEOMETRIES[name])
     for conditioning in CONDITIONINGS:
         family = f"{name}-{conditioning}"
         if not (repository / f"{family}_image" / "1" / "model.pt").is_file():

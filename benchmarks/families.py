@@ -15,6 +15,7 @@ import torch
 
 from focalserve_family import Backend, FamilySpec, families_from_configs, read_repository
 from focalserve_training.demo import MODEL as DEMO_MODEL
+from focalserve_training.demo_cache import build_key
 from focalserve_training.export import export_family
 from focalserve_training.models import load_family_model
 
@@ -58,9 +59,10 @@ CPU_MODELS = ("demo", "vitb32")  # what `make bench` measures on two cores; ViT-
 def prepare_family(name: str, work_dir: Path = WORK_DIR) -> BenchFamily:
     """Export what is missing (once; later runs reuse it) and check both flavours hold the same weights."""
     source = SOURCES[name]
+    exports = export_dir(work_dir, name, source.open_clip_model)
     flavours: dict[Backend, Path] = {
-        "libtorch": source.committed_repository or work_dir / name / "libtorch",
-        "python": work_dir / name / "python",
+        "libtorch": source.committed_repository or exports / "libtorch",
+        "python": exports / "python",
     }
     if source.committed_repository is not None and _read_family(name, source.committed_repository) is None:
         raise RuntimeError(f"family {name} is missing from {source.committed_repository}: run `make demo-model`")
@@ -76,6 +78,12 @@ def prepare_family(name: str, work_dir: Path = WORK_DIR) -> BenchFamily:
             "weights; delete the work copy (or run `make demo-model` for the committed demo) and rerun"
         )
     return BenchFamily(name, libtorch, flavours["libtorch"], flavours["python"])
+
+
+def export_dir(work_dir: Path, name: str, open_clip_model: str) -> Path:
+    """Where the benchmarks keep their export of `name`: keyed, as the demo cache is, by the code and
+    library versions that trace it, so a graph traced by older code is never measured as the new one."""
+    return work_dir / name / build_key(name, open_clip_model)
 
 
 def _read_family(name: str, repository: Path) -> FamilySpec | None:
