@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The GPU checks, as one command on a device machine (an H200 here), from the repository root:
+# The GPU checks, as one command on a device machine (an H200 here), from the repository root, in
+# this order:
 #   the `gpu`-marked tests (CUDA embedded backend in fp32/fp16/bf16, nvJPEG preprocessing, faiss GPU);
-#   export sizes and fused vs hand-written attention on CUDA;
-#   the first request after ready (warm-up on and off) and the batch-1 overhead over the raw forward;
 #   the serving benchmark, gateway (embedded backend) against the raw forward, ViT-B-32 and
-#   ViT-L-14-336 FocalLens in fp16, PIL and GPU preprocessing;
-#   K instructions on one image, full against readout conditioning (benchmarks/conditions.py).
+#   ViT-L-14-336 FocalLens in fp16, GPU and PIL preprocessing;
+#   K instructions on one image, full against readout conditioning (benchmarks/conditions.py);
+#   the first request after ready (warm-up on and off) and the batch-1 overhead over the raw forward;
+#   export sizes and fused vs hand-written attention on CUDA.
 # Logs and JSON go to $OUT (the device tool's output folder) or benchmarks/results/gpu. Uses the
 # machine's python3 (with CUDA torch) and the wheels benchmarks/gpu/wheels.sh put in .whl/.
 # Families are exported on the machine itself: its torch may differ from ours.
