@@ -77,22 +77,15 @@ system-packages: $(CHROMIUM) $(PG_BIN)/initdb
 # sleep instead of spinning, or each process's threads burn the core the other needs (a training
 # step took 1.65 s instead of 0.94 s beside one busy core); the thread count, and so the trained
 # weights, stay the same.
-# When the demo needs no training (built, or copied from this machine's cache) its lane would finish
-# ~8 min before the other, so the tests that mostly wait on processes they start (marked `waits`,
-# ~3 min) move to it; every test runs in exactly one lane.
-DEMO_LANE ?= demo_family
 test: export OMP_WAIT_POLICY := PASSIVE
 test: $(STAMP)
-	if $(BIN)/python -m focalserve_devtools.demo_ready --repository $(REPO) --checkpoint $(DEMO_CHECKPOINT); \
-	then lane="demo_family or waits"; \
-	else lane=demo_family; fi; \
-	$(MAKE) --no-print-directory -j2 tests-on-the-demo tests-without-demo DEMO_LANE="$$lane"
+	$(MAKE) --no-print-directory -j2 tests-on-the-demo tests-without-demo
 
 tests-on-the-demo: $(REPO)/demo_image/1/model.pt $(CHROMIUM) $(PG_BIN)/initdb
-	$(BIN)/python -m pytest -q -m "$(DEMO_LANE)"
+	$(BIN)/python -m pytest -q -m demo_family
 
 tests-without-demo: lint $(CHROMIUM) $(PG_BIN)/initdb
-	$(BIN)/python -m pytest -q -m "not ($(DEMO_LANE))"
+	$(BIN)/python -m pytest -q -m "not demo_family"
 
 # Serving (6 systems x 2 models x 3 concurrencies; the sixth, infinity-emb, in .venv-infinity), FAISS (100k, 1M), replication (1 vs 3 gateways on
 # a private PostgreSQL), export sizes and single-request latency: ~28 min on 2 CPU cores; then K instructions

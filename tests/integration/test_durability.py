@@ -11,13 +11,10 @@ import threading
 import time
 
 import httpx
-import pytest
 
 from focalserve_devtools.launch import gateway_process, running_gateway
 from focalserve_training.data import ColorShapeGenerator
 from tests.helpers.images import b64, png
-
-pytestmark = pytest.mark.waits  # mostly waits on the processes it starts and stops (see Makefile, test)
 
 SHAPE = "which shape is this?"
 

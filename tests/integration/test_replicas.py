@@ -18,8 +18,6 @@ from focalserve_devtools.launch import gateway_process, gateway_processes
 from focalserve_training.data import ColorShapeGenerator
 from tests.helpers.images import b64
 
-pytestmark = pytest.mark.waits  # mostly waits on the processes it starts and stops (see Makefile, test)
-
 COLOUR = "what colour is the shape?"
 SHAPE = "which shape is this?"
 SAMPLES = [ColorShapeGenerator(seed=91).sample(index) for index in range(160)]

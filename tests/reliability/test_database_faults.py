@@ -20,8 +20,6 @@ from tests.helpers.inprocess import gateway_settings, serving_in_thread
 from tests.helpers.loop import wait_for
 from tests.helpers.proxy import CommitCuttingProxy
 
-pytestmark = pytest.mark.waits  # mostly waits on the processes it starts and stops (see Makefile, test)
-
 CONDITION = "what colour is it?"
 QUICK = {"log_poll_interval_s": 0.05, "consistency_wait_s": 3, "database_timeout_s": 1, "build_lease_s": 2,
          "build_chunk_size": 8}

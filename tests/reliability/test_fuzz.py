@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -18,8 +17,6 @@ from focalserve_server.errors import ImageTooLarge, InvalidImage
 from focalserve_server.images import decode_image
 from tests.helpers.inprocess import gateway_settings, serving_in_thread
 from tests.reliability.conftest import API_KEY, HARDENED
-
-pytestmark = pytest.mark.waits  # mostly waits on the processes it starts and stops (see Makefile, test)
 
 
 def seed_png() -> bytes:

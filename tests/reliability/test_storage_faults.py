@@ -20,8 +20,6 @@ from tests.helpers.disks import small_disk
 from tests.helpers.images import b64
 from tests.helpers.inprocess import gateway_settings, serving_in_thread
 
-pytestmark = pytest.mark.waits  # mostly waits on the processes it starts and stops (see Makefile, test)
-
 CONDITION = "what colour is it?"
 
 
