@@ -202,7 +202,6 @@ class ColorShapeInstructions(Dataset):
             "condition": condition,
         }
 
-
     def _sample(self, image_id: int) -> ColorShapeSample:
         """The image's sample, rendered once for the run of its items that a batch fetches in turn
         (rendering was most of a training batch's collation); a pure function of `image_id`."""
