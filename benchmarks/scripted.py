@@ -19,17 +19,20 @@ from PIL import Image
 
 from focalserve_family import families_from_configs, read_repository
 from focalserve_family.text_towers import create_tokenizer
-from focalserve_server.backends.embedded import DTYPES
+from focalserve_server.backends.embedded import DTYPES, optimises_graphs
 from focalserve_server.images import ImagePreprocessor
 
 
 class ScriptedFamily:
     """The image and instruction models of one FocalLens family, loaded from a model repository."""
 
-    def __init__(self, repository: Path, name: str, device: str = "cpu", dtype: str = "float32") -> None:
+    def __init__(self, repository: Path, name: str, device: str = "cpu", dtype: str = "float32",
+                 optimise: bool | None = None) -> None:
         self.spec = families_from_configs(read_repository(repository))[name]
         self.device = torch.device(device)
         self._dtype = DTYPES[dtype]  # mixed precision, as the embedded backend runs it
+        # With or without TorchScript's optimising executor: as the embedded backend on this device, unless told
+        self._optimise = optimises_graphs(self.device) if optimise is None else optimise
         self.image_model = _load(repository, self.spec.models["image"].name, self.device)
         self.instruction_model = _load(repository, self.spec.models["instruction"].name, self.device)
         self.preprocess = ImagePreprocessor(self.spec)  # open_clip's eval transform with the family's metadata
@@ -57,8 +60,8 @@ class ScriptedFamily:
 
     @contextlib.contextmanager
     def _inference(self) -> Iterator[None]:
-        with torch.inference_mode(), torch.autocast(self.device.type, self._dtype,
-                                                    enabled=self._dtype != torch.float32):
+        with (torch.inference_mode(), torch.jit.optimized_execution(self._optimise),
+              torch.autocast(self.device.type, self._dtype, enabled=self._dtype != torch.float32)):
             yield
 
     def embed_requests(self, images: Sequence[bytes], instructions: Sequence[str]) -> np.ndarray:

@@ -2,8 +2,9 @@
 # The GPU checks, as one command on a device machine (an H200 here), from the repository root, in
 # this order:
 #   the `gpu`-marked tests (CUDA embedded backend in fp32/fp16/bf16, nvJPEG preprocessing, faiss GPU);
+#   what a new batch size costs the exported model, TorchScript's optimising executor on and off;
 #   the serving benchmark, gateway (embedded backend) against the raw forward, ViT-B-32 and
-#   ViT-L-14-336 FocalLens in fp16, GPU and PIL preprocessing;
+#   ViT-L-14-336 FocalLens in fp16, GPU preprocessing (and PIL for ViT-B-32);
 #   K instructions on one image, full against readout conditioning (benchmarks/conditions.py);
 #   the first request after ready (warm-up on and off) and the batch-1 overhead over the raw forward;
 #   export sizes and fused vs hand-written attention on CUDA.
@@ -23,20 +24,23 @@ python3 -m pip install -q --no-deps --no-index --no-build-isolation -e ./client 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 
 # Each step has its own time limit, most valuable first, so that one that overruns leaves the others
-# their share of a device lease (about 9 minutes of work in all).
+# their share of a device lease (about 9 minutes of work in all; a step's time includes exporting
+# the families it is the first to need).
 step() { local seconds=$1 log=$2; shift 2; echo "== $log: $*"; timeout -k 5 "$seconds" "$@" 2>&1 | tee "$OUT/$log.log"; }
 step 100 gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider tests/integration/test_device_and_dtype.py \
     tests/integration/test_device_preprocessing.py tests/unit/server/test_indexes.py
+step 70 batch_shapes python3 -m benchmarks.batch_shapes --models vitb32 vitl14-336 --device cuda --dtype float16 \
+    --json "$OUT/batch_shapes.json"
 # A benchmark's JSON is copied only when its step finished: the committed one is the CPU's.
 serving() {
-    step "$1" "serving_float16_$2" python3 -m benchmarks.serving --models vitb32 vitl14-336 \
+    step "$1" "serving_float16_$2" python3 -m benchmarks.serving --models "${@:3}" \
         --systems raw gateway-embedded --no-variants --device cuda --dtype float16 \
         --preprocess-device "$2" --concurrency 1 64 --seconds 3 \
         && cp benchmarks/results/serving.json "$OUT/serving_float16_$2.json"
 }
-serving 140 cuda  # the first exports the families; the second reuses them
-serving 70 pil
-step 80 conditions python3 -m benchmarks.conditions --models vitb32 vitl14-336 --device cuda --dtype float16 \
+serving 150 cuda vitb32 vitl14-336
+serving 50 pil vitb32
+step 60 conditions python3 -m benchmarks.conditions --models vitb32 vitl14-336 --device cuda --dtype float16 \
     --seconds 2 && cp benchmarks/results/conditions.json "$OUT/conditions.json"
 step 50 latency python3 -m benchmarks.latency --models vitb32 vitl14-336 --device cuda --dtype float16
 step 40 export python3 -m benchmarks.export_bench --device cuda --speed-models ViT-B-32 ViT-L-14-336 \
