@@ -22,8 +22,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# --no-compile: of the ~18,000 modules installed, Python compiles those imported, on first import,
+# instead of pip compiling all of them one after another (torch's alone: 18 s on one core).
 $(STAMP): $(BIN)/python pyproject.toml client/pyproject.toml
-	$(BIN)/pip install --quiet -e ./client -e '.[training,triton,dev]'
+	$(BIN)/pip install --quiet --no-compile -e ./client -e '.[training,triton,dev]'
 	touch $@
 
 install: $(STAMP)
@@ -101,9 +103,13 @@ $(INFINITY_VENV)/.installed: benchmarks/infinity-requirements.txt
 	touch $@
 
 # ruff, then mypy as [tool.mypy] in pyproject.toml configures it (the packages and benchmarks).
+# mypy keeps its incremental cache in this machine's cache, beside the demo builds, so a second
+# clone or a rerun of CI checks again only what changed (87 s from nothing, 3 s warm on 2 cores).
+# A file whose path or mtime differs from the cache's is hashed, and checked again if changed.
 lint: $(STAMP)
 	$(BIN)/ruff check server training family devtools client tests benchmarks
-	$(BIN)/mypy
+	MYPY_CACHE_DIR="$$($(BIN)/python -c 'from focalserve_training.demo_cache import cache_dir; print(cache_dir() / "mypy")')" \
+		$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) $(INFINITY_VENV) .pytest_cache .mypy_cache
