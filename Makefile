@@ -22,10 +22,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# --no-compile: of the ~18,000 modules installed, Python compiles those imported, on first import,
-# instead of pip compiling all of them one after another (torch's alone: 18 s on one core).
 $(STAMP): $(BIN)/python pyproject.toml client/pyproject.toml
-	$(BIN)/pip install --quiet --no-compile -e ./client -e '.[training,triton,dev]'
+	$(BIN)/pip install --quiet -e ./client -e '.[training,triton,dev]'
 	touch $@
 
 install: $(STAMP)
