@@ -29,6 +29,13 @@ from focalserve_family.spec import (
 Backend = Literal["python", "libtorch"]
 BACKENDS: tuple[Backend, ...] = get_args(Backend)
 TRITON_BACKEND_NAME: dict[Backend, str] = {"python": "python", "libtorch": "pytorch"}
+# Triton's PyTorch backend runs TorchScript's optimising executor unless told not to; on CUDA that
+# re-specialises the graph for every new batch size its dynamic batcher forms (1.2-2.7 s pauses on
+# an H200, and no faster steady calls: benchmarks/RESULTS.md, GPU), as the embedded backend found.
+BACKEND_PARAMETERS: dict[Backend, dict[str, str]] = {
+    "python": {},
+    "libtorch": {"DISABLE_OPTIMIZED_EXECUTION": "true"},
+}
 ROLE_PARAMETER = "role"
 DTYPES: dict[DType, int] = {"fp32": pb.TYPE_FP32, "int64": pb.TYPE_INT64}
 
@@ -62,7 +69,7 @@ def model_config(
     config.dynamic_batching.preferred_batch_size.extend(batching.preferred_batch_sizes)
     kind = pb.ModelInstanceGroup.KIND_GPU if backend == "libtorch" else pb.ModelInstanceGroup.KIND_CPU
     config.instance_group.add(kind=kind, count=batching.instances)
-    for key, value in {**metadata.to_parameters(), ROLE_PARAMETER: model.role}.items():
+    for key, value in {**metadata.to_parameters(), ROLE_PARAMETER: model.role, **BACKEND_PARAMETERS[backend]}.items():
         config.parameters[key].string_value = value
     return config
 

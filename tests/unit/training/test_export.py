@@ -51,12 +51,13 @@ def test_every_config_parses_with_tritons_protobuf(model_repository):
         assert (path.parent / "1" / "model.py").is_file()
 
 
-def test_libtorch_flavour_targets_gpus_with_preferred_batch_sizes(tmp_path: Path, clip_model):
+def test_libtorch_flavour_targets_gpus_with_preferred_batch_sizes_and_no_reoptimisation(tmp_path: Path, clip_model):
     export_family(clip_model, "clip", TINY, "gpu", tmp_path, "libtorch")
     config = parse_pbtxt((tmp_path / "gpu_image" / "config.pbtxt").read_text())
     assert config.backend == "pytorch"
     assert config.instance_group[0].kind == pb.ModelInstanceGroup.KIND_GPU
     assert list(config.dynamic_batching.preferred_batch_size) == [16, 32, 64]
+    assert config.parameters["DISABLE_OPTIMIZED_EXECUTION"].string_value == "true"  # no per-shape re-optimisation
     assert not (tmp_path / "gpu_image" / "1" / "model.py").exists()
     assert (tmp_path / "gpu_image" / "1" / "model.pt").is_file()
 
