@@ -28,9 +28,9 @@ $(STAMP): $(BIN)/python pyproject.toml client/pyproject.toml
 
 install: $(STAMP)
 
-# The demo family is built once (base CLIP, then FocalLens, exported: ~14 min on 2 cores), or copied
-# from this machine's cache of builds of the same code (~/.cache/focalserve); delete
-# model_repository/demo_* to fetch or rebuild it. `demo-readout` is the same FocalLens with readout
+# The demo family is built once (base CLIP, then FocalLens, exported: ~14 min on 2 cores), or
+# exported from this machine's cache of checkpoints trained by the same code (~/.cache/focalserve);
+# delete model_repository/demo_* to fetch or rebuild it. `demo-readout` is the same FocalLens with readout
 # conditioning, from the same base (~10 min more); `make serve` serves both, `make test` needs only
 # `demo`. `make demo-model` runs the whole demo: FSC-CLIP too, and the evaluation of all four
 # (runs/demo/results.md).

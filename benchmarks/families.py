@@ -81,8 +81,9 @@ def prepare_family(name: str, work_dir: Path = WORK_DIR) -> BenchFamily:
 
 
 def export_dir(work_dir: Path, name: str, open_clip_model: str) -> Path:
-    """Where the benchmarks keep their export of `name`: keyed, as the demo cache is, by the code and
-    library versions that trace it, so a graph traced by older code is never measured as the new one."""
+    """Where the benchmarks keep their export of `name`: keyed by all the training and family code
+    and the library versions (`build_key`), so a graph traced by older code is never measured as
+    the new one."""
     return work_dir / name / build_key(name, open_clip_model)
 
 

@@ -17,8 +17,8 @@ understand instructions worded in ways it never saw.
 
 Every step uses the same code paths as a real-scale run (`focalserve train|eval|export`).
 `--family-only` (what `make serve` and `make test` run) does steps 1, 2 and 5 for one family
-(`--conditioning`), and reuses a build of the same code and library versions from this
-machine's cache (`demo_cache`).
+(`--conditioning`); where this machine's cache (`demo_cache`) holds the checkpoint that the same
+training code and library versions produce, it does step 5 alone, on that checkpoint.
 """
 
 from __future__ import annotations
@@ -169,21 +169,21 @@ def main(argv: list[str] | None = None) -> None:
     # family name -> the stage that trains it
     families = ({args.name: FAMILY_STAGES[args.conditioning]} if args.family_only else
                 {args.name: FAMILY_STAGES["full"], args.name + READOUT_SUFFIX: FAMILY_STAGES["readout"]})
-    keys = {name: demo_cache.build_key(name, MODEL) for name in families}
+    keys = {name: demo_cache.weights_key(name, MODEL) for name in families}
+    report: dict[str, str] = {}
+    restored: dict[str, Path] = {}  # a cached checkpoint, exported below by this clone's export code
     if args.family_only and not (args.force or args.no_cache):
         name, stage = next(iter(families.items()))
         served_checkpoint = args.work_dir / stage / "checkpoints" / "latest.pt"
-        if demo_cache.restore(keys[name], name, args.repository, served_checkpoint):
-            print(json.dumps({"repository": str(args.repository), "from_cache": str(demo_cache.cache_dir()),
-                              "key": keys[name], "minutes": round((time.monotonic() - started) / 60, 1)}))
-            return
+        if demo_cache.restore(keys[name], served_checkpoint):
+            restored = {stage: served_checkpoint}
+            report = {"from_cache": str(demo_cache.cache_dir()), "key": keys[name]}
     stages = ("base", *families.values()) if args.family_only else tuple(STAGES)
-    checkpoints = train_family(args.work_dir, stages)
+    checkpoints = restored or train_family(args.work_dir, stages)
     models = {
         name: load_family_model("focallens" if STAGES[name].recipe == "focallens" else "clip", MODEL, checkpoint=path)
         for name, path in checkpoints.items()
     }
-    report: dict[str, str] = {}
     if not args.family_only:
         base = Encoder(models["base"], MODEL)
         results = {
@@ -203,8 +203,8 @@ def main(argv: list[str] | None = None) -> None:
     # files, and `make stack` exports a python-backend copy for the CPU tritonserver.
     for name, stage in families.items():
         export_family(models[stage], "focallens", MODEL, name, args.repository, "libtorch")
-        if not args.no_cache:
-            demo_cache.store(keys[name], name, args.repository, checkpoints[stage])
+        if not (args.no_cache or restored):
+            demo_cache.store(keys[name], checkpoints[stage])
     print(json.dumps({**report, "repository": str(args.repository),
                       "minutes": round((time.monotonic() - started) / 60, 1)}))
 

@@ -1,11 +1,12 @@
-"""A built demo family kept per machine, so a second clone or a rerun of CI does not retrain.
+"""A trained demo family kept per machine, so a second clone or a rerun of CI does not retrain.
 
-An entry is keyed by everything that determines the exported weights: the source of the
-training and family packages (recipes, stages and their seeds, model configs, export code),
+An entry is the FocalLens checkpoint, keyed by everything that determines its weights: the
+source of the training and family packages (recipes, stages and their seeds, model configs),
 the versions of the libraries that compute them, and the family's name and base config. Any
-change to one of those is a new key, so a stale build is never served. An entry holds the
-exported models and the FocalLens checkpoint (`make stack` re-exports it for the CPU
-tritonserver).
+change to one of those is a new key, so stale weights are never served. The code that only
+reads the weights (export, Triton configs, evaluation, the CLI and this cache) is left out of
+the key: a restored checkpoint is exported again by the clone's own export code (seconds), so a
+change there needs no retraining.
 
 Where: $FOCALSERVE_CACHE_DIR, else $XDG_CACHE_HOME/focalserve, else ~/.cache/focalserve.
 """
@@ -29,6 +30,11 @@ PINNED_DISTRIBUTIONS = (
 KEPT_ENTRIES = 4  # the newest builds stay (two families a version: demo, demo-readout); older ones are removed
 CHECKPOINT = "focallens.pt"
 _SOURCE_SUFFIXES = (".py", ".json")
+# Modules that read trained weights but never shape them, relative to their package's directory.
+WEIGHTS_READERS = frozenset({
+    ("focalserve_training", "export.py"), ("focalserve_training", "evaluate.py"), ("focalserve_training", "cli.py"),
+    ("focalserve_training", "demo_cache.py"), ("focalserve_family", "config.py"),
+})
 
 
 def cache_dir() -> Path:
@@ -40,36 +46,42 @@ def cache_dir() -> Path:
 
 
 def build_key(name: str, model_name: str, sources: tuple[Path, ...] | None = None) -> str:
-    """A digest of what determines the family `name` built on `model_name`."""
+    """A digest of all the code and libraries that build and export the family `name` on `model_name`."""
+    return _digest(name, model_name, sources or _package_dirs(), frozenset())
+
+
+def weights_key(name: str, model_name: str, sources: tuple[Path, ...] | None = None) -> str:
+    """A digest of what determines the trained weights of the family `name` on `model_name`."""
+    return _digest(name, model_name, sources or _package_dirs(), WEIGHTS_READERS)
+
+
+def _digest(name: str, model_name: str, sources: tuple[Path, ...], left_out: frozenset[tuple[str, str]]) -> str:
     digest = hashlib.sha256(f"{name}\n{model_name}\n".encode())
-    for root in sources or _package_dirs():
+    for root in sources:
         for path in sorted(p for p in root.rglob("*") if p.suffix in _SOURCE_SUFFIXES and p.is_file()):
-            digest.update(path.relative_to(root).as_posix().encode() + b"\n")
+            relative = path.relative_to(root).as_posix()
+            if (root.name, relative) in left_out:
+                continue
+            digest.update(relative.encode() + b"\n")
             digest.update(path.read_bytes())
     for distribution in PINNED_DISTRIBUTIONS:
         digest.update(f"{distribution}=={_version(distribution)}\n".encode())
     return digest.hexdigest()[:20]
 
 
-def restore(key: str, name: str, repository: Path, checkpoint: Path) -> bool:
-    """Copy a cached build into `repository` (its `name_*` models) and `checkpoint`; False on a miss."""
+def restore(key: str, checkpoint: Path) -> bool:
+    """Copy the cached checkpoint under `key` to `checkpoint`; False on a miss."""
     entry = cache_dir() / "demo" / key
     if not (entry / CHECKPOINT).is_file():
         return False
-    repository.mkdir(parents=True, exist_ok=True)
-    for model in sorted((entry / "repository").iterdir()):
-        target = repository / model.name
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(model, target)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(entry / CHECKPOINT, checkpoint)
     os.utime(entry)  # recently used: pruned last
     return True
 
 
-def store(key: str, name: str, repository: Path, checkpoint: Path) -> Path:
-    """Keep the family's models and its checkpoint under `key`.
+def store(key: str, checkpoint: Path) -> Path:
+    """Keep the checkpoint under `key`.
 
     Written to a temporary directory and renamed into place, so a concurrent build or a crash
     never leaves a half-written entry that `restore` would accept.
@@ -79,8 +91,6 @@ def store(key: str, name: str, repository: Path, checkpoint: Path) -> Path:
     entry = root / key
     staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=root))
     try:
-        for model in sorted(repository.glob(f"{name}_*")):
-            shutil.copytree(model, staging / "repository" / model.name)
         shutil.copyfile(checkpoint, staging / CHECKPOINT)
         try:
             staging.rename(entry)

@@ -1,4 +1,5 @@
-"""The per-machine cache of built demo families: keyed by what determines them, never half-written."""
+"""The per-machine cache of trained demo checkpoints: keyed by what determines the weights, never
+half-written, and exported again by the clone that restores them."""
 
 from __future__ import annotations
 
@@ -6,8 +7,12 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 
+from focalserve_family import families_from_configs, read_repository
 from focalserve_training import demo_cache
+from focalserve_training.models.factory import state_hash
+from tests.helpers.models import TINY, tiny_focallens
 
 
 @pytest.fixture(autouse=True)
@@ -16,41 +21,50 @@ def cache_in(tmp_path, monkeypatch) -> Path:
     return tmp_path / "cache"
 
 
-def built_family(root: Path, name: str = "demo", weights: bytes = b"weights") -> tuple[Path, Path]:
-    repository = root / "repository"
-    for role in ("image", "instruction", "text"):
-        (repository / f"{name}_{role}" / "1").mkdir(parents=True)
-        (repository / f"{name}_{role}" / "1" / "model.pt").write_bytes(weights + role.encode())
-        (repository / f"{name}_{role}" / "config.pbtxt").write_text(f'name: "{name}_{role}"')
-    (repository / "other_image").mkdir()  # another family: not part of this entry
+def trained_checkpoint(root: Path, content: bytes = b"checkpoint") -> Path:
     checkpoint = root / "run" / "latest.pt"
     checkpoint.parent.mkdir(parents=True)
-    checkpoint.write_bytes(b"checkpoint")
-    return repository, checkpoint
+    checkpoint.write_bytes(content)
+    return checkpoint
 
 
 def sources(root: Path) -> tuple[Path, ...]:
-    package = root / "package"
+    package = root / "focalserve_training"
     (package / "data").mkdir(parents=True)
     (package / "loop.py").write_text("STEPS = 800\n")
+    (package / "export.py").write_text("OPSET = 1\n")
     (package / "data" / "config.json").write_text('{"seed": 1}')
     (package / "notes.txt").write_text("not code")
     return (package,)
 
 
-def test_the_key_follows_code_configs_and_name(tmp_path):
+def test_the_weights_key_follows_code_configs_and_name(tmp_path):
     roots = sources(tmp_path)
-    key = demo_cache.build_key("demo", "focalserve-minilm", roots)
-    assert key == demo_cache.build_key("demo", "focalserve-minilm", roots)
-    assert key != demo_cache.build_key("other", "focalserve-minilm", roots)
-    assert key != demo_cache.build_key("demo", "focalserve-tiny", roots)
+    key = demo_cache.weights_key("demo", "focalserve-minilm", roots)
+    assert key == demo_cache.weights_key("demo", "focalserve-minilm", roots)
+    assert key != demo_cache.weights_key("other", "focalserve-minilm", roots)
+    assert key != demo_cache.weights_key("demo", "focalserve-tiny", roots)
     (roots[0] / "notes.txt").write_text("edited")
-    assert key == demo_cache.build_key("demo", "focalserve-minilm", roots)  # not code: same build
+    assert key == demo_cache.weights_key("demo", "focalserve-minilm", roots)  # not code: same build
     (roots[0] / "data" / "config.json").write_text('{"seed": 2}')
-    changed = demo_cache.build_key("demo", "focalserve-minilm", roots)
+    changed = demo_cache.weights_key("demo", "focalserve-minilm", roots)
     assert changed != key
     (roots[0] / "loop.py").write_text("STEPS = 801\n")
-    assert demo_cache.build_key("demo", "focalserve-minilm", roots) not in (key, changed)
+    assert demo_cache.weights_key("demo", "focalserve-minilm", roots) not in (key, changed)
+
+
+def test_code_that_only_reads_the_weights_changes_the_build_key_but_not_the_weights_key(tmp_path):
+    roots = sources(tmp_path)
+    weights, build = (demo_cache.weights_key("demo", "m", roots), demo_cache.build_key("demo", "m", roots))
+    (roots[0] / "export.py").write_text("OPSET = 2\n")
+    assert demo_cache.weights_key("demo", "m", roots) == weights
+    assert demo_cache.build_key("demo", "m", roots) != build
+
+
+def test_every_module_left_out_of_the_weights_key_exists():
+    packages = {directory.name: directory for directory in demo_cache._package_dirs()}
+    for package, relative in demo_cache.WEIGHTS_READERS:
+        assert (packages[package] / relative).is_file(), (package, relative)
 
 
 def test_the_key_covers_the_installed_packages_and_library_versions(monkeypatch):
@@ -59,29 +73,24 @@ def test_the_key_covers_the_installed_packages_and_library_versions(monkeypatch)
     assert demo_cache.build_key("demo", "focalserve-minilm") != key
 
 
-def test_a_stored_build_restores_into_a_fresh_clone(tmp_path):
-    repository, checkpoint = built_family(tmp_path / "first")
-    assert not demo_cache.restore("k1", "demo", tmp_path / "second" / "repo", tmp_path / "second" / "ckpt.pt")
-    demo_cache.store("k1", "demo", repository, checkpoint)
-    clone = tmp_path / "second"
-    assert demo_cache.restore("k1", "demo", clone / "repo", clone / "runs" / "latest.pt")
-    assert sorted(p.name for p in (clone / "repo").iterdir()) == ["demo_image", "demo_instruction", "demo_text"]
-    assert (clone / "repo" / "demo_text" / "1" / "model.pt").read_bytes() == b"weightstext"
-    assert (clone / "runs" / "latest.pt").read_bytes() == b"checkpoint"
+def test_a_stored_checkpoint_restores_into_a_fresh_clone(tmp_path):
+    checkpoint = trained_checkpoint(tmp_path / "first")
+    assert not demo_cache.restore("k1", tmp_path / "second" / "ckpt.pt")
+    demo_cache.store("k1", checkpoint)
+    assert demo_cache.restore("k1", tmp_path / "second" / "runs" / "latest.pt")
+    assert (tmp_path / "second" / "runs" / "latest.pt").read_bytes() == b"checkpoint"
 
 
-def test_restore_replaces_a_stale_family_of_the_same_name(tmp_path):
-    repository, checkpoint = built_family(tmp_path / "first")
-    demo_cache.store("k1", "demo", repository, checkpoint)
-    stale, _ = built_family(tmp_path / "stale", weights=b"old")
-    demo_cache.restore("k1", "demo", stale, tmp_path / "ckpt.pt")
-    assert (stale / "demo_image" / "1" / "model.pt").read_bytes() == b"weightsimage"
-    assert (stale / "other_image").is_dir()
+def test_restore_replaces_a_stale_checkpoint(tmp_path):
+    demo_cache.store("k1", trained_checkpoint(tmp_path / "first"))
+    stale = trained_checkpoint(tmp_path / "stale", content=b"old")
+    assert demo_cache.restore("k1", stale)
+    assert stale.read_bytes() == b"checkpoint"
 
 
 def test_concurrent_stores_leave_one_whole_entry_and_no_staging(tmp_path, cache_in):
-    repository, checkpoint = built_family(tmp_path / "first")
-    threads = [threading.Thread(target=demo_cache.store, args=("k1", "demo", repository, checkpoint)) for _ in range(4)]
+    checkpoint = trained_checkpoint(tmp_path / "first")
+    threads = [threading.Thread(target=demo_cache.store, args=("k1", checkpoint)) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -91,9 +100,9 @@ def test_concurrent_stores_leave_one_whole_entry_and_no_staging(tmp_path, cache_
 
 
 def test_only_the_newest_builds_are_kept(tmp_path, cache_in):
-    repository, checkpoint = built_family(tmp_path / "first")
+    checkpoint = trained_checkpoint(tmp_path / "first")
     for index in range(demo_cache.KEPT_ENTRIES + 2):
-        demo_cache.store(f"k{index}", "demo", repository, checkpoint)
+        demo_cache.store(f"k{index}", checkpoint)
     kept = sorted(p.name for p in (cache_in / "demo").iterdir())
     assert kept == [f"k{index}" for index in range(2, demo_cache.KEPT_ENTRIES + 2)]
 
@@ -107,11 +116,15 @@ def test_the_cache_lives_where_the_environment_says(monkeypatch, tmp_path):
     assert demo_cache.cache_dir() == tmp_path / "home" / ".cache" / "focalserve"
 
 
-def test_the_demo_build_restores_a_cached_family_instead_of_training(tmp_path, monkeypatch, capsys):
+def test_the_demo_build_exports_a_cached_checkpoint_instead_of_training(tmp_path, monkeypatch, capsys):
     from focalserve_training import demo
 
-    repository, checkpoint = built_family(tmp_path / "built")
-    demo_cache.store(demo_cache.build_key("demo", demo.MODEL), "demo", repository, checkpoint)
+    monkeypatch.setattr(demo, "MODEL", TINY)  # the same path as the demo's MiniLM model, traced in seconds
+    model = tiny_focallens()
+    checkpoint = tmp_path / "built" / "latest.pt"
+    checkpoint.parent.mkdir()
+    torch.save({"state_dict": model.state_dict()}, checkpoint)
+    demo_cache.store(demo_cache.weights_key("demo", TINY), checkpoint)
 
     def no_training(*args, **kwargs):
         raise AssertionError("a cached build must not retrain")
@@ -119,8 +132,10 @@ def test_the_demo_build_restores_a_cached_family_instead_of_training(tmp_path, m
     monkeypatch.setattr(demo, "train_family", no_training)
     clone = tmp_path / "clone"
     demo.main(["--family-only", "--repository", str(clone / "repo"), "--work-dir", str(clone / "runs")])
-    assert (clone / "repo" / "demo_image" / "1" / "model.pt").is_file()
-    assert (clone / "runs" / "focallens" / "checkpoints" / "latest.pt").read_bytes() == b"checkpoint"
+    family = families_from_configs(read_repository(clone / "repo"))["demo"]
+    assert family.checkpoint_hash == state_hash(model)  # exported here, from the cached weights
+    assert all((clone / "repo" / spec.name / "1" / "model.pt").is_file() for spec in family.models.values())
+    assert (clone / "runs" / "focallens" / "checkpoints" / "latest.pt").read_bytes() == checkpoint.read_bytes()
     assert '"from_cache"' in capsys.readouterr().out
     with pytest.raises(AssertionError, match="must not retrain"):  # --force always trains
         demo.main(["--family-only", "--force", "--repository", str(clone / "repo"), "--work-dir", str(clone / "w")])
