@@ -4,8 +4,8 @@
 
 The embedded backend and Triton's libtorch backend run the exported TorchScript files, and a
 dynamic batcher forms every batch size from 1 to its maximum. On CUDA the optimising executor
-specialises the graph again for each new input shape (on an H200 a new size's first calls took
-1.1-2.1 s, later ones 6-10 ms), so those pauses reach the users whose requests form a new size.
+specialises the graph again for each new input shape (measured on an H200: benchmarks/RESULTS.md,
+GPU), so those pauses reach the users whose requests form a new size.
 Each mode loads its own copy of the model and calls it at sizes in an order a batcher might form
 them: per size, the first call, the second, and the median of the calls after them. The plain
 mode is `torch.jit.optimized_execution(False)`: the graph runs as exported, never specialised;

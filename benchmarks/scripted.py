@@ -7,10 +7,9 @@ gateway's and none of them gets a faster or slower copy of the model.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from PIL import Image
 
 from focalserve_family import families_from_configs, read_repository
 from focalserve_family.text_towers import create_tokenizer
-from focalserve_server.backends.embedded import DTYPES, optimises_graphs
+from focalserve_server.backends.embedded import DTYPES, optimises_graphs, running_exported
 from focalserve_server.images import ImagePreprocessor
 
 
@@ -45,7 +44,7 @@ class ScriptedFamily:
     def conditions(self, instructions: Sequence[str]) -> torch.Tensor:
         """Instructions -> (N, C) conditions; each distinct instruction goes through the model once."""
         distinct, rows = np.unique(np.asarray(instructions, dtype=object), return_inverse=True)
-        with self._inference():
+        with running_exported(self.device, self._dtype, self._optimise):
             encoded = self.instruction_model(self._tokenizer([str(text) for text in distinct]).to(self.device))
         return encoded.float().cpu()[torch.from_numpy(rows.reshape(-1))]
 
@@ -55,14 +54,8 @@ class ScriptedFamily:
         Inputs start on the CPU and results come back to it, as the gateway's do, so on a GPU the
         copies (and the wait for the device) are part of what is timed.
         """
-        with self._inference():
+        with running_exported(self.device, self._dtype, self._optimise):
             return self.image_model(pixels.to(self.device), conditions.to(self.device)).float().cpu()
-
-    @contextlib.contextmanager
-    def _inference(self) -> Iterator[None]:
-        with (torch.inference_mode(), torch.jit.optimized_execution(self._optimise),
-              torch.autocast(self.device.type, self._dtype, enabled=self._dtype != torch.float32)):
-            yield
 
     def embed_requests(self, images: Sequence[bytes], instructions: Sequence[str]) -> np.ndarray:
         """What one /embed call does for its pairs: decode, preprocess, encode instructions, image forward."""

@@ -14,7 +14,9 @@ On CUDA the graphs run without TorchScript's optimising executor (`optimises_gra
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -39,6 +41,15 @@ def optimises_graphs(device: torch.device) -> bool:
     batch 64: 9.5 against 10.8 ms). On the CPU it compiles nothing per shape, and stays.
     """
     return device.type != "cuda"
+
+
+@contextlib.contextmanager
+def running_exported(device: torch.device, dtype: torch.dtype, optimise: bool) -> Iterator[None]:
+    """How the exported graphs run: no autograd, the executor `optimise` says, and a reduced
+    dtype as mixed precision. The raw-forward benchmark runs them the same way."""
+    with (torch.inference_mode(), torch.jit.optimized_execution(optimise),
+          torch.autocast(device.type, dtype, enabled=dtype != torch.float32)):
+        yield
 
 
 class EmbeddedBackend(ModelBackend):
@@ -92,9 +103,7 @@ class EmbeddedBackend(ModelBackend):
 
     def _forward(self, model: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
         arguments = [self._to_device(inputs[name]) for name in self._input_names[model]]
-        reduced = self._torch_dtype != torch.float32
-        with (torch.inference_mode(), torch.jit.optimized_execution(self._optimise),
-              torch.autocast(self.device.type, self._torch_dtype, enabled=reduced)):
+        with running_exported(self.device, self._torch_dtype, self._optimise):
             return self._modules[model](*arguments).float().cpu().numpy()
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
