@@ -1,6 +1,6 @@
-"""`make bench`: the serving, FAISS, replication, export and latency benchmarks; RESULTS.md's tables rewritten.
+"""`make bench`: every benchmark part, from serving to start-up; RESULTS.md's tables rewritten.
 
-    .venv/bin/python -m benchmarks [--parts serving faiss replication export latency conditions] [--seconds S]
+    .venv/bin/python -m benchmarks [--parts serving faiss replication export latency conditions startup] [--seconds S]
         [--faiss-sizes N ...]
 
 RESULTS.md keeps its prose; only the text between `<!-- generated:NAME -->` and
@@ -16,10 +16,10 @@ import shlex
 import sys
 from pathlib import Path
 
-from benchmarks import conditions, export_bench, faiss_bench, latency, replication, serving
+from benchmarks import conditions, export_bench, faiss_bench, latency, replication, serving, startup
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
-PARTS = ("serving", "faiss", "replication", "export", "latency", "conditions")
+PARTS = ("serving", "faiss", "replication", "export", "latency", "conditions", "startup")
 
 
 def replace_generated(text: str, name: str, content: str) -> str:
@@ -77,6 +77,10 @@ def main(argv: list[str] | None = None) -> None:
         measured = conditions.main([])
         text = replace_generated(text, "conditions_run", run_section(measured["command"], measured["machine"]))
         text = replace_all(text, measured["tables"])
+    if "startup" in args.parts:
+        started = startup.main([])
+        text = replace_generated(text, "startup_run", run_section(started["command"], started["machine"]))
+        text = replace_all(text, started["tables"])
     RESULTS_MD.write_text(text)
     print(f"updated {RESULTS_MD}")
 

@@ -15,7 +15,7 @@ import torch
 
 from focalserve_family import Backend, FamilySpec, families_from_configs, read_repository
 from focalserve_training.demo import MODEL as DEMO_MODEL
-from focalserve_training.demo_cache import build_key
+from focalserve_training.demo_weights import build_key
 from focalserve_training.export import export_family
 from focalserve_training.models import load_family_model
 

@@ -37,6 +37,7 @@ BACKEND_PARAMETERS: dict[Backend, dict[str, str]] = {
     "libtorch": {"DISABLE_OPTIMIZED_EXECUTION": "true"},
 }
 ROLE_PARAMETER = "role"
+TOKENIZER_FILE = "tokenizer.json"  # the family's tokenizer, in its text model's directory (`tokenizers` format)
 DTYPES: dict[DType, int] = {"fp32": pb.TYPE_FP32, "int64": pb.TYPE_INT64}
 
 

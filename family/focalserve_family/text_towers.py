@@ -4,8 +4,9 @@ A family whose text tower comes from Hugging Face names its tokenizer `hf:<hub i
 metadata, not a local path, so a model repository stays valid on any host. Where a Python
 package ships that model's files (the demo's all-MiniLM-L6-v2 does, so that it installs
 offline), the hub id resolves to the package's directory; any other id is handed to
-transformers, which reads its cache or the hub. Export (training) and serving (gateway) both
-tokenize through `create_tokenizer`, so the two sides cannot disagree.
+transformers, which reads its cache or the hub. Training tokenizes through `create_tokenizer`;
+export writes the same tokenizer into the model repository, where the gateway reads it without
+open_clip (a test compares the two on the same texts).
 """
 
 from __future__ import annotations

@@ -16,21 +16,24 @@ from focalserve_server.api.routes import embed, health, models, search
 from focalserve_server.api.routes import openai as openai_routes
 from focalserve_server.api.routes.ui import install_ui
 from focalserve_server.backends.base import ModelBackend
-from focalserve_server.backends.embedded import EmbeddedBackend
-from focalserve_server.backends.triton import TritonBackend
 from focalserve_server.collections.factory import collection_service, open_store
 from focalserve_server.collections.health import StoreHealth
 from focalserve_server.config import Settings
-from focalserve_server.device_images import create_image_decoder
 from focalserve_server.engine import Engine
+from focalserve_server.images import create_image_decoder
 from focalserve_server.metrics import Metrics
 from focalserve_server.state import Gateway
 
 
 def create_backend(settings: Settings) -> ModelBackend:
+    """The backend `backend` names, its module imported here: a Triton gateway never loads torch."""
     if settings.backend == "embedded":
+        from focalserve_server.backends.embedded import EmbeddedBackend
+
         return EmbeddedBackend(settings.model_repository, settings.families, settings.torch_threads, settings.device,
                                settings.dtype)
+    from focalserve_server.backends.triton import TritonBackend
+
     return TritonBackend(settings.triton_url, settings.triton_protocol, settings.families, settings.triton_timeout_s,
                          settings.triton_startup_timeout_s, settings.triton_max_inflight)
 

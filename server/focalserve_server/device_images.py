@@ -24,7 +24,6 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from focalserve_server.backends.embedded import check_device
-from focalserve_server.config import Settings
 from focalserve_server.errors import InvalidImage
 from focalserve_server.images import ImageDecoder, ImagePreprocessor, decode_image, open_image
 
@@ -152,11 +151,8 @@ class DeviceImageDecoder(ImageDecoder):
         self._device_thread.shutdown(wait=False, cancel_futures=True)
 
 
-def create_image_decoder(settings: Settings) -> ImageDecoder:
-    """The decoder `preprocess_device` selects; a CUDA device this machine lacks is refused at start."""
-    limits = (settings.preprocess_workers, settings.max_image_bytes, settings.max_image_pixels)
-    if settings.preprocess_device == "pil":
-        return ImageDecoder(*limits)
-    device = torch.device(settings.preprocess_device)
+def check_preprocess_device(name: str) -> torch.device:
+    """The torch device `preprocess_device` names; a CUDA device this machine lacks is refused."""
+    device = torch.device(name)
     check_device(device, "FOCALSERVE_PREPROCESS_DEVICE")
-    return DeviceImageDecoder(*limits, device)
+    return device

@@ -17,7 +17,6 @@ import numpy as np
 from PIL import Image
 
 from focalserve_family import FamilySpec, ModelSpec, Role, families_from_configs
-from focalserve_family.text_towers import create_tokenizer
 from focalserve_server.backends.base import ModelBackend
 from focalserve_server.batching import DynamicBatcher
 from focalserve_server.conditions import ConditionCache, instruction_hash, normalise_instruction
@@ -25,6 +24,7 @@ from focalserve_server.config import Settings
 from focalserve_server.errors import InvalidInstruction, TooManyInputs, UnknownModel, await_at, check_at
 from focalserve_server.images import ImageDecoder, ImagePreprocessor
 from focalserve_server.metrics import Metrics
+from focalserve_server.text_tokens import TextTokenizer
 
 TEXT_SPACE = "text"
 UNCONDITIONAL_SPACE = "none"
@@ -57,7 +57,7 @@ class FamilyEngine:
         self._preprocess = ImagePreprocessor(spec)
         self._images = images
         self._max_instruction_chars = settings.max_instruction_chars
-        self._tokenizer = create_tokenizer(spec.tokenizer, spec.context_length)
+        self._tokenizer = TextTokenizer.of_family(spec, settings.model_repository)
         self._backend = backend
         self.batchers = {role: self._batcher(model, settings, metrics) for role, model in spec.models.items()}
         self._conditions = ConditionCache(
@@ -107,7 +107,7 @@ class FamilyEngine:
         return f"{self.spec.family}:{self.spec.checkpoint_hash}:{TEXT_SPACE}"
 
     def tokenize(self, text: str) -> np.ndarray:
-        return self._tokenizer([text])[0].numpy().astype(np.int64)
+        return self._tokenizer([text])[0]
 
     def token_count(self, text: str) -> int:
         """Tokens the text tower sees of a text as normalised: start and end included, padding not."""

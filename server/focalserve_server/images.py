@@ -1,4 +1,9 @@
-"""Safe image decoding for untrusted uploads, and open_clip preprocessing from family metadata."""
+"""Safe image decoding for untrusted uploads, and open_clip's eval preprocessing from family metadata.
+
+The preprocessing is open_clip's eval transform written with PIL and numpy, so serving imports
+neither open_clip nor torchvision; `tests/unit/server/test_images.py` compares it with open_clip's
+own transform for each resize mode.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,10 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from open_clip.transform import image_transform
 from PIL import Image, ImageOps
 
 from focalserve_family import FamilyMetadata
+from focalserve_server.config import Settings
 from focalserve_server.errors import ImageTooLarge, InvalidImage
 
 DecodeSize = Callable[[int, int], tuple[int, int]]
@@ -89,11 +94,12 @@ def centre_crop_box(width: int, height: int, size: int) -> tuple[float, float, f
 class ImagePreprocessor:
     """open_clip's eval transform for one family, producing float32 (3, S, S) arrays in bounded memory.
 
-    In the `shortest` resize mode open_clip resizes the short side first and then crops the
-    centre: for a 1 x 4000 image that intermediate is 224 x 896000 pixels. Resizing only the
-    part the crop keeps (PIL's `box`, which still reads the neighbouring source pixels the
-    filter needs) gives the same pixels with memory bounded by the output, whatever the aspect
-    ratio. The other modes never upscale past the output and run open_clip's transform as is.
+    `shortest` (open_clip's default) resizes the short side to S and crops the centre: for a
+    1 x 4000 image that intermediate is S x 896000 pixels, so only the part the crop keeps is
+    resized (PIL's `box`, which still reads the neighbouring source pixels the filter needs): the
+    same pixels, with memory bounded by the output whatever the aspect ratio. `longest` resizes
+    the long side to S and pads the rest with black, centred; `squash` resizes to S x S. Neither
+    upscales past the output.
     """
 
     def __init__(self, spec: FamilyMetadata) -> None:
@@ -103,14 +109,6 @@ class ImagePreprocessor:
         self._resample = Image.Resampling[spec.interpolation.upper()]
         self._mean = np.asarray(spec.image_mean, dtype=np.float32)
         self._std = np.asarray(spec.image_std, dtype=np.float32)
-        self._transform = image_transform(
-            spec.image_size,
-            is_train=False,
-            mean=spec.image_mean,
-            std=spec.image_std,
-            resize_mode=spec.resize_mode,
-            interpolation=spec.interpolation,
-        )
 
     def decode_size(self, width: int, height: int) -> tuple[int, int]:
         """The least decoded size that keeps the output equal to a full decode's: twice the model's
@@ -120,11 +118,20 @@ class ImagePreprocessor:
         return math.ceil(width * factor), math.ceil(height * factor)
 
     def __call__(self, image: Image.Image) -> np.ndarray:
-        if self._mode != "shortest":
-            return self._transform(image).numpy()
-        box = centre_crop_box(image.width, image.height, self.size)
-        pixels = np.asarray(image.resize((self.size, self.size), self._resample, box=box), dtype=np.float32)
+        pixels = np.asarray(self._resized(image), dtype=np.float32)
         return ((pixels / 255.0 - self._mean) / self._std).transpose(2, 0, 1)
+
+    def _resized(self, image: Image.Image) -> Image.Image:
+        size = self.size
+        if self._mode == "shortest":
+            return image.resize((size, size), self._resample, box=centre_crop_box(image.width, image.height, size))
+        if self._mode == "squash":
+            return image.resize((size, size), self._resample)
+        ratio = max(image.width, image.height) / size  # `longest`: as open_clip's ResizeKeepRatio(longest=1)
+        width, height = round(image.width / ratio), round(image.height / ratio)
+        canvas = Image.new("RGB", (size, size))  # open_clip pads with black, the resized image centred
+        canvas.paste(image.resize((width, height), self._resample), ((size - width) // 2, (size - height) // 2))
+        return canvas
 
 
 class ImageDecoder:
@@ -144,3 +151,17 @@ class ImageDecoder:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def create_image_decoder(settings: Settings) -> ImageDecoder:
+    """The decoder `preprocess_device` selects; a CUDA device this machine lacks is refused at start.
+
+    The device decoder's module (torch, torchvision) is imported only when it is chosen, so the
+    default PIL path starts without them.
+    """
+    limits = (settings.preprocess_workers, settings.max_image_bytes, settings.max_image_pixels)
+    if settings.preprocess_device == "pil":
+        return ImageDecoder(*limits)
+    from focalserve_server.device_images import DeviceImageDecoder, check_preprocess_device
+
+    return DeviceImageDecoder(*limits, check_preprocess_device(settings.preprocess_device))

@@ -2,7 +2,8 @@
 
 `NAME_image`, `NAME_instruction` (FocalLens only) and `NAME_text`, each a TorchScript
 `1/model.pt` plus a `config.pbtxt` whose parameters carry the family's metadata. Each role's
-file holds only the weights that role runs.
+file holds only the weights that role runs. The family's tokenizer is written beside its text
+model (`tokenizer_export`), where the gateway reads it.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from focalserve_training.models.focallens import (
     text_embedding_dim,
     text_side,
 )
+from focalserve_training.tokenizer_export import write_tokenizer
 
 PYTHON_BACKEND_MODEL = Path(__file__).resolve().parent / "templates" / "model.py"
 
@@ -182,10 +184,11 @@ def export_family(
     model = model.eval()
     metadata = family_metadata(model, family, name, model_name)
     modules = role_modules(model)
-    return [
-        _write_model(spec, modules[role], metadata, repository, backend, batching)
-        for role, spec in model_specs(metadata, batching.max_batch_size).items()
-    ]
+    specs = model_specs(metadata, batching.max_batch_size)
+    directories = [_write_model(spec, modules[role], metadata, repository, backend, batching)
+                   for role, spec in specs.items()]
+    write_tokenizer(repository / specs["text"].name, metadata.tokenizer, metadata.context_length)
+    return directories
 
 
 def _write_model(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks.families import export_dir
-from focalserve_training.demo_cache import build_key
+from focalserve_training.demo_weights import build_key
 
 
 def test_an_export_lives_under_the_key_of_the_code_and_libraries_that_traced_it(tmp_path: Path):

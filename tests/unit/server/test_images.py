@@ -307,3 +307,15 @@ def test_extreme_aspect_ratios_are_served_like_open_clip_serves_their_centre(rea
     reference = image_transform(spec.image_size, is_train=False, mean=spec.image_mean, std=spec.image_std,
                                 resize_mode="shortest", interpolation="bicubic")(centre).numpy()
     assert cosine(ImagePreprocessor(spec)(strip), reference) >= 0.999
+
+
+@pytest.mark.parametrize("mode", ["longest", "squash"])
+@pytest.mark.parametrize("size", [(640, 480), (480, 640), (224, 224), (100, 80), (33, 700), (1, 1)])
+def test_the_other_resize_modes_equal_open_clips_transform(real_size_spec, mode, size):
+    """`longest` (resize the long side, pad with black around the centred image) and `squash`,
+    written with PIL and numpy so serving imports no open_clip: open_clip's pixels to float32 rounding."""
+    spec = dataclasses.replace(real_size_spec, resize_mode=mode)
+    image = photo_like(*size)
+    reference = image_transform(spec.image_size, is_train=False, mean=spec.image_mean, std=spec.image_std,
+                                resize_mode=mode, interpolation="bicubic")(image).numpy()
+    np.testing.assert_allclose(ImagePreprocessor(spec)(image), reference, atol=1e-5)

@@ -88,11 +88,34 @@ def test_a_machine_without_the_demos_text_tower_package_still_builds_the_other_m
         create_base_clip(MINILM)
 
 
-def test_the_gateways_tokenizer_is_the_training_tokenizer(model_name):
+# Texts the two cleanings and tokenizers must agree on: case, entities, mojibake, curly quotes,
+# ligatures, full-width letters, accents, emoji, digits, special-token look-alikes, over-long ones.
+TOKENIZER_CORPUS = [
+    *TEXTS, "Which SHAPE is this?", "a  photo\tof &amp; a cat", "&lt;b&gt;", "\u201cquoted\u201d text \u2014 dash",
+    "na\u00efve caf\u00e9", "schön über Ärger", "\ufb01 ligature", "\uff46\uff55\uff4c\uff4c", "emoji \U0001f431 ok",
+    "it's 3.14 o'clock", "C++ && rust!!", "<start_of_text> hi [CLS] [SEP]", "", "   ", "x" * 300,
+    " ".join(["colour"] * 40),
+]
+
+
+def test_the_gateways_tokenizer_is_the_training_tokenizer(model_name, tmp_path):
+    """The gateway tokenizes with the file export writes (no open_clip): the same ids as training."""
+    from focalserve_server.text_tokens import TextTokenizer
+    from focalserve_training.tokenizer_export import write_tokenizer
+
     name, length = tokenizer_spec(model_name)
-    served = create_tokenizer(name, length)(TEXTS)
-    torch.testing.assert_close(served, create_text_tokenizer(model_name)(TEXTS), atol=0, rtol=0)
-    assert served.shape == (len(TEXTS), 16)
+    served = TextTokenizer(write_tokenizer(tmp_path, name, length))(TOKENIZER_CORPUS)
+    trained = create_text_tokenizer(model_name)(TOKENIZER_CORPUS).numpy()
+    assert served.dtype == np.int64 and served.shape == (len(TOKENIZER_CORPUS), 16)
+    np.testing.assert_array_equal(served, trained)
+
+
+def test_open_clips_own_clip_tokenizer_converts_at_its_full_context_length(tmp_path):
+    from focalserve_server.text_tokens import TextTokenizer
+    from focalserve_training.tokenizer_export import write_tokenizer
+
+    served = TextTokenizer(write_tokenizer(tmp_path, "ViT-B-32", 77))(TOKENIZER_CORPUS)
+    np.testing.assert_array_equal(served, create_tokenizer("ViT-B-32", 77)(TOKENIZER_CORPUS).numpy())
 
 
 def test_exported_text_and_instruction_models_match_eager_for_any_padding(model_name, tmp_path):
@@ -111,6 +134,7 @@ def test_exported_text_and_instruction_models_match_eager_for_any_padding(model_
         np.testing.assert_allclose(one_by_one, instruction(tokens).numpy(), atol=1e-5)
     config = (tmp_path / "probe_text" / "config.pbtxt").read_text()
     assert f'string_value: "{tokenizer_spec(model_name)[0]}"' in config
+    assert (tmp_path / "probe_text" / "tokenizer.json").is_file()  # beside the text model, for the gateway
 
 
 def test_token_features_for_fsc_clip_agree_with_the_pooled_embedding(model_name):
