@@ -15,12 +15,12 @@ RUN if [ "$TORCH_VARIANT" = "cpu" ]; then \
         pip install --index-url "$TORCH_CPU_INDEX" torch==2.14.1 torchvision==0.29.1; \
     fi
 COPY client/ client/
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY server/ server/
 COPY training/ training/
 COPY family/ family/
 COPY devtools/ devtools/
-RUN pip install ./client ".[training]"
+RUN pip install -c constraints.txt ./client ".[training]"
 
 FROM python:${PYTHON_VERSION}-slim AS runtime
 RUN useradd --create-home --uid 10001 focalserve \

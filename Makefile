@@ -22,8 +22,8 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(STAMP): $(BIN)/python pyproject.toml client/pyproject.toml
-	$(BIN)/pip install --quiet -e ./client -e '.[training,triton,dev]'
+$(STAMP): $(BIN)/python pyproject.toml client/pyproject.toml constraints.txt
+	$(BIN)/pip install --quiet -c constraints.txt -e ./client -e '.[training,triton,dev]'
 	touch $@
 
 install: $(STAMP)

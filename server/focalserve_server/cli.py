@@ -40,14 +40,19 @@ def _serve(args: argparse.Namespace) -> None:
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every subcommand, or of `command` alone when it names one: `focalserve serve`
+    then never imports training's registration, nor `focalserve train` the gateway's settings."""
     parser = argparse.ArgumentParser(prog="focalserve", description=__doc__)
     subcommands = parser.add_subparsers(dest="command", required=True)
-    for entry in sorted(entry_points(group="focalserve.commands"), key=lambda e: e.name):
+    entries = sorted(entry_points(group="focalserve.commands"), key=lambda e: e.name)
+    chosen = [entry for entry in entries if entry.name == command] or entries
+    for entry in chosen:
         entry.load()(subcommands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else argv
+    args = build_parser(arguments[0] if arguments else None).parse_args(arguments)
     args.handler(args)

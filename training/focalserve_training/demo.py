@@ -142,6 +142,8 @@ def train_and_ship(args: argparse.Namespace) -> dict[str, str]:
     if args.force and args.work_dir.exists():
         shutil.rmtree(args.work_dir)
     families = {args.name: FAMILY_STAGES["full"], args.name + READOUT_SUFFIX: FAMILY_STAGES["readout"]}
+    # The key of the code that trains, taken before it runs: an edit made during the run is not its code.
+    keys = {name: demo_weights.weights_key(name, MODEL) for name in families}
     stages = ("base", *families.values()) if args.family_only else tuple(STAGES)
     checkpoints = train_stages(args.work_dir, stages)
     models = {
@@ -152,8 +154,7 @@ def train_and_ship(args: argparse.Namespace) -> dict[str, str]:
     for name, stage in families.items():
         model = models[stage]
         assert isinstance(model, FocalLensCLIP)
-        shipped = ShippedFamily(name, MODEL, model.conditioning, demo_weights.weights_key(name, MODEL),
-                                state_hash(model))
+        shipped = ShippedFamily(name, MODEL, model.conditioning, keys[name], state_hash(model))
         demo_weights.save_shipped(model, shipped, demo_weights.shipped_path(name, args.weights_dir))
         export_family(model, "focallens", MODEL, name, args.repository, args.backend)
     return {**report, "weights_dir": str(args.weights_dir)}

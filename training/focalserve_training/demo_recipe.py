@@ -37,11 +37,14 @@ class Stage:
 STAGES = {
     "base": Stage("clip", DataSpec("colorshape", size=8192, seed=1), steps=300, lr=1e-3),
     # The instruction tower's last two MiniLM layers train: a linear map of frozen mean-pooled
-    # features cannot tell "its shape, not its colour" from "its colour, not its shape".
+    # features cannot tell "its shape, not its colour" from "its colour, not its shape". At 800
+    # steps and 1e-3 (the schedule before 2026-12-06) the trained model read "tell me its shape,
+    # not its colour." as a colour condition with transformers 5.25; the readout stage's longer,
+    # gentler schedule reads every held-out wording right in both families (training/RESULTS.md).
     "focallens": Stage(
-        "focallens", DataSpec("colorshape", size=8192, seed=2), steps=800, lr=1e-3, init_from="base", lock_text=2
+        "focallens", DataSpec("colorshape", size=8192, seed=2), steps=1200, lr=5e-4, init_from="base", lock_text=2
     ),
-    # At the full stage's 1e-3 the readout run diverged after warm-up (loss 0.9 at step 50, 4.1 at 70).
+    # At 1e-3 the readout run diverged after warm-up (loss 0.9 at step 50, 4.1 at 70).
     "focallens-readout": Stage(
         "focallens", DataSpec("colorshape", size=8192, seed=2), steps=1200, lr=5e-4, init_from="base", lock_text=2,
         conditioning="readout",

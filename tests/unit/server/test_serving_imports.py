@@ -31,7 +31,7 @@ print(json.dumps(sorted(sys.modules)))
 CLI_PARSER = """
 import json, sys
 from focalserve_server.cli import build_parser
-build_parser()
+build_parser(sys.argv[1] if len(sys.argv) > 1 else None)
 print(json.dumps(sorted(sys.modules)))
 """
 
@@ -58,3 +58,8 @@ def test_the_command_line_starts_without_torch():
     """`focalserve --help`, `focalserve index add`, ...: commands that run no model import no torch
     (training's commands register their options here and import what they run when they run)."""
     assert offending(loaded_modules(CLI_PARSER), ("torch", *MODEL_BUILDING)) == []
+
+
+def test_focalserve_serve_loads_no_other_commands_registration():
+    modules = loaded_modules(CLI_PARSER, "serve")
+    assert offending(modules, ("torch", *MODEL_BUILDING, "focalserve_training", "focalserve_devtools")) == []

@@ -4,6 +4,8 @@ training."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors import safe_open
@@ -135,3 +137,12 @@ def test_the_demo_command_exports_shipped_parameters_without_training(trained, t
     output = capsys.readouterr()
     assert '"checkpoint_hash"' in output.out
     assert "was trained by other code" in output.err and "make demo-weights" in output.err
+
+
+def test_the_install_constraints_pin_every_library_in_the_key():
+    """`make install` pins what computes the weights, so a new release never stales a fresh clone's key."""
+    root = Path(__file__).resolve().parents[3]
+    pinned = dict(line.split("==") for line in (root / "constraints.txt").read_text().splitlines()
+                  if line and not line.startswith("#"))
+    assert set(pinned) == set(demo_weights.PINNED_DISTRIBUTIONS)
+    assert all(demo_weights._version(name) == version for name, version in pinned.items())
