@@ -99,7 +99,7 @@ class ImagePreprocessor:
     resized (PIL's `box`, which still reads the neighbouring source pixels the filter needs): the
     same pixels, with memory bounded by the output whatever the aspect ratio. `longest` resizes
     the long side to S and pads the rest with black, centred; `squash` resizes to S x S. Neither
-    upscales past the output.
+    makes an intermediate image larger than the output.
     """
 
     def __init__(self, spec: FamilyMetadata) -> None:
