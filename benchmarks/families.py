@@ -14,14 +14,13 @@ from pathlib import Path
 import torch
 
 from focalserve_family import Backend, FamilySpec, families_from_configs, read_repository
-from focalserve_training.demo import MODEL as DEMO_MODEL
-from focalserve_training.demo_weights import build_key
+from focalserve_training.demo_recipe import MODEL as DEMO_MODEL
+from focalserve_training.demo_weights import build_key, load_shipped, shipped_path
 from focalserve_training.export import export_family
 from focalserve_training.models import load_family_model
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK_DIR = Path(__file__).resolve().parent / ".work"
-DEMO_CHECKPOINT = ROOT / "runs" / "demo" / "focallens" / "checkpoints" / "latest.pt"
 RANDOM_SEED = 0  # random weights, but the same ones on every run, so exports can be reused
 
 
@@ -37,19 +36,21 @@ class BenchFamily:
 
 @dataclass(frozen=True)
 class FamilySource:
-    """How to build a family: an open_clip architecture and optionally a trained checkpoint."""
+    """How to build a family: an open_clip architecture, and the demo's shipped parameters or random weights."""
 
     open_clip_model: str
-    checkpoint: Path | None
+    shipped: str | None  # a family whose trained parameters are in training/demo_weights/
     committed_repository: Path | None  # a libtorch-flavour repository that already exists
 
     def load(self) -> torch.nn.Module:
-        torch.manual_seed(RANDOM_SEED)  # only matters without a checkpoint (random init)
-        return load_family_model("focallens", self.open_clip_model, checkpoint=self.checkpoint)
+        if self.shipped is not None:
+            return load_shipped(shipped_path(self.shipped))[0]
+        torch.manual_seed(RANDOM_SEED)
+        return load_family_model("focallens", self.open_clip_model)
 
 
 SOURCES: dict[str, FamilySource] = {
-    "demo": FamilySource(DEMO_MODEL, DEMO_CHECKPOINT, ROOT / "model_repository"),
+    "demo": FamilySource(DEMO_MODEL, "demo", ROOT / "model_repository"),
     "vitb32": FamilySource("ViT-B-32", None, None),  # open_clip has no weights offline: random ones
     "vitl14-336": FamilySource("ViT-L-14-336", None, None),
 }
@@ -65,7 +66,7 @@ def prepare_family(name: str, work_dir: Path = WORK_DIR) -> BenchFamily:
         "python": exports / "python",
     }
     if source.committed_repository is not None and _read_family(name, source.committed_repository) is None:
-        raise RuntimeError(f"family {name} is missing from {source.committed_repository}: run `make demo-model`")
+        raise RuntimeError(f"family {name} is missing from {source.committed_repository}: run `make demo-repository`")
     missing = [backend for backend, repository in flavours.items() if _read_family(name, repository) is None]
     if missing:
         model = source.load()
@@ -75,7 +76,7 @@ def prepare_family(name: str, work_dir: Path = WORK_DIR) -> BenchFamily:
     if libtorch is None or python is None or libtorch.checkpoint_hash != python.checkpoint_hash:
         raise RuntimeError(
             f"family {name}: the repositories {flavours['libtorch']} and {flavours['python']} do not hold the same "
-            "weights; delete the work copy (or run `make demo-model` for the committed demo) and rerun"
+            "weights; delete the work copy (or run `make demo-repository` for the demo) and rerun"
         )
     return BenchFamily(name, libtorch, flavours["libtorch"], flavours["python"])
 

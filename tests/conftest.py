@@ -19,7 +19,7 @@ from tests.helpers.models import TINY, tiny_clip, tiny_focallens
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark the tests on the trained demo family: `make test` runs the others while it builds."""
+    """Mark the tests on the trained demo family, so `-m "not demo_family"` runs without exporting it."""
     for item in items:
         if "demo_repository" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.demo_family)
@@ -61,11 +61,11 @@ def readout_repository(tmp_path_factory, readout_model, focallens_model) -> Path
 
 @pytest.fixture(scope="session")
 def demo_repository() -> Path:
-    """The trained demo family (`make demo-model`); `make test` builds it while the tests that do not
-    use it run, then runs those that do (marked demo_family)."""
+    """The trained demo family, exported from its shipped parameters (`make demo-repository`; `make
+    test` exports it, then runs the tests marked demo_family)."""
     repository = Path(__file__).resolve().parent.parent / "model_repository"
     if not (repository / "demo_image" / "1" / "model.pt").is_file():
-        pytest.fail("the demo family is missing: run `make demo-model` (make test does it first)")
+        pytest.fail("the demo family is missing: run `make demo-repository` (make test does it first)")
     return repository
 
 
