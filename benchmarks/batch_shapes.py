@@ -9,7 +9,7 @@ GPU), so those pauses reach the users whose requests form a new size.
 Each mode loads its own copy of the model and calls it at sizes in an order a batcher might form
 them: per size, the first call, the second, and the median of the calls after them. The plain
 mode is `torch.jit.optimized_execution(False)`: the graph runs as exported, never specialised;
-it is how the embedded backend runs on CUDA (`optimises_graphs`).
+it is how the embedded backend runs on every device (`OPTIMISE_GRAPHS`).
 """
 
 from __future__ import annotations

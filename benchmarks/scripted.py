@@ -18,7 +18,7 @@ from PIL import Image
 
 from focalserve_family import families_from_configs, read_repository
 from focalserve_family.text_towers import create_tokenizer
-from focalserve_server.backends.embedded import DTYPES, optimises_graphs, running_exported
+from focalserve_server.backends.embedded import DTYPES, OPTIMISE_GRAPHS, running_exported
 from focalserve_server.images import ImagePreprocessor
 
 
@@ -26,12 +26,11 @@ class ScriptedFamily:
     """The image and instruction models of one FocalLens family, loaded from a model repository."""
 
     def __init__(self, repository: Path, name: str, device: str = "cpu", dtype: str = "float32",
-                 optimise: bool | None = None) -> None:
+                 optimise: bool = OPTIMISE_GRAPHS) -> None:
         self.spec = families_from_configs(read_repository(repository))[name]
         self.device = torch.device(device)
         self._dtype = DTYPES[dtype]  # mixed precision, as the embedded backend runs it
-        # With or without TorchScript's optimising executor: as the embedded backend on this device, unless told
-        self._optimise = optimises_graphs(self.device) if optimise is None else optimise
+        self._optimise = optimise  # TorchScript's optimising executor: off, as in the embedded backend, unless told
         self.image_model = _load(repository, self.spec.models["image"].name, self.device)
         self.instruction_model = _load(repository, self.spec.models["instruction"].name, self.device)
         self.preprocess = ImagePreprocessor(self.spec)  # open_clip's eval transform with the family's metadata

@@ -8,7 +8,7 @@ float16 / bfloat16, normalisations in float32, outputs float32. The weights stay
 (float32): the traced graphs fix their dtype casts at export time, so casting the weights
 themselves would break them.
 
-On CUDA the graphs run without TorchScript's optimising executor (`optimises_graphs`).
+The graphs run without TorchScript's optimising executor, on every device (`OPTIMISE_GRAPHS`).
 """
 
 from __future__ import annotations
@@ -31,22 +31,21 @@ from focalserve_server.errors import BackendUnavailable
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def optimises_graphs(device: torch.device) -> bool:
-    """Whether the exported graphs run under TorchScript's optimising executor on `device`.
-
-    Not on CUDA: there it specialises a graph again for each new input shape, and a dynamic
-    batcher forms every batch size up to its maximum. On an H200 (benchmarks/RESULTS.md, GPU) the
-    first three sizes' second calls took 1.2-2.7 s and each later new size's first call 55-130 ms;
-    unoptimised, every call took what its steady calls did, and those were no slower (ViT-B-32 at
-    batch 64: 9.5 against 10.8 ms). On the CPU it compiles nothing per shape, and stays.
-    """
-    return device.type != "cuda"
+# TorchScript's optimising executor buys nothing here and costs a lot. On CUDA it specialises a
+# graph again for each new input shape, and a dynamic batcher forms every batch size up to its
+# maximum: on an H200 (benchmarks/RESULTS.md, GPU) the first three sizes' second calls took
+# 1.2-2.7 s and each later new size's first call 55-130 ms; unoptimised, every call took what its
+# steady calls did, and those were no slower (ViT-B-32 at batch 64: 9.5 against 10.8 ms). On the
+# CPU (2 cores, the demo family, 2026-12-06) its first two calls of a MiniLM tower took 205 ms
+# against 25 unoptimised, a gateway's start paid that for every model, and its steady calls were
+# no faster (batch 64: 146-160 ms against 131-138).
+OPTIMISE_GRAPHS = False
 
 
 @contextlib.contextmanager
-def running_exported(device: torch.device, dtype: torch.dtype, optimise: bool) -> Iterator[None]:
-    """How the exported graphs run: no autograd, the executor `optimise` says, and a reduced
-    dtype as mixed precision. The raw-forward benchmark runs them the same way."""
+def running_exported(device: torch.device, dtype: torch.dtype, optimise: bool = OPTIMISE_GRAPHS) -> Iterator[None]:
+    """How the exported graphs run: no autograd, the executor `optimise` says (a benchmark compares
+    both), and a reduced dtype as mixed precision. The raw-forward benchmark runs them the same way."""
     with (torch.inference_mode(), torch.jit.optimized_execution(optimise),
           torch.autocast(device.type, dtype, enabled=dtype != torch.float32)):
         yield
@@ -65,7 +64,6 @@ class EmbeddedBackend(ModelBackend):
         self.device = torch.device(device)
         self.dtype = dtype
         self._torch_dtype = DTYPES[dtype]
-        self._optimise = optimises_graphs(self.device)
         self._configs: list[pb.ModelConfig] = []
         self._modules: dict[str, torch.jit.ScriptModule] = {}
         self._input_names: dict[str, list[str]] = {}
@@ -103,7 +101,7 @@ class EmbeddedBackend(ModelBackend):
 
     def _forward(self, model: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
         arguments = [self._to_device(inputs[name]) for name in self._input_names[model]]
-        with running_exported(self.device, self._torch_dtype, self._optimise):
+        with running_exported(self.device, self._torch_dtype):
             return self._modules[model](*arguments).float().cpu().numpy()
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
