@@ -15,14 +15,17 @@ from pathlib import Path
 MODEL_BUILDING = ("open_clip", "torchvision", "torch._dynamo", "transformers", "matplotlib", "timm", "sympy")
 
 STARTED_GATEWAY = """
-import json, sys
+import json, sys, time
 from fastapi.testclient import TestClient
 from focalserve_server.app import create_app
 from focalserve_server.config import Settings
 
 settings = Settings(model_repository=sys.argv[1], data_dir=sys.argv[2])
 with TestClient(create_app(settings)) as client:
-    assert client.get("/readyz").status_code == 200, client.get("/readyz").text
+    deadline = time.monotonic() + 60  # readiness follows the start by a moment (the change log's first catch-up)
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, client.get("/readyz").text
+        time.sleep(0.05)
     answer = client.post("/embed", json={"model": "tiny", "inputs": [{"text": "red"}]})
     assert answer.status_code == 200, answer.text
 print(json.dumps(sorted(sys.modules)))
