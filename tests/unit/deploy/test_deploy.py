@@ -163,6 +163,11 @@ def test_grafana_dashboard_uses_the_gateways_metrics(metric):
     assert metric.removesuffix("_total") in exported
 
 
+def claims_of(pod: dict) -> dict[str, dict]:
+    volumes = pod["volumes"]
+    return {volume["name"]: volume["persistentVolumeClaim"] for volume in volumes if "persistentVolumeClaim" in volume}
+
+
 def test_kubernetes_gateways_hold_no_state_and_read_the_database_url_from_a_secret():
     pod = k8s_one("gateway.yaml", "Deployment")["spec"]["template"]["spec"]
     (container,) = pod["containers"]
@@ -171,12 +176,18 @@ def test_kubernetes_gateways_hold_no_state_and_read_the_database_url_from_a_secr
     name, key = secret_ref(env, "FOCALSERVE_DATABASE_URL")
     assert name == secret["metadata"]["name"] and key in secret["stringData"]
     volumes = {volume["name"]: volume for volume in pod.get("volumes", [])}
-    # a cache at most: no claim, and every scratch volume says it is one
-    assert not any("persistentVolumeClaim" in volume for volume in volumes.values())
+    # a cache at most, and every scratch volume says it is one
     assert all("cache" in name for name, volume in volumes.items() if "emptyDir" in volume), volumes
-    mounts = {mount["mountPath"]: mount["name"] for mount in container.get("volumeMounts", [])}
+    mounts = {mount["mountPath"]: mount for mount in container.get("volumeMounts", [])}
     data_dir = env["FOCALSERVE_DATA_DIR"]["value"]
-    assert "cache" in mounts[data_dir] and "emptyDir" in volumes[mounts[data_dir]]
+    assert "cache" in mounts[data_dir]["name"] and "emptyDir" in volumes[mounts[data_dir]["name"]]
+    # the one claim is Triton's model repository, read-only, where the gateway reads the tokenizers
+    triton_pod = k8s_one("triton.yaml", "Deployment")["spec"]["template"]["spec"]
+    triton_claims = {claim["claimName"] for claim in claims_of(triton_pod).values()}
+    claims = claims_of(pod)
+    assert all(claim["claimName"] in triton_claims and claim["readOnly"] for claim in claims.values()), claims
+    repository = mounts[env["FOCALSERVE_MODEL_REPOSITORY"]["value"]]
+    assert repository["name"] in claims and repository["readOnly"]
 
 
 def test_kubernetes_postgres_is_a_statefulset_with_a_claim_a_headless_service_and_probes():
