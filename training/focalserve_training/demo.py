@@ -23,11 +23,9 @@ from pathlib import Path
 from focalserve_family import BACKENDS, Backend
 from focalserve_training import demo_weights
 from focalserve_training.demo_recipe import FAMILY_STAGES, MODEL, STAGES, train_stages
-from focalserve_training.demo_weights import ShippedFamily
 from focalserve_training.evaluate import ACCURACIES, Encoder, Evaluation, evaluate, meets_target, write_report
 from focalserve_training.export import export_family
 from focalserve_training.models import FamilyModel, FocalLensCLIP, load_family_model
-from focalserve_training.models.factory import state_hash
 
 READOUT_SUFFIX = "-readout"  # the readout family is exported as NAME-readout
 
@@ -154,8 +152,7 @@ def train_and_ship(args: argparse.Namespace) -> dict[str, str]:
     for name, stage in families.items():
         model = models[stage]
         assert isinstance(model, FocalLensCLIP)
-        shipped = ShippedFamily(name, MODEL, model.conditioning, keys[name], state_hash(model))
-        demo_weights.save_shipped(model, shipped, demo_weights.shipped_path(name, args.weights_dir))
+        demo_weights.save_shipped(model, name, MODEL, keys[name], demo_weights.shipped_path(name, args.weights_dir))
         export_family(model, "focallens", MODEL, name, args.repository, args.backend)
     return {**report, "weights_dir": str(args.weights_dir)}
 

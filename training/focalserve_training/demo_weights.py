@@ -77,22 +77,21 @@ def weights_key(name: str, model_name: str, sources: tuple[Path, ...] | None = N
     return _digest(name, model_name, sources or _package_dirs(), WEIGHTS_READERS)
 
 
-def save_shipped(model: FocalLensCLIP, family: ShippedFamily, path: Path) -> Path:
-    """Write the tensors of `model` that differ from its untrained form, and what `family` says of them."""
-    if family.checkpoint_hash != state_hash(model):
-        raise ValueError(f"{family.name}: the checkpoint hash given is not the model's")
-    reference = untrained_model(family.model_name, family.conditioning).state_dict()
+def save_shipped(model: FocalLensCLIP, name: str, model_name: str, weights_key: str, path: Path) -> ShippedFamily:
+    """Write the tensors of `model` that differ from its untrained form, with what they are; returns that."""
+    family = ShippedFamily(name, model_name, model.conditioning, weights_key, state_hash(model))
+    reference = untrained_model(model_name, model.conditioning).state_dict()
     changed = {
-        name: tensor.detach().clone().contiguous()  # clone: safetensors refuses tensors sharing storage
-        for name, tensor in model.state_dict().items()
-        if not torch.equal(tensor, reference[name])
+        tensor_name: tensor.detach().clone().contiguous()  # clone: safetensors refuses tensors sharing storage
+        for tensor_name, tensor in model.state_dict().items()
+        if not torch.equal(tensor, reference[tensor_name])
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(changed, str(path), metadata={
-        "name": family.name, "model_name": family.model_name, "conditioning": family.conditioning,
-        "weights_key": family.weights_key, "checkpoint_hash": family.checkpoint_hash,
+        "name": name, "model_name": model_name, "conditioning": model.conditioning,
+        "weights_key": weights_key, "checkpoint_hash": family.checkpoint_hash,
     })
-    return path
+    return family
 
 
 def read_shipped_family(path: Path) -> ShippedFamily:

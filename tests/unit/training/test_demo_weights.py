@@ -90,9 +90,7 @@ def trained():
 
 
 def ship(model, path, key="k") -> ShippedFamily:
-    family = ShippedFamily(path.stem, TINY, model.conditioning, key, state_hash(model))
-    demo_weights.save_shipped(model, family, path)
-    return family
+    return demo_weights.save_shipped(model, path.stem, TINY, key, path)
 
 
 def test_a_shipped_file_holds_only_what_training_changed_and_rebuilds_the_model(trained, tmp_path):
