@@ -27,6 +27,7 @@ from benchmarks.report import machine, markdown_table
 from focalserve_family import model_specs
 from focalserve_training.export import (
     ConditionalImageEncoder,
+    PixelNormalisation,
     example_inputs,
     export_family,
     family_metadata,
@@ -66,10 +67,12 @@ def attention_speed(
     model: FocalLensCLIP, model_name: str, batch: int, device: torch.device, seconds: float
 ) -> dict[str, float]:
     """Images/s of the fused and the hand-written form, each timed in ROUNDS turns after two warm-up calls."""
-    spec = model_specs(family_metadata(model, "focallens", "bench", model_name), max_batch_size=batch)["image"]
+    metadata = family_metadata(model, "focallens", "bench", model_name)
+    spec = model_specs(metadata, max_batch_size=batch)["image"]
     inputs = tuple(tensor.to(device) for tensor in example_inputs(spec.inputs, batch))
     forms: dict[str, Attention] = {"fused": fused_gated_attention, "hand-written": gated_attention}
-    scripts = {name: to_torchscript(ConditionalImageEncoder(model, attention), inputs)
+    normalise = PixelNormalisation(metadata.image_mean, metadata.image_std).to(device)
+    scripts = {name: to_torchscript(ConditionalImageEncoder(model, normalise, attention), inputs)
                for name, attention in forms.items()}
     totals = {name: [0, 0.0] for name in forms}
     with torch.inference_mode():

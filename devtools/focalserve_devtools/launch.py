@@ -85,15 +85,22 @@ def gateway_processes(
 
 
 def _start_gateway(repository: Path, log_file: Path, settings: dict[str, str]) -> tuple[str, subprocess.Popen]:
-    port = free_port()
-    env = {**os.environ, "FOCALSERVE_MODEL_REPOSITORY": str(repository), "FOCALSERVE_HOST": "127.0.0.1",
-           "FOCALSERVE_PORT": str(port)}
-    env.update({f"FOCALSERVE_{key.upper()}": value for key, value in settings.items()})
-    with open(log_file, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "focalserve_server", "serve", "--log-level", "warning"],
-            env=env, stdout=log, stderr=log,
-        )
+    """The gateway serves on a socket bound here and handed over, never on a port picked and freed:
+    between the two another process (a parallel test lane's gateway) could take it, and readiness
+    would then be answered by the wrong server."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1024)
+        listener.set_inheritable(True)
+        port = listener.getsockname()[1]
+        env = {**os.environ, "FOCALSERVE_MODEL_REPOSITORY": str(repository),
+               "FOCALSERVE_LISTEN_FD": str(listener.fileno())}
+        env.update({f"FOCALSERVE_{key.upper()}": value for key, value in settings.items()})
+        with open(log_file, "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "focalserve_server", "serve", "--log-level", "warning"],
+                env=env, stdout=log, stderr=log, pass_fds=(listener.fileno(),),
+            )
     return f"http://127.0.0.1:{port}", process
 
 

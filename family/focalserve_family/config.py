@@ -24,6 +24,7 @@ from focalserve_family.spec import (
     RepositoryError,
     Role,
     TensorSpec,
+    model_specs,
 )
 
 Backend = Literal["python", "libtorch"]
@@ -38,7 +39,7 @@ BACKEND_PARAMETERS: dict[Backend, dict[str, str]] = {
 }
 ROLE_PARAMETER = "role"
 TOKENIZER_FILE = "tokenizer.json"  # the family's tokenizer, in its text model's directory (`tokenizers` format)
-DTYPES: dict[DType, int] = {"fp32": pb.TYPE_FP32, "int64": pb.TYPE_INT64}
+DTYPES: dict[DType, int] = {"fp32": pb.TYPE_FP32, "int64": pb.TYPE_INT64, "uint8": pb.TYPE_UINT8}
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,13 @@ def _family(name: str, configs: list[pb.ModelConfig]) -> FamilySpec:
     missing = [role for role in metadata.roles if role not in models]
     if missing:
         raise RepositoryError(f"family {name!r} lacks its {', '.join(missing)} model(s)")
+    expected = model_specs(metadata, 1)
+    for role, model in models.items():
+        # a repository exported before a contract change (float32 PIXELS) must be exported again,
+        # not fed tensors its graphs do not take
+        wanted = [(tensor.name, tensor.dtype) for tensor in expected[role].inputs]
+        if [(tensor.name, tensor.dtype) for tensor in model.inputs] != wanted:
+            raise RepositoryError(f"model {model.name}: inputs are not {wanted}; export the family again")
     return FamilySpec(**vars(metadata), models=models)
 
 

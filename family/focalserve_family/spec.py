@@ -19,7 +19,7 @@ CONDITIONINGS: tuple[Conditioning, ...] = get_args(Conditioning)
 Role = Literal["image", "instruction", "text"]
 ROLES: tuple[Role, ...] = get_args(Role)
 
-DType = Literal["fp32", "int64"]
+DType = Literal["fp32", "int64", "uint8"]
 
 
 class RepositoryError(Exception):
@@ -118,7 +118,9 @@ def model_specs(metadata: FamilyMetadata, max_batch_size: int) -> dict[Role, Mod
     A readout family's image model takes each image with any number of conditions (the row's
     CONDITION is (K, C), its EMBEDDING (K, D)): the trunk runs once for all of them.
     """
-    pixels = TensorSpec("PIXELS", (3, metadata.image_size, metadata.image_size))
+    # uint8 RGB as decoded and resized: the image model normalises on its own device, so every
+    # hand-over of pixels (front to engine, gateway to Triton) moves a quarter of float32's bytes
+    pixels = TensorSpec("PIXELS", (3, metadata.image_size, metadata.image_size), "uint8")
     tokens = TensorSpec("TOKENS", (metadata.context_length,), "int64")
     embedding = TensorSpec("EMBEDDING", (metadata.embedding_dim,))
     condition = TensorSpec("CONDITION", (metadata.condition_dim,))

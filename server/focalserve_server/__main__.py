@@ -2,4 +2,5 @@
 
 from focalserve_server.cli import main
 
-main()
+if __name__ == "__main__":  # worker processes start by importing this module under another name
+    main()

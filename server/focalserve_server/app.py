@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -24,6 +25,8 @@ from focalserve_server.images import create_image_decoder
 from focalserve_server.metrics import Metrics
 from focalserve_server.state import Gateway
 
+GAUGE_REFRESH_S = 1.0  # how often the engine process samples its gauges for the fronts' /metrics
+
 
 def create_backend(settings: Settings) -> ModelBackend:
     """The backend `backend` names, its module imported here: a Triton gateway never loads torch."""
@@ -38,7 +41,9 @@ def create_backend(settings: Settings) -> ModelBackend:
                          settings.triton_startup_timeout_s, settings.triton_max_inflight)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, engine_socket: Path | None = None) -> FastAPI:
+    """The gateway. With `engine_socket` it is the engine process behind `--workers N` fronts: it also
+    answers their model calls there and samples its gauges for their `/metrics`."""
     settings = settings or Settings()
     metrics = Metrics()
 
@@ -55,9 +60,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = await asyncio.to_thread(open_store, settings, health)
         collections = collection_service(settings, store, engine)
         await collections.start()
-        app.state.gateway = Gateway(settings, metrics, backend, engine, collections)
+        gateway = app.state.gateway = Gateway(settings, metrics, backend, engine, collections)
         try:
-            yield
+            if engine_socket is None:
+                yield
+            else:
+                async with _serving_fronts(gateway, engine_socket):
+                    yield
         finally:
             await collections.stop()
             await engine.stop()
@@ -71,15 +80,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Conditional image embeddings: an image under an instruction.",
         lifespan=lifespan,
     )
+    for module in (embed, search, collection_routes, models, health, openai_routes):
+        app.include_router(module.router)
+    install_ui(app)
+    install_layers(app, settings, metrics)
+    return app
+
+
+def install_layers(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+    """What every request passes through, in one process or a front: error rendering, the body
+    limit and deadline, CORS, latency metrics, and the last line for unexpected errors."""
     install_error_handlers(app, settings.retry_after_s)
     app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes, timeout_s=settings.request_timeout_s,
                        retry_after_s=settings.retry_after_s)
     if settings.cors_origins:  # off unless origins are named
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["authorization", "content-type"])
-    for module in (embed, search, collection_routes, models, health, openai_routes):
-        app.include_router(module.router)
-    install_ui(app)
 
     def observe_latency(method: str, route: str, status: str, seconds: float) -> None:
         metrics.request_latency.labels(method, route, status).observe(seconds)
@@ -87,4 +103,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RecordLatency, observe=observe_latency)
     app.add_middleware(ContainErrors)  # outermost of ours: whatever escapes the layers inside
 
-    return app
+
+@asynccontextmanager
+async def _serving_fronts(gateway: Gateway, engine_socket: Path) -> AsyncIterator[None]:
+    from focalserve_server.workers.engine_server import EngineServer
+
+    server = EngineServer(gateway.engine, await gateway.backend.model_configs(), engine_socket)
+    await server.start()
+    sampling = asyncio.create_task(_sample_gauges(lambda: health.refresh_gauges(gateway)))
+    try:
+        yield
+    finally:
+        sampling.cancel()
+        await server.stop()
+
+
+async def _sample_gauges(refresh: Callable[[], Awaitable[None]]) -> None:
+    while True:
+        await refresh()
+        await asyncio.sleep(GAUGE_REFRESH_S)

@@ -27,17 +27,25 @@ def add_serve_command(subcommands: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    import uvicorn
-
-    from focalserve_server.app import create_app
-
     overrides = {name: getattr(args, name) for name in Settings.model_fields if getattr(args, name) is not None}
     try:
         settings = Settings(**overrides)
     except ValidationError as error:  # a flag or FOCALSERVE_* variable out of range: say which, no traceback
         sys.exit(f"focalserve serve: {error}")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
+    if settings.workers > 1:
+        from focalserve_server.workers.supervisor import serve_workers
+
+        serve_workers(settings, args.log_level)
+        return
+    import uvicorn
+
+    from focalserve_server.app import create_app
+
+    if settings.listen_fd is not None:
+        uvicorn.run(create_app(settings), fd=settings.listen_fd, log_level=args.log_level)
+    else:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -17,6 +17,24 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Address to bind.")
     port: int = Field(8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
+    listen_fd: int | None = Field(
+        None, ge=0, description="Serve on this inherited listening socket instead of binding host and port "
+                                "(socket activation; launchers that must know the port before the server starts).",
+    )
+    workers: int = Field(
+        1, ge=1, description="Front processes sharing the port; above 1, the models and collections run in one "
+                             "engine process behind them (README: workers).",
+    )
+    pixel_slots: int = Field(
+        256, ge=1, description="Images each front can have in flight to the engine (its shared-memory slots).",
+    )
+    engine_startup_timeout_s: float = Field(
+        600.0, gt=0, description="How long a front waits for the engine process to load its models.",
+    )
+    runtime_dir: Path | None = Field(
+        None, description="Where the processes of --workers N share sockets, pixel regions, metrics files and "
+                          "pid files; default: a new directory under /dev/shm.",
+    )
     model_repository: Path = Field(Path("model_repository"), description="Triton model repository.")
     data_dir: Path = Field(Path("data"), description="Collections, indexes and image blobs.")
     backend: Literal["embedded", "triton"] = Field("embedded", description="Where models run.")

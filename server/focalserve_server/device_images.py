@@ -2,7 +2,7 @@
 
 Selected by `preprocess_device` (a torch device; `pil`, the default, keeps `images.py`'s path).
 On a GPU host the CPU's share of an image is then reading its header: the decode, the
-antialiased bicubic resize, the crop and the normalisation run on the device. JPEGs waiting at
+antialiased bicubic resize and the crop run on the device (the image model normalises). JPEGs waiting at
 the same moment are decoded in one `torchvision.io.decode_jpeg` call. What nvJPEG cannot take
 (other formats, CMYK, an EXIF rotation) is decoded by PIL and resized on the device like the rest.
 Only the `shortest` resize mode (open_clip's default) runs here; other modes use the PIL path.
@@ -48,20 +48,19 @@ def centre_window(pixels: torch.Tensor) -> torch.Tensor:
 
 
 class TensorPreprocessor:
-    """open_clip's `shortest` eval transform on torch tensors: (C, H, W) uint8 -> float32 (3, S, S)."""
+    """open_clip's `shortest` eval transform up to its normalisation, on torch tensors: (C, H, W)
+    uint8 -> uint8 (3, S, S), rounded as PIL's resize rounds (the image model normalises)."""
 
-    def __init__(self, preprocess: ImagePreprocessor, device: torch.device) -> None:
+    def __init__(self, preprocess: ImagePreprocessor) -> None:
         spec = preprocess.spec
         self.size = spec.image_size
         self._interpolation = InterpolationMode(spec.interpolation)
-        self._mean = torch.tensor(spec.image_mean, device=device).view(3, 1, 1)
-        self._std = torch.tensor(spec.image_std, device=device).view(3, 1, 1)
 
     def __call__(self, pixels: torch.Tensor) -> np.ndarray:
         image = centre_window(pixels).float()
         image = F.resize(image, [self.size], interpolation=self._interpolation, antialias=True)
-        image = F.center_crop(image, [self.size, self.size]).clamp(0, 255)
-        return ((image / 255 - self._mean) / self._std).cpu().numpy()
+        image = F.center_crop(image, [self.size, self.size]).clamp(0, 255).round()
+        return image.to(torch.uint8).cpu().numpy()
 
 
 @dataclass
@@ -95,10 +94,10 @@ class DeviceImageDecoder(ImageDecoder):
         return await loop.run_in_executor(self._device_thread, tensor_preprocess, pixels)
 
     def _tensor_preprocessor(self, preprocess: ImagePreprocessor) -> TensorPreprocessor:
-        """One per family, made on its first image (its mean and std tensors live on the device)."""
+        """One per family, made on its first image."""
         family = preprocess.spec.name
         if family not in self._tensor_preprocessors:
-            self._tensor_preprocessors[family] = TensorPreprocessor(preprocess, self.device)
+            self._tensor_preprocessors[family] = TensorPreprocessor(preprocess)
         return self._tensor_preprocessors[family]
 
     def _device_decodable(self, data: bytes) -> bool:

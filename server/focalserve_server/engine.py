@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from focalserve_family import FamilySpec, ModelSpec, Role, families_from_configs
+from focalserve_family.spec import DType
 from focalserve_server.backends.base import ModelBackend
 from focalserve_server.batching import DynamicBatcher
 from focalserve_server.conditions import ConditionCache, instruction_hash, normalise_instruction
@@ -26,6 +27,7 @@ from focalserve_server.images import ImageDecoder, ImagePreprocessor
 from focalserve_server.metrics import Metrics
 from focalserve_server.text_tokens import TextTokenizer
 
+NUMPY_DTYPES: dict[DType, type[np.generic]] = {"fp32": np.float32, "int64": np.int64, "uint8": np.uint8}
 TEXT_SPACE = "text"
 UNCONDITIONAL_SPACE = "none"
 
@@ -72,13 +74,14 @@ class FamilyEngine:
             # condition vector is the image model's input, not an embedding, and stays as it is
             return output if model.role == "instruction" else _unit_rows(output)
 
+        batches_here = self._backend.batches_here
         return DynamicBatcher(
             model.name,
             run,
             max_batch_size=max(1, min(settings.max_batch_size, model.max_batch_size)),
-            max_delay_ms=settings.max_delay_ms,
+            max_delay_ms=settings.max_delay_ms if batches_here else 0.0,
             max_queue_size=settings.max_queue_size,
-            on_batch=metrics.batch_size.labels(model.name).observe,
+            on_batch=metrics.batch_size.labels(model.name).observe if batches_here else None,
             max_inflight=self._backend.max_inflight,
             on_reject=metrics.rejected.labels(model.name).inc,
         )
@@ -137,7 +140,7 @@ class FamilyEngine:
         return list(await asyncio.gather(*(await_at((field, i), self.embed(item)) for i, item in enumerate(items))))
 
     async def prepare(self, image: bytes) -> np.ndarray:
-        """Encoded bytes -> the model's float32 (3, S, S) input, decoded off the event loop."""
+        """Encoded bytes -> the model's uint8 (3, S, S) input, decoded off the event loop."""
         return await self._images.prepare(self._preprocess, image)
 
     async def embed_pixels(self, pixels: np.ndarray, condition: str | None) -> np.ndarray:
@@ -185,7 +188,7 @@ class FamilyEngine:
             started = time.perf_counter()
             for size in sorted({1} if on_this_cpu else {1, self.batchers[role].max_batch_size}):
                 zeros = {tensor.name: np.zeros((size, *(max(dim, 1) for dim in tensor.dims)),
-                                               np.float32 if tensor.dtype == "fp32" else np.int64)
+                                               NUMPY_DTYPES[tensor.dtype])
                          for tensor in model.inputs}
                 for _ in range(2):
                     await self._backend.infer(model.name, zeros)

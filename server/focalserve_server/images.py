@@ -92,7 +92,8 @@ def centre_crop_box(width: int, height: int, size: int) -> tuple[float, float, f
 
 
 class ImagePreprocessor:
-    """open_clip's eval transform for one family, producing float32 (3, S, S) arrays in bounded memory.
+    """open_clip's eval transform for one family up to its normalisation, producing uint8 (3, S, S)
+    arrays in bounded memory; the image model normalises them itself (on its own device).
 
     `shortest` (open_clip's default) resizes the short side to S and crops the centre: for a
     1 x 4000 image that intermediate is S x 896000 pixels, so only the part the crop keeps is
@@ -107,8 +108,6 @@ class ImagePreprocessor:
         self.size = spec.image_size
         self._mode = spec.resize_mode
         self._resample = Image.Resampling[spec.interpolation.upper()]
-        self._mean = np.asarray(spec.image_mean, dtype=np.float32)
-        self._std = np.asarray(spec.image_std, dtype=np.float32)
 
     def decode_size(self, width: int, height: int) -> tuple[int, int]:
         """The least decoded size that keeps the output equal to a full decode's: twice the model's
@@ -118,8 +117,7 @@ class ImagePreprocessor:
         return math.ceil(width * factor), math.ceil(height * factor)
 
     def __call__(self, image: Image.Image) -> np.ndarray:
-        pixels = np.asarray(self._resized(image), dtype=np.float32)
-        return ((pixels / 255.0 - self._mean) / self._std).transpose(2, 0, 1)
+        return np.ascontiguousarray(np.asarray(self._resized(image), dtype=np.uint8).transpose(2, 0, 1))
 
     def _resized(self, image: Image.Image) -> Image.Image:
         size = self.size
@@ -143,7 +141,7 @@ class ImageDecoder:
         self._max_pixels = max_pixels
 
     async def prepare(self, preprocess: ImagePreprocessor, data: bytes) -> np.ndarray:
-        """Encoded bytes -> the model's float32 (3, S, S) input, or a 4xx error."""
+        """Encoded bytes -> the model's uint8 (3, S, S) input, or a 4xx error."""
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._prepare, preprocess, data)
 
     def _prepare(self, preprocess: ImagePreprocessor, data: bytes) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""What the app holds while it runs: settings, backend, engine, metrics, collections."""
+"""What the app holds while it runs: settings, backend, engine, metrics and, where they live, collections."""
 
 from __future__ import annotations
 
@@ -12,12 +12,20 @@ from focalserve_server.metrics import Metrics
 
 
 @dataclass
-class Gateway:
+class EmbedGateway:
+    """What the embed routes need: a front process holds only this."""
+
     settings: Settings
     metrics: Metrics
     backend: ModelBackend
     engine: Engine
-    collections: CollectionService
 
     def __post_init__(self) -> None:
         self.api_keys = self.settings.api_key_list()  # parsed once, not per request
+
+
+@dataclass
+class Gateway(EmbedGateway):
+    """The whole gateway: one process, or the engine process behind the fronts."""
+
+    collections: CollectionService

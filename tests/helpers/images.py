@@ -42,3 +42,10 @@ def encoded(image: Image.Image, fmt: str, **options) -> bytes:
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def normalised(pixels: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """What an exported image model does first to the gateway's uint8 (3, S, S) pixels: open_clip's
+    normalisation, for comparing them with open_clip's transform."""
+    shape = (3, 1, 1)
+    return (pixels / 255.0 - np.reshape(mean, shape)) / np.reshape(std, shape)

@@ -21,7 +21,7 @@ from focalserve_family import FamilyMetadata
 from focalserve_server.config import Settings
 from focalserve_server.device_images import TensorPreprocessor, centre_window
 from focalserve_server.images import ImagePreprocessor, decode_image
-from tests.helpers.images import b64, cosine, encoded, photo_like
+from tests.helpers.images import b64, cosine, encoded, normalised, photo_like
 from tests.helpers.inprocess import InProcessGateway, gateway_settings
 
 INSTRUCTION = "what colour is the shape?"
@@ -84,7 +84,10 @@ def test_torch_preprocessing_on_the_cpu_gives_the_pil_paths_pixels(name):
     image = decode_image(CORPUS[name], 1 << 26, 1 << 26)
     pil = ImagePreprocessor(SPEC_224)
     tensor = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
-    assert cosine(TensorPreprocessor(pil, torch.device("cpu"))(tensor), pil(image)) >= 0.999
+    device_pixels, pil_pixels = TensorPreprocessor(pil)(tensor), pil(image)
+    assert device_pixels.dtype == np.uint8
+    mean, std = SPEC_224.image_mean, SPEC_224.image_std
+    assert cosine(normalised(device_pixels, mean, std), normalised(pil_pixels, mean, std)) >= 0.999
 
 
 def test_the_torch_path_embeds_like_the_pil_path_and_isolates_a_corrupt_jpeg(gateway, model_repository: Path,

@@ -46,29 +46,48 @@ from focalserve_training.tokenizer_export import write_tokenizer
 PYTHON_BACKEND_MODEL = Path(__file__).resolve().parent / "templates" / "model.py"
 
 
+class PixelNormalisation(nn.Module):
+    """uint8 RGB (N, 3, S, S) -> the float input the tower was trained on, inside the graph: the
+    division runs on the model's own device and every wire carries a quarter of float32's bytes."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(std).view(1, 3, 1, 1)))
+        self.register_buffer("shift", torch.tensor(mean).view(1, 3, 1, 1) / torch.tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return pixels.float() * self.scale - self.shift
+
+
 class ImageEncoder(nn.Module):
     """PIXELS -> L2-normalised EMBEDDING (plain CLIP): the image tower alone."""
 
-    def __init__(self, clip: BaseCLIP) -> None:
+    def __init__(self, clip: BaseCLIP, normalise: PixelNormalisation) -> None:
         super().__init__()
+        self.normalise = normalise
         self.visual = clip.visual
 
     def forward(self, PIXELS: torch.Tensor) -> torch.Tensor:  # noqa: N803 (Triton tensor name)
-        return F.normalize(self.visual(PIXELS), dim=-1)
+        return F.normalize(self.visual(self.normalise(PIXELS)), dim=-1)
 
 
 class ConditionalImageEncoder(nn.Module):
     """(PIXELS, CONDITION) -> L2-normalised conditional EMBEDDING (FocalLens): the image tower and
     the condition token alone, with the gated attention in its fused form."""
 
-    def __init__(self, model: FocalLensCLIP, attention: Attention = fused_gated_attention) -> None:
+    def __init__(
+        self, model: FocalLensCLIP, normalise: PixelNormalisation, attention: Attention = fused_gated_attention
+    ) -> None:
         super().__init__()
+        self.normalise = normalise
         self.visual = model.clip.visual
         self.condition_token = model.condition_token
         self.attention = attention  # the benchmark traces the hand-written form too
 
     def forward(self, PIXELS: torch.Tensor, CONDITION: torch.Tensor) -> torch.Tensor:  # noqa: N803
-        features = conditional_image_features(self.visual, self.condition_token, PIXELS, CONDITION, self.attention)
+        features = conditional_image_features(
+            self.visual, self.condition_token, self.normalise(PIXELS), CONDITION, self.attention
+        )
         return F.normalize(features, dim=-1)
 
 
@@ -76,8 +95,9 @@ class ReadoutImageEncoder(nn.Module):
     """(PIXELS (N, 3, S, S), CONDITION (N, K, C)) -> L2-normalised EMBEDDING (N, K, D) (FocalLens, readout):
     each image's trunk runs once for its K conditions; the image tower and the condition token alone."""
 
-    def __init__(self, model: FocalLensCLIP) -> None:
+    def __init__(self, model: FocalLensCLIP, normalise: PixelNormalisation) -> None:
         super().__init__()
+        self.normalise = normalise
         self.visual = model.clip.visual
         self.condition_token = model.condition_token
 
@@ -85,7 +105,8 @@ class ReadoutImageEncoder(nn.Module):
         images, per_image = CONDITION.shape[0], CONDITION.shape[1]
         image_index = torch.arange(images, device=PIXELS.device).repeat_interleave(per_image)
         _, features = readout_image_features(
-            self.visual, self.condition_token, PIXELS, CONDITION.reshape(images * per_image, -1), image_index
+            self.visual, self.condition_token, self.normalise(PIXELS), CONDITION.reshape(images * per_image, -1),
+            image_index,
         )
         return F.normalize(features, dim=-1).reshape(images, per_image, -1)
 
@@ -136,15 +157,14 @@ def family_metadata(model: FamilyModel, family: FamilyKind, name: str, model_nam
     )
 
 
-def role_modules(model: FamilyModel) -> dict[Role, nn.Module]:
+def role_modules(model: FamilyModel, metadata: FamilyMetadata) -> dict[Role, nn.Module]:
     """The module each Triton model of the family runs (tensor names as in `model_specs`)."""
+    normalise = PixelNormalisation(metadata.image_mean, metadata.image_std)
     if isinstance(model, FocalLensCLIP):
-        return {
-            "image": ReadoutImageEncoder(model) if model.conditioning == "readout" else ConditionalImageEncoder(model),
-            "instruction": InstructionEncoder(model),
-            "text": TextEncoder(model),
-        }
-    return {"image": ImageEncoder(model), "text": TextEncoder(model)}
+        image: nn.Module = (ReadoutImageEncoder(model, normalise) if model.conditioning == "readout"
+                            else ConditionalImageEncoder(model, normalise))
+        return {"image": image, "instruction": InstructionEncoder(model), "text": TextEncoder(model)}
+    return {"image": ImageEncoder(model, normalise), "text": TextEncoder(model)}
 
 
 TRACED_VARIABLE_DIM = 3  # a -1 dimension (a readout row's conditions) is traced at this size
@@ -157,6 +177,8 @@ def example_inputs(specs: tuple[TensorSpec, ...], batch: int = 2) -> tuple[torch
         shape = (batch, *(TRACED_VARIABLE_DIM if dim == -1 else dim for dim in spec.dims))
         if spec.dtype == "int64":
             examples.append(torch.randint(1, 1000, shape, generator=generator))
+        elif spec.dtype == "uint8":
+            examples.append(torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8))
         else:
             examples.append(torch.randn(shape, generator=generator))
     return tuple(examples)
@@ -183,7 +205,7 @@ def export_family(
     batching = batching or default_batching(backend)
     model = model.eval()
     metadata = family_metadata(model, family, name, model_name)
-    modules = role_modules(model)
+    modules = role_modules(model, metadata)
     specs = model_specs(metadata, batching.max_batch_size)
     directories = [_write_model(spec, modules[role], metadata, repository, backend, batching)
                    for role, spec in specs.items()]

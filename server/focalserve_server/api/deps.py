@@ -8,14 +8,21 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from focalserve_server.errors import Unauthorized
-from focalserve_server.state import Gateway
+from focalserve_server.state import EmbedGateway, Gateway
+
+
+async def get_embed_gateway(request: Request) -> EmbedGateway:
+    """Async on purpose: FastAPI runs a plain `def` dependency in a worker thread, a thread hop per request."""
+    gateway: EmbedGateway = request.app.state.gateway
+    return gateway
 
 
 async def get_gateway(request: Request) -> Gateway:
-    """Async on purpose: FastAPI runs a plain `def` dependency in a worker thread, a thread hop per request."""
-    return request.app.state.gateway
+    gateway: Gateway = request.app.state.gateway
+    return gateway
 
 
+EmbedGatewayDep = Annotated[EmbedGateway, Depends(get_embed_gateway)]
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
 
@@ -29,13 +36,13 @@ def _check_key(request: Request, keys: list[str]) -> None:
         raise Unauthorized("the API key is not valid")
 
 
-async def require_write_key(request: Request, gateway: GatewayDep) -> None:
+async def require_write_key(request: Request, gateway: EmbedGatewayDep) -> None:
     """Writes (collections, items, conditions) need a key whenever keys are configured."""
     if keys := gateway.api_keys:
         _check_key(request, keys)
 
 
-async def require_read_key(request: Request, gateway: GatewayDep) -> None:
+async def require_read_key(request: Request, gateway: EmbedGatewayDep) -> None:
     """Reads need a key only with `auth_all`."""
     if (keys := gateway.api_keys) and gateway.settings.auth_all:
         _check_key(request, keys)

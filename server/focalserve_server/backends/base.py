@@ -11,6 +11,9 @@ from tritonclient.grpc import model_config_pb2 as pb
 class ModelBackend(ABC):
     name: str
     max_inflight: int = 1  # batches one model may have running at once
+    # False where another process gathers the model's batches (the engine behind a front): this
+    # process's batchers then pass on what is queued at once, with no window, and report no sizes
+    batches_here: bool = True
 
     @abstractmethod
     async def start(self) -> None:

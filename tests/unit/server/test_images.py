@@ -16,7 +16,7 @@ from PIL import Image
 from focalserve_family import FamilyMetadata
 from focalserve_server.errors import ImageTooLarge, InvalidImage
 from focalserve_server.images import ImagePreprocessor, decode_image
-from tests.helpers.images import cosine, encoded, photo_like
+from tests.helpers.images import cosine, encoded, normalised, photo_like
 
 MAX_BYTES = 1 << 20
 MAX_PIXELS = 10_000_000
@@ -233,24 +233,22 @@ def spec() -> FamilyMetadata:
 def test_preprocessor_output_shape_and_dtype(spec, size):
     pixels = ImagePreprocessor(spec)(noise(*size))
     assert pixels.shape == (3, 32, 32)
-    assert pixels.dtype == np.float32
-    assert np.isfinite(pixels).all()
+    assert pixels.dtype == np.uint8  # the image model normalises, on its own device
+    assert pixels.flags.c_contiguous
 
 
-def test_preprocessor_normalises_with_the_family_mean_and_std(spec):
+def test_preprocessor_keeps_colours_as_channel_first_uint8(spec):
     colour = (200, 100, 50)
     pixels = ImagePreprocessor(spec)(Image.new("RGB", (48, 40), colour))
-    mean, std = np.array(OPENAI_DATASET_MEAN), np.array(OPENAI_DATASET_STD)
-    expected = (np.array(colour) / 255 - mean) / std
     for channel in range(3):
-        np.testing.assert_allclose(pixels[channel], expected[channel], atol=1e-2)
+        assert (pixels[channel] == colour[channel]).all()
 
 
 def test_preprocessor_accepts_decoded_uploads(spec):
     decoded = decode(encoded(Image.new("RGBA", (40, 30), (10, 20, 30, 128)), "PNG"))
     pixels = ImagePreprocessor(spec)(decoded)
     assert pixels.shape == (3, 32, 32)
-    assert pixels.dtype == np.float32
+    assert pixels.dtype == np.uint8
 
 
 # --- bounded memory whatever the aspect ratio, and the JPEG fast path ---------------------
@@ -271,7 +269,8 @@ def test_preprocessing_equals_open_clips_transform_of_the_full_decode(real_size_
     reference = image_transform(spec.image_size, is_train=False, mean=spec.image_mean, std=spec.image_std,
                                 resize_mode="shortest", interpolation="bicubic")(decode(data, 1 << 30)).numpy()
     preprocess = ImagePreprocessor(spec)
-    served = preprocess(decode_image(data, 1 << 30, MAX_PIXELS, preprocess.decode_size))
+    served = normalised(preprocess(decode_image(data, 1 << 30, MAX_PIXELS, preprocess.decode_size)),
+                        spec.image_mean, spec.image_std)
     assert served.shape == reference.shape
     assert cosine(served, reference) >= 0.999
     if fmt == "PNG":  # no reduced decode: only the resampling's rounding differs
@@ -306,16 +305,18 @@ def test_extreme_aspect_ratios_are_served_like_open_clip_serves_their_centre(rea
     spec = real_size_spec
     reference = image_transform(spec.image_size, is_train=False, mean=spec.image_mean, std=spec.image_std,
                                 resize_mode="shortest", interpolation="bicubic")(centre).numpy()
-    assert cosine(ImagePreprocessor(spec)(strip), reference) >= 0.999
+    assert cosine(normalised(ImagePreprocessor(spec)(strip), spec.image_mean, spec.image_std), reference) >= 0.999
 
 
 @pytest.mark.parametrize("mode", ["longest", "squash"])
 @pytest.mark.parametrize("size", [(640, 480), (480, 640), (224, 224), (100, 80), (33, 700), (1, 1)])
 def test_the_other_resize_modes_equal_open_clips_transform(real_size_spec, mode, size):
     """`longest` (resize the long side, pad with black around the centred image) and `squash`,
-    written with PIL and numpy so serving imports no open_clip: open_clip's pixels to float32 rounding."""
+    written with PIL and numpy so serving imports no open_clip: open_clip's pixels, once normalised as the
+    image model does, to float32 rounding."""
     spec = dataclasses.replace(real_size_spec, resize_mode=mode)
     image = photo_like(*size)
     reference = image_transform(spec.image_size, is_train=False, mean=spec.image_mean, std=spec.image_std,
                                 resize_mode=mode, interpolation="bicubic")(image).numpy()
-    np.testing.assert_allclose(ImagePreprocessor(spec)(image), reference, atol=1e-5)
+    served = normalised(ImagePreprocessor(spec)(image), spec.image_mean, spec.image_std)
+    np.testing.assert_allclose(served, reference, atol=1e-5)

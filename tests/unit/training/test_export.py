@@ -21,7 +21,7 @@ def test_exported_models_equal_eager_outputs(model_repository, focallens_model, 
     model = focallens_model if family == "focallens" else clip_model
     name = "tiny" if family == "focallens" else "tinyclip"
     metadata = family_metadata(model, "focallens" if family == "focallens" else "clip", name, TINY)
-    modules = role_modules(model)
+    modules = role_modules(model, metadata)
     for role, spec in model_specs(metadata, max_batch_size=64).items():
         script = torch.jit.load(str(model_repository / spec.name / "1" / "model.pt"))
         inputs = example_inputs(spec.inputs, batch)
@@ -81,10 +81,13 @@ def test_the_fused_image_model_equals_the_hand_written_gated_attention(tmp_path:
         model.condition_token.gates.copy_(torch.linspace(0.0, 2.5, len(model.condition_token.gates)))
     export_family(model, "focallens", TINY, "fused", tmp_path)
     script = torch.jit.load(str(tmp_path / "fused_image" / "1" / "model.pt"))
-    spec = model_specs(family_metadata(model, "focallens", "fused", TINY), max_batch_size=8)["image"]
-    pixels, condition = example_inputs(spec.inputs, batch=5)
+    metadata = family_metadata(model, "focallens", "fused", TINY)
+    pixels, condition = example_inputs(model_specs(metadata, max_batch_size=8)["image"].inputs, batch=5)
+    assert pixels.dtype == torch.uint8  # the graph takes decoded pixels and normalises them itself
+    mean, std = (torch.tensor(values).view(1, 3, 1, 1) for values in (metadata.image_mean, metadata.image_std))
     with torch.no_grad():
-        torch.testing.assert_close(script(pixels, condition), model.encode_image(pixels, condition), atol=1e-5, rtol=0)
+        expected = model.encode_image((pixels / 255 - mean) / std, condition)
+        torch.testing.assert_close(script(pixels, condition), expected, atol=1e-5, rtol=0)
     assert "scaled_dot_product_attention" in script.inlined_graph.str()
 
 
@@ -93,9 +96,9 @@ def test_each_role_file_holds_only_the_weights_that_role_runs(model_repository):
         return set(torch.jit.load(str(model_repository / model / "1" / "model.pt")).state_dict())
 
     image, instruction, text = (parameter_names(f"tiny_{role}") for role in ("image", "instruction", "text"))
-    assert all(name.startswith(("visual.", "condition_token.")) for name in image)
+    assert all(name.startswith(("visual.", "condition_token.", "normalise.")) for name in image)
     assert any(name.startswith("condition_token.") for name in image)
     assert all(name.startswith("instruction_tower.") for name in instruction)
     assert not any(name.startswith(("visual.", "instruction_tower.", "condition_token.", "logit_")) for name in text)
-    assert all(name.startswith("visual.") for name in parameter_names("tinyclip_image"))
+    assert all(name.startswith(("visual.", "normalise.")) for name in parameter_names("tinyclip_image"))
     assert not any(name.startswith(("visual.", "logit_")) for name in parameter_names("tinyclip_text"))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from focalserve_family import families_from_configs, parse_pbtxt, read_repository
+from tests.helpers.images import normalised
 
 
 def test_the_family_reads_back_as_readout_with_a_variable_condition_count(readout_repository, readout_model):
@@ -25,12 +27,13 @@ def test_the_exported_image_model_equals_eager_for_every_image_and_condition(
 ):
     script = torch.jit.load(str(readout_repository / "tinyreadout_image" / "1" / "model.pt"))
     generator = torch.Generator().manual_seed(images * 10 + per_image)
-    pixels = torch.randn(images, 3, 32, 32, generator=generator)
+    pixels = torch.randint(0, 256, (images, 3, 32, 32), generator=generator, dtype=torch.uint8)
     conditions = torch.randn(images, per_image, readout_model.condition_dim, generator=generator)
+    floats = torch.from_numpy(normalised(pixels.numpy(), OPENAI_DATASET_MEAN, OPENAI_DATASET_STD)).float()
     with torch.no_grad():
         exported = script(pixels, conditions)
         eager = torch.stack([
-            readout_model.encode_image(pixels[i : i + 1].expand(per_image, -1, -1, -1), conditions[i])
+            readout_model.encode_image(floats[i : i + 1].expand(per_image, -1, -1, -1), conditions[i])
             for i in range(images)
         ])
     assert exported.shape == (images, per_image, eager.shape[-1])

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from focalserve_client.schemas import EmbedRequest, EmbedResponse, ErrorResponse
-from focalserve_server.api.deps import GatewayDep, ReadAccess
+from focalserve_server.api.deps import EmbedGatewayDep, ReadAccess
 from focalserve_server.api.payloads import b64decode
 from focalserve_server.api.responses import FastJSONResponse
 from focalserve_server.engine import EmbedInput, Engine
@@ -43,7 +43,7 @@ MULTIPART_SCHEMA = {
         }
     },
 )
-async def embed(request: Request, gateway: GatewayDep) -> FastJSONResponse:
+async def embed(request: Request, gateway: EmbedGatewayDep) -> FastJSONResponse:
     """Embed images (under an instruction, for FocalLens families) and texts."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         model, items = await _parse_multipart(request, gateway.engine)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from focalserve_client.schemas import HealthResponse
 from focalserve_server.api.deps import GatewayDep, ReadAccess
 from focalserve_server.api.responses import FastJSONResponse
 from focalserve_server.collections.health import PARTS
+from focalserve_server.state import Gateway
 
 router = APIRouter(tags=["health"])
 
@@ -55,10 +56,15 @@ async def readyz(gateway: GatewayDep) -> FastJSONResponse:
 @router.get("/metrics", response_class=Response, dependencies=[ReadAccess])
 async def metrics(gateway: GatewayDep) -> Response:
     """Prometheus exposition of the gateway's metrics."""
+    await refresh_gauges(gateway)
+    return Response(gateway.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def refresh_gauges(gateway: Gateway) -> None:
+    """Set the gauges that sample state (queue depths, failing parts) to what it is now."""
     for family in gateway.engine.families.values():
         for batcher in family.batchers.values():
             gateway.metrics.queue_depth.labels(batcher.name).set(batcher.queue_depth)
     failing = await gateway.collections.failing(probe=False)
     for part in PARTS:
         gateway.metrics.store_failing.labels(part).set(1 if part in failing else 0)
-    return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -15,7 +15,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from focalserve_client.schemas import ErrorResponse
-from focalserve_server.api.deps import GatewayDep, ReadAccess
+from focalserve_server.api.deps import EmbedGatewayDep, ReadAccess
 from focalserve_server.api.payloads import b64decode
 from focalserve_server.api.responses import FastJSONResponse
 from focalserve_server.engine import EmbedInput
@@ -108,7 +108,7 @@ class OpenAIEmbeddingResponse(_Strict):
 
 
 @router.post("/embeddings", response_model=OpenAIEmbeddingResponse, responses=ERRORS)
-async def create_embeddings(body: OpenAIEmbeddingRequest, gateway: GatewayDep) -> FastJSONResponse:
+async def create_embeddings(body: OpenAIEmbeddingRequest, gateway: EmbedGatewayDep) -> FastJSONResponse:
     """OpenAI-compatible embeddings of texts (`input`) or of an image under an instruction."""
     family = gateway.engine.family(body.model)
     if body.dimensions is not None and body.dimensions != family.spec.embedding_dim:

@@ -1,0 +1,5 @@
+"""`focalserve serve --workers N`: N front processes on one port in front of one engine process.
+
+`supervisor` starts and restarts them; `front` is a front's app, `engine_client` and `proxy` how it
+reaches the engine; `engine_server` is the engine's side; `wire` what both sides share.
+"""

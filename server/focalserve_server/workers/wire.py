@@ -1,0 +1,160 @@
+"""The wire between the front processes and the engine process: framing, arrays, errors, pixel slots.
+
+One Unix stream socket per front. A message is a 4-byte big-endian length and a msgpack map.
+Small arrays (tokens, conditions, embeddings) travel inline as raw bytes with dtype and shape;
+images never do: a front writes each image's uint8 pixels into a slot of its own shared-memory
+region (pre-allocated at start) and sends the slot numbers, and the engine reads them in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mmap
+import os
+import struct
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from focalserve_server.errors import FocalServeError
+
+_LENGTH = struct.Struct(">I")
+MAX_MESSAGE_BYTES = 1 << 30  # a corrupt length must not become an allocation of gigabytes
+
+Message = dict[str, Any]
+
+
+def encode(message: Message) -> bytes:
+    body = msgpack.packb(message, use_bin_type=True)
+    return _LENGTH.pack(len(body)) + body
+
+
+async def read_message(reader: asyncio.StreamReader) -> Message:
+    """The next message; `asyncio.IncompleteReadError` when the other side has gone."""
+    (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
+    if length > MAX_MESSAGE_BYTES:
+        raise ConnectionError(f"a message of {length} bytes: the stream is corrupt")
+    message: Message = msgpack.unpackb(await reader.readexactly(length), raw=False)
+    return message
+
+
+def pack_array(array: np.ndarray) -> Message:
+    array = np.ascontiguousarray(array)
+    return {"dtype": array.dtype.str, "shape": list(array.shape), "data": array.tobytes()}
+
+
+def unpack_array(packed: Message) -> np.ndarray:
+    return np.frombuffer(packed["data"], dtype=np.dtype(packed["dtype"])).reshape(packed["shape"])
+
+
+def pack_error(error: BaseException) -> Message:
+    if isinstance(error, FocalServeError):
+        return {"code": error.code, "message": error.message}
+    return {"code": "internal_error", "message": f"{type(error).__name__}: {error}"}
+
+
+def unpack_error(packed: Message) -> Exception:
+    """The engine's error as the same domain error here (a 503 stays a 503 with its code); anything
+    else as a plain exception, which the batcher isolates to the item that caused it."""
+    kind = _ERROR_CLASSES.get(packed["code"])
+    return kind(packed["message"]) if kind is not None else RuntimeError(packed["message"])
+
+
+def _error_classes(root: type[FocalServeError]) -> dict[str, type[FocalServeError]]:
+    classes: dict[str, type[FocalServeError]] = {}
+    for kind in root.__subclasses__():
+        classes[kind.code] = kind
+        classes.update(_error_classes(kind))
+    return classes
+
+
+_ERROR_CLASSES = _error_classes(FocalServeError)
+
+
+class PixelSlots:
+    """A region of fixed-size slots in shared memory (a file on a tmpfs, mapped by both sides).
+
+    The front that creates it owns its slots: it takes free ones for a call's images and gives
+    them back when the engine has answered, so no lock is shared between processes. The engine
+    maps the same file and reads each image in place.
+    """
+
+    def __init__(self, path: Path, slot_bytes: int, count: int, create: bool) -> None:
+        self.path, self.slot_bytes, self.count = path, slot_bytes, count
+        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
+        descriptor = os.open(path, flags, 0o600)
+        try:
+            if create:
+                os.ftruncate(descriptor, slot_bytes * count)
+            self._map = mmap.mmap(descriptor, slot_bytes * count)
+        finally:
+            os.close(descriptor)
+        self._bytes = np.frombuffer(self._map, dtype=np.uint8)
+        self._owner = create
+        self._free: deque[int] = deque(range(count))
+        self._freed = asyncio.Event()
+
+    async def take(self, count: int) -> list[int]:
+        """`count` free slots, waiting while other calls hold them (bounded by the request's deadline)."""
+        if count > self.count:
+            raise ValueError(f"{count} images in one call; the region holds {self.count}")
+        while len(self._free) < count:
+            self._freed.clear()
+            await self._freed.wait()
+        return [self._free.popleft() for _ in range(count)]
+
+    def give_back(self, slots: Iterable[int]) -> None:
+        self._free.extend(slots)
+        self._freed.set()
+
+    def write(self, slots: list[int], images: np.ndarray) -> None:
+        """Rows of a uint8 batch, one per slot."""
+        size = images[0].nbytes
+        for slot, image in zip(slots, images, strict=True):
+            start = slot * self.slot_bytes
+            self._bytes[start : start + size] = image.reshape(-1)
+
+    def read(self, slot: int, shape: tuple[int, ...]) -> np.ndarray:
+        """The image in `slot`, in place (valid until the front takes the slot again)."""
+        start = slot * self.slot_bytes
+        return self._bytes[start : start + int(np.prod(shape))].reshape(shape)
+
+    def close(self) -> None:
+        if self._owner:
+            self.path.unlink(missing_ok=True)
+        del self._bytes
+        try:
+            self._map.close()
+        except BufferError:  # an image read in place is still queued: the map goes with its last view
+            pass
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The directory the processes of one `--workers N` gateway share (on a tmpfs where there is one):
+    the engine's sockets, the fronts' pixel regions, the metrics files and each process's pid."""
+
+    directory: Path
+
+    @property
+    def engine_socket(self) -> Path:
+        return self.directory / "engine.sock"  # model calls from the fronts
+
+    @property
+    def http_socket(self) -> Path:
+        return self.directory / "http.sock"  # the engine's HTTP API, where fronts forward collection routes
+
+    @property
+    def metrics(self) -> Path:
+        return self.directory / "metrics"
+
+    def pixels(self, pid: int) -> Path:
+        return self.directory / f"pixels-{pid}"
+
+    def pid_file(self, role: str) -> Path:
+        return self.directory / f"{role}.pid"
