@@ -8,6 +8,7 @@ background thread and waits for the result (as infinity-emb's sync engine does).
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import time
 import weakref
@@ -585,7 +586,14 @@ def _embeddings(response: httpx.Response, expected: int) -> Embeddings:
     data = sorted(response.json()["data"], key=lambda entry: entry["index"])
     if len(data) != expected:
         raise FocalServeError(f"the server returned {len(data)} embeddings for {expected} inputs")
-    return np.asarray([entry["embedding"] for entry in data], dtype=np.float32)
+    return np.asarray([_vector(entry["embedding"]) for entry in data], dtype=np.float32)
+
+
+def _vector(embedding: list[float] | str) -> NDArray[np.float32]:
+    """An embedding as numbers, or as base64 of little-endian float32 (`encoding_format`)."""
+    if isinstance(embedding, str):
+        return np.frombuffer(base64.b64decode(embedding), dtype="<f4").astype(np.float32)
+    return np.asarray(embedding, dtype=np.float32)
 
 
 def _rebased(error: FocalServeError, offset: int) -> FocalServeError:

@@ -58,14 +58,22 @@ class EmbedInput(_Request):
         return len(self.instructions) if self.instructions is not None else 1
 
 
+EncodingFormat = Literal["float", "base64"]
+
+
 class EmbedRequest(_Request):
     model: str | None = Field(default=None, description="Model family; optional when one is loaded.")
     inputs: list[EmbedInput] = Field(min_length=1)
+    encoding_format: EncodingFormat = Field(
+        default="float",
+        description="float: each embedding a list of numbers; base64: the little-endian float32 bytes of each, "
+        "base64-encoded (as OpenAI's API sends them): a quarter of the text, and no float formatting or parsing.",
+    )
 
 
 class Embedding(_Response):
     index: int
-    embedding: list[float]
+    embedding: list[float] | str = Field(description="Numbers, or base64 of little-endian float32 (`encoding_format`).")
     instruction: str | None = Field(description="The instruction as normalised by the server.")
     space: str = Field(
         description="family:checkpoint-hash:instruction-hash; only vectors of one space are comparable "

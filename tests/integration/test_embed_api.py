@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 
 import httpx
@@ -89,6 +90,20 @@ def test_multipart_upload_equals_json(gateway):
     response = gateway.post("/embed", data={"instruction": instruction, "model": "tiny"}, files=files)
     np.testing.assert_allclose(vectors(response), vectors(embed(gateway, [
         {"image": b64(RED), "instruction": instruction}])), atol=1e-6)
+
+
+def test_base64_encoding_carries_the_same_float32_vectors(gateway):
+    inputs = [{"image": b64(RED), "instruction": "which shape is this?"}, {"text": "a red circle"}]
+    as_floats = vectors(embed(gateway, inputs))
+    packed = gateway.post("/embed", json={"model": "tiny", "inputs": inputs, "encoding_format": "base64"})
+    decoded = [np.frombuffer(base64.b64decode(entry["embedding"]), dtype="<f4") for entry in packed.json()["data"]]
+    np.testing.assert_array_equal(decoded, as_floats.astype(np.float32))
+    files = {"image": ("red.png", RED, "image/png")}
+    form = {"instruction": "which shape is this?", "model": "tiny", "encoding_format": "base64"}
+    multipart = gateway.post("/embed", data=form, files=files).json()["data"][0]["embedding"]
+    assert np.frombuffer(base64.b64decode(multipart), dtype="<f4").tolist() == decoded[0].tolist()
+    refused = gateway.post("/embed", data={**form, "encoding_format": "hex"}, files=files)
+    assert refused.status_code == 422 and refused.json()["error"]["loc"] == ["encoding_format"]
 
 
 def test_plain_clip_family_embeds_without_instruction(gateway):

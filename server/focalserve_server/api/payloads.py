@@ -1,9 +1,12 @@
-"""Decoding what clients send: base64 images (plain or data URLs), and naming image types."""
+"""Decoding what clients send (base64 images, plain or data URLs), naming image types, and
+encoding the embeddings answered."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+
+import numpy as np
 
 from focalserve_server.errors import InvalidImage
 
@@ -32,3 +35,11 @@ def sniff_image_type(data: bytes) -> str:
         if data.startswith(signature):
             return media_type
     return "application/octet-stream"
+
+
+def encoded_vector(vector: np.ndarray, encoding_format: str) -> np.ndarray | str:
+    """An embedding as the client asked: the array (orjson writes its numbers), or base64 of its
+    little-endian float32 bytes."""
+    if encoding_format == "base64":
+        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+    return vector

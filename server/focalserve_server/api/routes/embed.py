@@ -8,9 +8,9 @@ from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from focalserve_client.schemas import EmbedRequest, EmbedResponse, ErrorResponse
+from focalserve_client.schemas import EmbedRequest, EmbedResponse, EncodingFormat, ErrorResponse
 from focalserve_server.api.deps import EmbedGatewayDep, ReadAccess
-from focalserve_server.api.payloads import b64decode
+from focalserve_server.api.payloads import b64decode, encoded_vector
 from focalserve_server.api.responses import FastJSONResponse
 from focalserve_server.engine import EmbedInput, Engine
 from focalserve_server.errors import InvalidRequest, check_at
@@ -25,6 +25,7 @@ MULTIPART_SCHEMA = {
         "image": {"type": "string", "format": "binary"},
         "instruction": {"type": "string"},
         "model": {"type": "string"},
+        "encoding_format": {"type": "string", "enum": ["float", "base64"]},
     },
 }
 
@@ -46,19 +47,20 @@ MULTIPART_SCHEMA = {
 async def embed(request: Request, gateway: EmbedGatewayDep) -> FastJSONResponse:
     """Embed images (under an instruction, for FocalLens families) and texts."""
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
-        model, items = await _parse_multipart(request, gateway.engine)
+        model, items, encoding = await _parse_multipart(request, gateway.engine)
     else:
-        model, items = _parse_json(await request.body(), gateway.engine)
+        model, items, encoding = _parse_json(await request.body(), gateway.engine)
     family, answered = await gateway.engine.embed(model, items, "inputs")
     data = [
-        {"index": index, "embedding": e.vector, "instruction": e.instruction, "space": e.space}
+        {"index": index, "embedding": encoded_vector(e.vector, encoding), "instruction": e.instruction,
+         "space": e.space}
         for index, embeddings in enumerate(answered)
         for e in embeddings
     ]
     return FastJSONResponse({"model": family.spec.name, "dim": family.spec.embedding_dim, "data": data})
 
 
-def _parse_json(body: bytes, engine: Engine) -> tuple[str | None, list[EmbedInput]]:
+def _parse_json(body: bytes, engine: Engine) -> tuple[str | None, list[EmbedInput], EncodingFormat]:
     try:
         payload = EmbedRequest.model_validate_json(body)
     except ValidationError as error:
@@ -73,19 +75,23 @@ def _parse_json(body: bytes, engine: Engine) -> tuple[str | None, list[EmbedInpu
         )
         for index, entry in enumerate(payload.inputs)
     ]
-    return payload.model, items
+    return payload.model, items, payload.encoding_format
 
 
-async def _parse_multipart(request: Request, engine: Engine) -> tuple[str | None, list[EmbedInput]]:
+async def _parse_multipart(request: Request, engine: Engine) -> tuple[str | None, list[EmbedInput], EncodingFormat]:
     form = await request.form()
     upload = form.get("image")
     if not isinstance(upload, UploadFile):
         raise InvalidRequest("multipart requests need an 'image' file field", loc=("image",))
-    instructions, model = form.getlist("instruction"), form.get("model")
-    if isinstance(model, UploadFile) or any(isinstance(field, UploadFile) for field in instructions):
-        raise InvalidRequest("'instruction' and 'model' must be text fields")
+    instructions, model, encoding = form.getlist("instruction"), form.get("model"), form.get("encoding_format")
+    if any(isinstance(field, UploadFile) for field in (model, encoding, *instructions)):
+        raise InvalidRequest("'instruction', 'model' and 'encoding_format' must be text fields")
+    if encoding not in (None, "float", "base64"):
+        raise InvalidRequest("'encoding_format' is 'float' or 'base64'", loc=("encoding_format",))
+    chosen: EncodingFormat = "base64" if encoding == "base64" else "float"
     texts = [text for text in instructions if isinstance(text, str)]
     engine.check_count(len(texts), "instruction")
+    model_name = model if isinstance(model, str) and model else None
     if len(texts) > 1:  # the field repeated: one embedding per instruction, as JSON's `instructions`
-        return model or None, [EmbedInput(image=await upload.read(), instructions=tuple(texts))]
-    return model or None, [EmbedInput(image=await upload.read(), instruction=texts[0] if texts else None)]
+        return model_name, [EmbedInput(image=await upload.read(), instructions=tuple(texts))], chosen
+    return model_name, [EmbedInput(image=await upload.read(), instruction=texts[0] if texts else None)], chosen

@@ -7,16 +7,14 @@ in the shared schema module; errors keep the gateway's `{"error": {...}}` body.
 
 from __future__ import annotations
 
-import base64
 from typing import Annotated, Any, Literal
 
-import numpy as np
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from focalserve_client.schemas import ErrorResponse
 from focalserve_server.api.deps import EmbedGatewayDep, ReadAccess
-from focalserve_server.api.payloads import b64decode
+from focalserve_server.api.payloads import b64decode, encoded_vector
 from focalserve_server.api.responses import FastJSONResponse
 from focalserve_server.engine import EmbedInput
 from focalserve_server.errors import InvalidImage, InvalidRequest, check_at
@@ -124,7 +122,7 @@ async def create_embeddings(body: OpenAIEmbeddingRequest, gateway: EmbedGatewayD
         field, items = "input", [EmbedInput(text=text) for text in texts]
     embeddings = [embedding for answered in await family.embed_all(items, field) for embedding in answered]
     data = [
-        {"object": "embedding", "index": index, "embedding": _encoded(e.vector, body.encoding_format)}
+        {"object": "embedding", "index": index, "embedding": encoded_vector(e.vector, body.encoding_format)}
         for index, e in enumerate(embeddings)
     ]
     tokens = sum(family.token_count(text) for item in items for text in (item.text, item.instruction) if text)
@@ -178,12 +176,3 @@ def _data_url_bytes(url: str) -> bytes:
             "image_url.url must be a base64 data URL: data:image/<type>;base64,<data>"
         )
     return b64decode(url)
-
-
-def _encoded(vector: np.ndarray, encoding_format: str) -> np.ndarray | str:
-    vector = np.asarray(vector, dtype="<f4")
-    return (
-        base64.b64encode(vector.tobytes()).decode("ascii")
-        if encoding_format == "base64"
-        else vector
-    )

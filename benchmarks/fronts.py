@@ -1,0 +1,141 @@
+"""Fronts and the engine: the gateway's CPU per request and its throughput against the raw forward,
+one process against `--workers N`, measured side by side in one run on the demo family.
+
+    .venv/bin/python -m benchmarks.fronts [--workers 1 2] [--concurrency 64] [--seconds S]
+
+- raw forward: the exported image model in this process at batch 64 (img/s, and its CPU per image)
+  and at batch 1 (latency);
+- each gateway: single-image `/embed` requests (JSON, base64 PNG, the family's trained phrasings in
+  turn) from `http_load` at the given concurrency; the CPU of every gateway process (from /proc)
+  per request, and that minus the raw forward's CPU per image: the front's work (HTTP, parsing,
+  decoding, resizing, batching, the hand-over); then one request at a time for the batch-1 overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.families import SOURCES
+from benchmarks.http_load import encode_post
+from benchmarks.http_load import run as run_load
+from benchmarks.raw import time_calls
+from benchmarks.report import machine, markdown_table
+from benchmarks.scripted import ScriptedFamily
+from benchmarks.workload import PHRASINGS, Workload
+from focalserve_devtools.launch import gateway_process
+
+FAMILY = "demo"
+RAW_BATCH = 64
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(root: int) -> float:
+    """User + system CPU seconds of `root` and every descendant alive now, from /proc."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        pid = int(entry.name)
+        parents[pid] = int(fields[1])
+        times[pid] = (int(fields[11]) + int(fields[12])) / _TICKS
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent]
+        tree.update(children)
+        frontier.extend(children)
+    return sum(times.get(pid, 0.0) for pid in tree)
+
+
+def raw_forward(repository: Path, workload: Workload, seconds: float) -> dict[str, float]:
+    family = ScriptedFamily(repository, FAMILY)
+    pixels = family.pixels(workload.images)
+    condition = family.conditions([PHRASINGS[0]])
+    batch = pixels[torch.arange(RAW_BATCH) % len(pixels)]
+    cpu_before = time.process_time()
+    times = time_calls(partial(family.embed, batch, condition.expand(RAW_BATCH, -1).contiguous()), seconds, 2)
+    cpu = time.process_time() - cpu_before
+    single = time_calls(partial(family.embed, batch[:1], condition), seconds / 2, 2)
+    return {"images_per_s": RAW_BATCH / statistics.median(times),
+            "cpu_ms_per_image": 1000 * cpu / ((len(times) + 2) * RAW_BATCH),
+            "batch1_p50_ms": 1000 * statistics.median(single)}
+
+
+def gateway(repository: Path, workers: int, requests: list[bytes], concurrency: int, seconds: float,
+            raw: dict[str, float], log_dir: Path) -> dict[str, Any]:
+    settings = {"workers": str(workers), "data_dir": str(log_dir / f"data-{workers}"),
+                "runtime_dir": str(log_dir / f"run-{workers}")}
+    with gateway_process(repository, log_dir / f"gateway-{workers}.log", **settings) as (url, process):
+        run_load(url, requests, concurrency, max_requests=4 * concurrency, max_seconds=seconds)  # warm every path
+        cpu_before = tree_cpu_s(process.pid)
+        load = run_load(url, requests, concurrency, max_requests=200_000, max_seconds=seconds)
+        gateway_cpu_s = tree_cpu_s(process.pid) - cpu_before
+        single = run_load(url, requests, 1, max_requests=2_000, max_seconds=seconds / 2, processes=1)
+    per_request_ms = 1000 * gateway_cpu_s / max(load.requests, 1)
+    images_per_s = load.requests_per_s  # one image per request
+    return {
+        "workers": workers,
+        "concurrency": concurrency,
+        **load.summary(),
+        "vs_raw": images_per_s / raw["images_per_s"],
+        "gateway_cpu_ms_per_request": per_request_ms,
+        "front_cpu_ms_per_request": per_request_ms - raw["cpu_ms_per_image"],
+        "batch1_p50_ms": single.summary()["p50_ms"],
+        "batch1_overhead_ms": float(single.summary()["p50_ms"] or 0.0) - raw["batch1_p50_ms"],
+    }
+
+
+def requests_of(workload: Workload, host: str) -> list[bytes]:
+    count = len(PHRASINGS) * len(workload.images)
+    pairs = [(workload.image_b64(n), PHRASINGS[n % len(PHRASINGS)]) for n in range(count)]
+    bodies = [{"model": FAMILY, "inputs": [{"image": image, "instruction": text}]} for image, text in pairs]
+    return [encode_post("/embed", host, json.dumps(body).encode()) for body in bodies]
+
+
+def table(raw: dict[str, float], rows: list[dict[str, Any]]) -> str:
+    header = ["workers", "req/s (= img/s)", "x raw forward", "p50 ms", "p99 ms", "gateway CPU ms/req",
+              "front CPU ms/req", "batch-1 p50 ms", "batch-1 overhead ms", "load generator cores busy", "errors"]
+    body = [[row["workers"], f"{row['requests_per_s']:.0f}", f"{row['vs_raw']:.2f}", f"{row['p50_ms']:.1f}",
+             f"{row['p99_ms']:.1f}", f"{row['gateway_cpu_ms_per_request']:.2f}",
+             f"{row['front_cpu_ms_per_request']:.2f}", f"{row['batch1_p50_ms']:.2f}",
+             f"{row['batch1_overhead_ms']:.2f}", f"{row['loadgen_cores_busy']:.2f}", row["errors"]] for row in rows]
+    raw_line = (f"Raw forward (in-process, batch {RAW_BATCH}): {raw['images_per_s']:.0f} img/s, "
+                f"{raw['cpu_ms_per_image']:.2f} ms of CPU per image; batch 1: {raw['batch1_p50_ms']:.2f} ms.")
+    return raw_line + "\n\n" + markdown_table(header, body)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    repository = SOURCES[FAMILY].committed_repository
+    assert repository is not None
+    workload = Workload.colorshape()
+    raw = raw_forward(repository, workload, args.seconds / 2)
+    with tempfile.TemporaryDirectory(prefix="fronts-") as directory:
+        rows = [gateway(repository, workers, requests_of(workload, "127.0.0.1"), args.concurrency, args.seconds,
+                        raw, Path(directory)) for workers in args.workers]
+    result = {"machine": machine(), "raw": raw, "gateways": rows, "table": table(raw, rows)}
+    print(result["table"])
+    return result
+
+
+if __name__ == "__main__":
+    main()
