@@ -38,7 +38,8 @@ def create_backend(settings: Settings) -> ModelBackend:
     from focalserve_server.backends.triton import TritonBackend
 
     return TritonBackend(settings.triton_url, settings.triton_protocol, settings.families, settings.triton_timeout_s,
-                         settings.triton_startup_timeout_s, settings.triton_max_inflight)
+                         settings.triton_startup_timeout_s, settings.triton_max_inflight,
+                         settings.pixel_slots if settings.triton_shared_memory else 0)
 
 
 def create_app(settings: Settings | None = None, engine_socket: Path | None = None) -> FastAPI:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from focalserve_client.schemas import IndexOptions
@@ -43,6 +43,10 @@ class Settings(BaseSettings):
     triton_timeout_s: float = Field(30.0, gt=0, description="Deadline of one Triton call.")
     triton_startup_timeout_s: float = Field(120.0, gt=0, description="How long start-up waits for Triton.")
     triton_max_inflight: int = Field(4, ge=1, description="Batches per model in flight to Triton at once.")
+    triton_shared_memory: bool = Field(
+        False, description="Hand images to Triton through system shared memory: only for a Triton on this host "
+                           "that shares its /dev/shm (compose and the k8s pod do); over gRPC/HTTP otherwise.",
+    )
     families: list[str] = Field(default_factory=list, description="Families to load; empty = all.")
 
     max_batch_size: int = Field(64, ge=1, description="Upper bound; a model's own max_batch_size wins if lower.")
@@ -107,6 +111,13 @@ class Settings(BaseSettings):
     api_keys: SecretStr = Field(SecretStr(""), description="Comma-separated API keys; empty = no auth.")
     auth_all: bool = Field(False, description="Require a key for reads (/embed, /search, GET) too, not only writes.")
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS; empty = CORS off.")
+
+    @model_validator(mode="after")
+    def _a_batch_fits_the_pixel_slots(self) -> Settings:
+        if self.pixel_slots < self.max_batch_size:
+            raise ValueError(f"pixel_slots ({self.pixel_slots}) must hold a whole batch (max_batch_size "
+                             f"{self.max_batch_size})")
+        return self
 
     def api_key_list(self) -> list[str]:
         return [key.strip() for key in self.api_keys.get_secret_value().split(",") if key.strip()]

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc
 
 from focalserve_devtools.launch import LocalTriton
 from tests.helpers.images import b64, shape_png
@@ -108,3 +109,19 @@ def test_the_http_protocol_gives_the_same_embeddings(triton, model_repository, g
     in_process = embed(gateway, INPUTS).json()["data"]
     for a, b in zip(via_http, in_process):
         np.testing.assert_allclose(a["embedding"], b["embedding"], atol=1e-5)
+
+
+def test_images_reach_triton_through_its_system_shared_memory(triton, model_repository, gateway, tmp_path):
+    """uint8 pixels written into a /dev/shm region the gateway registered; the request names the offset."""
+    settings = gateway_settings(model_repository, tmp_path / "data", backend="triton", triton_url=triton.grpc_url,
+                                triton_shared_memory=True)
+    with InProcessGateway(settings) as shared:
+        via_shared_memory = embed(shared, INPUTS).json()["data"]
+        regions = tritonclient.grpc.InferenceServerClient(triton.grpc_url).get_system_shared_memory_status(
+            as_json=True).get("regions", {})
+        assert [name for name in regions if name.startswith("focalserve-pixels-")]
+    in_process = embed(gateway, INPUTS).json()["data"]
+    for a, b in zip(via_shared_memory, in_process, strict=True):
+        np.testing.assert_allclose(a["embedding"], b["embedding"], atol=1e-5)
+    after = tritonclient.grpc.InferenceServerClient(triton.grpc_url).get_system_shared_memory_status(as_json=True)
+    assert not [name for name in after.get("regions", {}) if name.startswith("focalserve-pixels-")]  # unregistered

@@ -19,9 +19,9 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 from focalserve_server.backends.base import ModelBackend
 from focalserve_server.errors import BackendUnavailable
+from focalserve_server.pixel_slots import PixelSlots
 from focalserve_server.workers.wire import (
     Message,
-    PixelSlots,
     encode,
     pack_array,
     read_message,
@@ -45,7 +45,7 @@ class EngineClient(ModelBackend):
         self._startup_timeout_s = startup_timeout_s
         self._writer: asyncio.StreamWriter | None = None
         self._configs: list[pb.ModelConfig] = []
-        self._pending: dict[int, tuple[asyncio.Future[np.ndarray], list[int]]] = {}
+        self._pending: dict[int, tuple[asyncio.Future[np.ndarray], tuple[int, int]]] = {}  # future, (first, count)
         self._ids = itertools.count()
         self._connection: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
@@ -67,17 +67,19 @@ class EngineClient(ModelBackend):
 
     async def infer(self, model: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
         images = {name: array for name, array in inputs.items() if array.dtype == np.uint8}
-        rows = len(next(iter(inputs.values())))
-        taken = await self._slots.take(rows * len(images)) if images else []
+        count = sum(self._slots.slots_for(array) for array in images.values())
+        taken = (await self._slots.take(count) if count else 0, count)
         writer = self._writer
         if writer is None:
-            self._slots.give_back(taken)
+            self._slots.give_back(*taken)
             raise BackendUnavailable("the engine process is unavailable (restarting); retry shortly")
         placed: Message = {}
-        for i, (name, array) in enumerate(images.items()):
-            slots = taken[i * rows : (i + 1) * rows]
-            self._slots.write(slots, array)
-            placed[name] = {"slots": slots, "shape": list(array.shape[1:])}
+        first = taken[0]
+        for name, array in images.items():
+            self._slots.write(first, array)
+            placed[name] = {"first": first, "shape": list(array.shape)}
+            first += self._slots.slots_for(array)
+        rows = len(next(iter(inputs.values())))
         call_id = next(self._ids)
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = (future, taken)
@@ -119,8 +121,8 @@ class EngineClient(ModelBackend):
             self._answered(await read_message(reader))
 
     def _answered(self, reply: Message) -> None:
-        future, slots = self._pending.pop(reply["id"])
-        self._slots.give_back(slots)
+        future, taken = self._pending.pop(reply["id"])
+        self._slots.give_back(*taken)
         if future.done():
             return
         if "error" in reply:
@@ -130,7 +132,7 @@ class EngineClient(ModelBackend):
 
     def _fail_pending(self) -> None:
         pending, self._pending = self._pending, {}
-        for future, slots in pending.values():
-            self._slots.give_back(slots)
+        for future, taken in pending.values():
+            self._slots.give_back(*taken)
             if not future.done():
                 future.set_exception(BackendUnavailable("the engine process went away during the call; retry"))

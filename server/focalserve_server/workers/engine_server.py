@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +17,9 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 from focalserve_server.batching import DynamicBatcher
 from focalserve_server.engine import Engine
+from focalserve_server.pixel_slots import PixelSlots
 from focalserve_server.workers.wire import (
     Message,
-    PixelSlots,
     encode,
     pack_array,
     pack_error,
@@ -96,10 +95,10 @@ class EngineServer:
 
     async def _run(self, call: Message, slots: PixelSlots) -> np.ndarray:
         batcher = self._batchers[call["model"]]
-        columns: dict[str, np.ndarray | Sequence[np.ndarray]] = {
+        columns: dict[str, np.ndarray] = {
             name: unpack_array(packed) for name, packed in call["inputs"].items()
         }
         for name, placed in call["slots"].items():
-            columns[name] = [slots.read(slot, tuple(placed["shape"])) for slot in placed["slots"]]
+            columns[name] = slots.read(placed["first"], tuple(placed["shape"]))
         rows = [{name: column[i] for name, column in columns.items()} for i in range(call["rows"])]
         return np.stack(await asyncio.gather(*(batcher.submit(row) for row in rows)))

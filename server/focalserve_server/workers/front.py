@@ -27,10 +27,11 @@ from focalserve_server.config import Settings
 from focalserve_server.engine import Engine
 from focalserve_server.images import create_image_decoder
 from focalserve_server.metrics import Metrics
+from focalserve_server.pixel_slots import PixelSlots
 from focalserve_server.state import EmbedGateway
 from focalserve_server.workers.engine_client import EngineClient
 from focalserve_server.workers.proxy import EngineProxy
-from focalserve_server.workers.wire import PixelSlots, Runtime
+from focalserve_server.workers.wire import Runtime
 
 LOCAL_PATHS = frozenset({"/embed", "/v1/embeddings", "/healthz", "/metrics"})
 
@@ -91,6 +92,5 @@ def _front_backend(settings: Settings, runtime: Runtime, pid: int) -> ModelBacke
         return create_backend(settings)
     families = families_from_configs(read_repository(settings.model_repository)).values()
     slot_bytes = max((3 * family.image_size**2 for family in families), default=1)
-    count = max(settings.pixel_slots, settings.max_batch_size)  # one call of the front's batcher always fits
-    slots = PixelSlots(runtime.pixels(pid), slot_bytes, count, create=True)
+    slots = PixelSlots(runtime.pixels(pid), slot_bytes, settings.pixel_slots, create=True)
     return EngineClient(runtime.engine_socket, slots, settings.engine_startup_timeout_s)

@@ -1,19 +1,16 @@
-"""The wire between the front processes and the engine process: framing, arrays, errors, pixel slots.
+"""The wire between the front processes and the engine process: framing, arrays, errors, and the
+directory they share.
 
 One Unix stream socket per front. A message is a 4-byte big-endian length and a msgpack map.
 Small arrays (tokens, conditions, embeddings) travel inline as raw bytes with dtype and shape;
-images never do: a front writes each image's uint8 pixels into a slot of its own shared-memory
-region (pre-allocated at start) and sends the slot numbers, and the engine reads them in place.
+images never do: a front writes a call's uint8 pixels into slots of its own shared-memory region
+(`pixel_slots`, pre-allocated at start) and sends where, and the engine reads them in place.
 """
 
 from __future__ import annotations
 
 import asyncio
-import mmap
-import os
 import struct
-from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,64 +71,6 @@ def _error_classes(root: type[FocalServeError]) -> dict[str, type[FocalServeErro
 
 
 _ERROR_CLASSES = _error_classes(FocalServeError)
-
-
-class PixelSlots:
-    """A region of fixed-size slots in shared memory (a file on a tmpfs, mapped by both sides).
-
-    The front that creates it owns its slots: it takes free ones for a call's images and gives
-    them back when the engine has answered, so no lock is shared between processes. The engine
-    maps the same file and reads each image in place.
-    """
-
-    def __init__(self, path: Path, slot_bytes: int, count: int, create: bool) -> None:
-        self.path, self.slot_bytes, self.count = path, slot_bytes, count
-        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
-        descriptor = os.open(path, flags, 0o600)
-        try:
-            if create:
-                os.ftruncate(descriptor, slot_bytes * count)
-            self._map = mmap.mmap(descriptor, slot_bytes * count)
-        finally:
-            os.close(descriptor)
-        self._bytes = np.frombuffer(self._map, dtype=np.uint8)
-        self._owner = create
-        self._free: deque[int] = deque(range(count))
-        self._freed = asyncio.Event()
-
-    async def take(self, count: int) -> list[int]:
-        """`count` free slots, waiting while other calls hold them (bounded by the request's deadline)."""
-        if count > self.count:
-            raise ValueError(f"{count} images in one call; the region holds {self.count}")
-        while len(self._free) < count:
-            self._freed.clear()
-            await self._freed.wait()
-        return [self._free.popleft() for _ in range(count)]
-
-    def give_back(self, slots: Iterable[int]) -> None:
-        self._free.extend(slots)
-        self._freed.set()
-
-    def write(self, slots: list[int], images: np.ndarray) -> None:
-        """Rows of a uint8 batch, one per slot."""
-        size = images[0].nbytes
-        for slot, image in zip(slots, images, strict=True):
-            start = slot * self.slot_bytes
-            self._bytes[start : start + size] = image.reshape(-1)
-
-    def read(self, slot: int, shape: tuple[int, ...]) -> np.ndarray:
-        """The image in `slot`, in place (valid until the front takes the slot again)."""
-        start = slot * self.slot_bytes
-        return self._bytes[start : start + int(np.prod(shape))].reshape(shape)
-
-    def close(self) -> None:
-        if self._owner:
-            self.path.unlink(missing_ok=True)
-        del self._bytes
-        try:
-            self._map.close()
-        except BufferError:  # an image read in place is still queued: the map goes with its last view
-            pass
 
 
 @dataclass(frozen=True)
