@@ -93,6 +93,23 @@ def test_compose_services_files_ports_and_env():
             assert port.startswith("127.0.0.1:"), port  # nothing published beyond the host
 
 
+def test_the_gateway_hands_images_to_triton_by_shared_memory_only_where_they_share_a_host():
+    """compose runs both on one host with one IPC namespace (Triton's /dev/shm); k8s in separate pods."""
+    services = compose()["services"]
+    triton, gateway = services["triton"], services["gateway"]
+    assert triton["ipc"] == "shareable" and gateway["ipc"] == "service:triton"
+    assert gateway["environment"]["FOCALSERVE_TRITON_SHARED_MEMORY"] == "true"
+    assert int(compose_defaults(gateway["environment"]["FOCALSERVE_WORKERS"])) > 1
+    pod = k8s_one("gateway.yaml", "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    environment = {entry["name"]: entry.get("value") for entry in container["env"]}
+    assert environment["FOCALSERVE_TRITON_SHARED_MEMORY"] == "false"
+    assert int(environment["FOCALSERVE_WORKERS"]) > 1
+    shm = next(volume for volume in pod["volumes"] if volume["name"] == "dshm")
+    assert shm["emptyDir"]["medium"] == "Memory"
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+
+
 def test_compose_gateway_keeps_its_collections_in_the_postgres_service():
     config = compose()
     postgres, gateway = config["services"]["postgres"], config["services"]["gateway"]
@@ -176,9 +193,11 @@ def test_kubernetes_gateways_hold_no_state_and_read_the_database_url_from_a_secr
     name, key = secret_ref(env, "FOCALSERVE_DATABASE_URL")
     assert name == secret["metadata"]["name"] and key in secret["stringData"]
     volumes = {volume["name"]: volume for volume in pod.get("volumes", [])}
-    # a cache at most, and every scratch volume says it is one
-    assert all("cache" in name for name, volume in volumes.items() if "emptyDir" in volume), volumes
     mounts = {mount["mountPath"]: mount for mount in container.get("volumeMounts", [])}
+    # a cache at most, and every scratch volume says it is one; /dev/shm holds the running processes'
+    # sockets and metrics files, gone with the pod by design
+    scratch = {name for name, volume in volumes.items() if "emptyDir" in volume} - {mounts["/dev/shm"]["name"]}
+    assert all("cache" in name for name in scratch), volumes
     data_dir = env["FOCALSERVE_DATA_DIR"]["value"]
     assert "cache" in mounts[data_dir]["name"] and "emptyDir" in volumes[mounts[data_dir]["name"]]
     # the one claim is Triton's model repository, read-only, where the gateway reads the tokenizers
