@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from tritonclient.grpc import model_config_pb2 as pb
 
 from focalserve_family import (
     FamilyMetadata,
@@ -90,3 +91,12 @@ def test_a_missing_or_unknown_parameter_is_named():
 def test_a_config_that_breaks_tritons_schema_is_refused():
     with pytest.raises(RepositoryError, match="unknown_field"):
         parse_pbtxt('name: "x" unknown_field: 1', "x/config.pbtxt")
+
+
+def test_image_models_take_uint8_pixels_and_a_repository_of_float_pixels_is_refused():
+    assert [t.dtype for t in model_specs(LENS, 8)["image"].inputs] == ["uint8", "fp32"]
+    older = configs(LENS)
+    image = next(config for config in older if config.name == "lens_image")
+    image.input[0].data_type = pb.TYPE_FP32  # as exported before the image model normalised its pixels
+    with pytest.raises(RepositoryError, match="export the family again"):
+        families_from_configs(older)
