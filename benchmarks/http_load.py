@@ -14,6 +14,7 @@ import resource
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event
 from urllib.parse import urlsplit
 
 from benchmarks.report import percentiles_ms
@@ -52,17 +53,20 @@ def run(url: str, requests: list[bytes], concurrency: int, max_requests: int, ma
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     context = multiprocessing.get_context("spawn")
     pipes, workers = [], []
-    start_at = time.time() + 1.0 + 0.3 * processes  # every process connected before the clock starts
+    go = context.Event()  # set once every process has connected: their clocks start together
     for index in range(processes):
         share = concurrency // processes + (1 if index < concurrency % processes else 0)
         if share == 0:
             continue
-        receiving, sending = context.Pipe(duplex=False)
+        receiving, sending = context.Pipe(duplex=True)
         worker = context.Process(target=_worker, args=(sending, host, port, requests, share,
-                                                       max_requests // processes, start_at, max_seconds))
+                                                       max_requests // processes, go, max_seconds))
         worker.start()
         pipes.append(receiving)
         workers.append(worker)
+    for receiving in pipes:
+        receiving.recv()  # connected
+    go.set()
     report = LoadReport()
     for receiving, worker in zip(pipes, workers, strict=True):
         part: LoadReport = receiving.recv()
@@ -77,21 +81,22 @@ def run(url: str, requests: list[bytes], concurrency: int, max_requests: int, ma
 
 
 def _worker(pipe: Connection, host: str, port: int, requests: list[bytes], connections: int, max_requests: int,
-            start_at: float, max_seconds: float) -> None:
+            go: Event, max_seconds: float) -> None:
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    pipe.send(asyncio.run(_drive(host, port, requests, connections, max_requests, start_at, max_seconds)))
+    pipe.send(asyncio.run(_drive(pipe, host, port, requests, connections, max_requests, go, max_seconds)))
 
 
-async def _drive(host: str, port: int, requests: list[bytes], connections: int, max_requests: int,
-                 start_at: float, max_seconds: float) -> LoadReport:
+async def _drive(pipe: Connection, host: str, port: int, requests: list[bytes], connections: int,
+                 max_requests: int, go: Event, max_seconds: float) -> LoadReport:
     streams = [await asyncio.open_connection(host, port) for _ in range(connections)]
     report = LoadReport()
-    await asyncio.sleep(max(0.0, start_at - time.time()))
+    pipe.send("connected")
+    go.wait()
     cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     deadline = started + max_seconds

@@ -52,7 +52,8 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int, decode_size: Deco
         if decode_size is not None and image.format == "JPEG":
             image.draft("RGB", decode_size(*image.size))
         image.load()
-        return _to_rgb(ImageOps.exif_transpose(image))
+        ImageOps.exif_transpose(image, in_place=True)  # upright without a copy of an image already upright
+        return _to_rgb(image)
 
 
 @contextlib.contextmanager
