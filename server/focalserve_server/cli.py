@@ -41,11 +41,10 @@ def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from focalserve_server.app import create_app
+    from focalserve_server.sockets import listening_socket
 
-    if settings.listen_fd is not None:
-        uvicorn.run(create_app(settings), fd=settings.listen_fd, log_level=args.log_level)
-    else:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level)
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level=args.log_level))
+    server.run(sockets=[listening_socket(settings)])
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

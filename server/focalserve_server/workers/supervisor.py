@@ -25,6 +25,7 @@ from types import FrameType
 from prometheus_client import multiprocess
 
 from focalserve_server.config import Settings
+from focalserve_server.sockets import listening_socket
 from focalserve_server.workers.wire import Runtime
 
 logger = logging.getLogger(__name__)
@@ -50,17 +51,6 @@ def serve_workers(settings: Settings, log_level: str) -> None:
             shutil.rmtree(directory, ignore_errors=True)
     if code:
         raise SystemExit(code)
-
-
-def listening_socket(settings: Settings) -> socket.socket:
-    if settings.listen_fd is not None:
-        return socket.socket(fileno=settings.listen_fd)
-    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((settings.host, settings.port))
-    sock.listen(2048)
-    return sock
 
 
 class Supervisor:
