@@ -23,6 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import httpx
 import torch
 
 from benchmarks.families import SOURCES
@@ -36,6 +37,7 @@ from focalserve_devtools.launch import gateway_process
 
 FAMILY = "demo"
 RAW_BATCH = 64
+BATCH_REQUEST, BATCH_CONCURRENCY = 64, 2  # many images per request: what the SDK sends
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -76,17 +78,21 @@ def raw_forward(repository: Path, workload: Workload, seconds: float) -> dict[st
             "batch1_p50_ms": 1000 * statistics.median(single)}
 
 
-def gateway(repository: Path, workers: int, requests: list[bytes], concurrency: int, seconds: float,
+def gateway(repository: Path, workers: int, workload: Workload, concurrency: int, seconds: float,
             raw: dict[str, float], log_dir: Path) -> dict[str, Any]:
     settings = {"workers": str(workers), "data_dir": str(log_dir / f"data-{workers}"),
                 "runtime_dir": str(log_dir / f"run-{workers}")}
+    singles, batches = requests_of(workload, 1), requests_of(workload, BATCH_REQUEST)
     with gateway_process(repository, log_dir / f"gateway-{workers}.log", **settings) as (url, process):
-        run_load(url, requests, concurrency, max_requests=4 * concurrency, max_seconds=seconds)  # warm every path
+        run_load(url, singles, concurrency, max_requests=4 * concurrency, max_seconds=seconds)  # warm every path
         cpu_before = tree_cpu_s(process.pid)
-        load = run_load(url, requests, concurrency, max_requests=200_000, max_seconds=seconds)
-        gateway_cpu_s = tree_cpu_s(process.pid) - cpu_before
-        single = run_load(url, requests, 1, max_requests=2_000, max_seconds=seconds / 2, processes=1)
-    per_request_ms = 1000 * gateway_cpu_s / max(load.requests, 1)
+        load = run_load(url, singles, concurrency, max_requests=200_000, max_seconds=seconds)
+        cpu_between = tree_cpu_s(process.pid)
+        many = run_load(url, batches, BATCH_CONCURRENCY, max_requests=10_000, max_seconds=seconds / 2, processes=1)
+        cpu_after = tree_cpu_s(process.pid)
+        single = run_load(url, singles, 1, max_requests=2_000, max_seconds=seconds / 2, processes=1)
+        batch_size = mean_batch_size(httpx.get(f"{url}/metrics", timeout=10).text)
+    per_request_ms = 1000 * (cpu_between - cpu_before) / max(load.requests, 1)
     images_per_s = load.requests_per_s  # one image per request
     return {
         "workers": workers,
@@ -95,25 +101,44 @@ def gateway(repository: Path, workers: int, requests: list[bytes], concurrency: 
         "vs_raw": images_per_s / raw["images_per_s"],
         "gateway_cpu_ms_per_request": per_request_ms,
         "front_cpu_ms_per_request": per_request_ms - raw["cpu_ms_per_image"],
+        "mean_batch_size": batch_size,
         "batch1_p50_ms": single.summary()["p50_ms"],
         "batch1_overhead_ms": float(single.summary()["p50_ms"] or 0.0) - raw["batch1_p50_ms"],
+        "batched_images_per_s": many.requests_per_s * BATCH_REQUEST,
+        "batched_cpu_ms_per_image": 1000 * (cpu_after - cpu_between) / max(many.requests * BATCH_REQUEST, 1),
     }
 
 
-def requests_of(workload: Workload, host: str) -> list[bytes]:
+def mean_batch_size(metrics: str) -> float:
+    """Images per image-model call over the gateway's life, from its `/metrics`."""
+    values = {}
+    for line in metrics.splitlines():
+        for part in ("sum", "count"):
+            if line.startswith(f'focalserve_batch_size_{part}{{model="{FAMILY}_image"}}'):
+                values[part] = float(line.rsplit(" ", 1)[1])
+    return values.get("sum", 0.0) / values["count"] if values.get("count") else 0.0
+
+
+def requests_of(workload: Workload, images: int) -> list[bytes]:
+    """Distinct requests of `images` (image, instruction) pairs each, cycling through the workload."""
     count = len(PHRASINGS) * len(workload.images)
     pairs = [(workload.image_b64(n), PHRASINGS[n % len(PHRASINGS)]) for n in range(count)]
-    bodies = [{"model": FAMILY, "inputs": [{"image": image, "instruction": text}]} for image, text in pairs]
-    return [encode_post("/embed", host, json.dumps(body).encode()) for body in bodies]
+    bodies = [{"model": FAMILY, "inputs": [{"image": image, "instruction": text}
+                                           for image, text in (pairs[(n + k) % count] for k in range(images))]}
+              for n in range(count)]
+    return [encode_post("/embed", "127.0.0.1", json.dumps(body).encode()) for body in bodies]
 
 
 def table(raw: dict[str, float], rows: list[dict[str, Any]]) -> str:
     header = ["workers", "req/s (= img/s)", "x raw forward", "p50 ms", "p99 ms", "gateway CPU ms/req",
-              "front CPU ms/req", "batch-1 p50 ms", "batch-1 overhead ms", "load generator cores busy", "errors"]
+              "front CPU ms/req", "mean batch", "batch-1 p50 ms", "batch-1 overhead ms",
+              f"{BATCH_REQUEST}-image requests: img/s", "CPU ms/img", "load generator cores busy", "errors"]
     body = [[row["workers"], f"{row['requests_per_s']:.0f}", f"{row['vs_raw']:.2f}", f"{row['p50_ms']:.1f}",
              f"{row['p99_ms']:.1f}", f"{row['gateway_cpu_ms_per_request']:.2f}",
-             f"{row['front_cpu_ms_per_request']:.2f}", f"{row['batch1_p50_ms']:.2f}",
-             f"{row['batch1_overhead_ms']:.2f}", f"{row['loadgen_cores_busy']:.2f}", row["errors"]] for row in rows]
+             f"{row['front_cpu_ms_per_request']:.2f}", f"{row['mean_batch_size']:.1f}", f"{row['batch1_p50_ms']:.2f}",
+             f"{row['batch1_overhead_ms']:.2f}", f"{row['batched_images_per_s']:.0f}",
+             f"{row['batched_cpu_ms_per_image']:.2f}", f"{row['loadgen_cores_busy']:.2f}", row["errors"]]
+            for row in rows]
     raw_line = (f"Raw forward (in-process, batch {RAW_BATCH}): {raw['images_per_s']:.0f} img/s, "
                 f"{raw['cpu_ms_per_image']:.2f} ms of CPU per image; batch 1: {raw['batch1_p50_ms']:.2f} ms.")
     return raw_line + "\n\n" + markdown_table(header, body)
@@ -130,8 +155,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     workload = Workload.colorshape()
     raw = raw_forward(repository, workload, args.seconds / 2)
     with tempfile.TemporaryDirectory(prefix="fronts-") as directory:
-        rows = [gateway(repository, workers, requests_of(workload, "127.0.0.1"), args.concurrency, args.seconds,
-                        raw, Path(directory)) for workers in args.workers]
+        rows = [gateway(repository, workers, workload, args.concurrency, args.seconds, raw, Path(directory))
+                for workers in args.workers]
     result = {"machine": machine(), "raw": raw, "gateways": rows, "table": table(raw, rows)}
     print(result["table"])
     return result

@@ -50,6 +50,9 @@ class PixelNormalisation(nn.Module):
     """uint8 RGB (N, 3, S, S) -> the float input the tower was trained on, inside the graph: the
     division runs on the model's own device and every wire carries a quarter of float32's bytes."""
 
+    scale: torch.Tensor
+    shift: torch.Tensor
+
     def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(std).view(1, 3, 1, 1)))
