@@ -1,7 +1,7 @@
 """`make bench`: every benchmark part, from serving to start-up; RESULTS.md's tables rewritten.
 
-    .venv/bin/python -m benchmarks [--parts serving faiss replication export latency conditions startup] [--seconds S]
-        [--faiss-sizes N ...]
+    .venv/bin/python -m benchmarks [--parts serving fronts faiss replication export latency conditions startup]
+        [--seconds S] [--faiss-sizes N ...]
 
 RESULTS.md keeps its prose; only the text between `<!-- generated:NAME -->` and
 `<!-- /generated:NAME -->` is replaced, so the tables always come from the last full run.
@@ -16,10 +16,10 @@ import shlex
 import sys
 from pathlib import Path
 
-from benchmarks import conditions, export_bench, faiss_bench, latency, replication, serving, startup
+from benchmarks import conditions, export_bench, faiss_bench, fronts, latency, replication, serving, startup
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
-PARTS = ("serving", "faiss", "replication", "export", "latency", "conditions", "startup")
+PARTS = ("serving", "fronts", "faiss", "replication", "export", "latency", "conditions", "startup")
 
 
 def replace_generated(text: str, name: str, content: str) -> str:
@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> None:
         command = shlex.join(["python", "-m", "benchmarks", *sys.argv[1:]])
         text = replace_generated(text, "run", run_section(command, served["machine"]))
         text = replace_all(text, served["tables"])
+    if "fronts" in args.parts:
+        measured = fronts.main([])
+        text = replace_generated(text, "fronts_run", run_section(measured["command"], measured["machine"]))
+        text = replace_all(text, measured["tables"])
     if "faiss" in args.parts:
         searched = faiss_bench.main(["--sizes", *args.faiss_sizes])
         text = replace_generated(text, "faiss_run", run_section(searched["command"], searched["machine"]))

@@ -1,7 +1,7 @@
 """Fronts and the engine: the gateway's CPU per request and its throughput against the raw forward,
 one process against `--workers N`, measured side by side in one run on the demo family.
 
-    .venv/bin/python -m benchmarks.fronts [--workers 1 2] [--concurrency 64] [--seconds S]
+    .venv/bin/python -m benchmarks.fronts [--workers 1 2] [--concurrency 64] [--seconds S] [--torch-threads T]
 
 - raw forward: the exported image model in this process at batch 64 (img/s, and its CPU per image)
   and at batch 1 (latency);
@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
+import sys
 import tempfile
 import time
 from functools import partial
@@ -79,9 +81,9 @@ def raw_forward(repository: Path, workload: Workload, seconds: float) -> dict[st
 
 
 def gateway(repository: Path, workers: int, workload: Workload, concurrency: int, seconds: float,
-            raw: dict[str, float], log_dir: Path) -> dict[str, Any]:
+            raw: dict[str, float], log_dir: Path, torch_threads: int = 0) -> dict[str, Any]:
     settings = {"workers": str(workers), "data_dir": str(log_dir / f"data-{workers}"),
-                "runtime_dir": str(log_dir / f"run-{workers}")}
+                "runtime_dir": str(log_dir / f"run-{workers}"), "torch_threads": str(torch_threads)}
     singles, batches = requests_of(workload, 1), requests_of(workload, BATCH_REQUEST)
     with gateway_process(repository, log_dir / f"gateway-{workers}.log", **settings) as (url, process):
         run_load(url, singles, concurrency, max_requests=4 * concurrency, max_seconds=seconds)  # warm every path
@@ -149,16 +151,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--torch-threads", type=int, default=0, help="the gateways' torch_threads (0: the default)")
     args = parser.parse_args(argv)
     repository = SOURCES[FAMILY].committed_repository
     assert repository is not None
     workload = Workload.colorshape()
     raw = raw_forward(repository, workload, args.seconds / 2)
     with tempfile.TemporaryDirectory(prefix="fronts-") as directory:
-        rows = [gateway(repository, workers, workload, args.concurrency, args.seconds, raw, Path(directory))
-                for workers in args.workers]
-    result = {"machine": machine(), "raw": raw, "gateways": rows, "table": table(raw, rows)}
-    print(result["table"])
+        rows = [gateway(repository, workers, workload, args.concurrency, args.seconds, raw, Path(directory),
+                        args.torch_threads) for workers in args.workers]
+    command = shlex.join(["python", "-m", "benchmarks.fronts", *(sys.argv[1:] if argv is None else argv)])
+    result = {"command": command, "machine": machine(), "raw": raw, "gateways": rows,
+              "tables": {"fronts": table(raw, rows)}}
+    print(result["tables"]["fronts"])
     return result
 
 

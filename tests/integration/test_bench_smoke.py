@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 
 import benchmarks.report
-from benchmarks import serving
+from benchmarks import fronts, serving
 
 
 def test_the_serving_benchmark_measures_every_system_without_errors(tmp_path, monkeypatch, demo_repository):
@@ -26,3 +26,13 @@ def test_the_serving_benchmark_measures_every_system_without_errors(tmp_path, mo
         assert row["errors"] == 0 and row["requests"] > 0, row
     assert payload["families"]["demo"]["raw"]["images_per_s"] > 0
     assert (tmp_path / "serving.json").is_file() and (tmp_path / "serving_throughput.png").is_file()
+
+
+def test_the_fronts_benchmark_measures_workers_without_errors(demo_repository):
+    """Two workers, a few requests: every load (single images, 64-image requests, one at a time) answered."""
+    result = fronts.main(["--workers", "2", "--seconds", "1", "--concurrency", "4"])
+    (row,) = result["gateways"]
+    assert row["errors"] == 0 and row["requests"] > 0, row
+    assert row["batched_images_per_s"] > 0 and row["mean_batch_size"] >= 1
+    assert row["gateway_cpu_ms_per_request"] > 0 and row["loadgen_cpu_ms_per_request"] > 0
+    assert "| 2 |" in result["tables"]["fronts"]
