@@ -36,6 +36,7 @@ from benchmarks.report import machine, markdown_table
 from benchmarks.scripted import ScriptedFamily
 from benchmarks.workload import PHRASINGS, Workload
 from focalserve_devtools.launch import gateway_process
+from focalserve_server.workers.processes import available_cores, engine_threads
 
 FAMILY = "demo"
 RAW_BATCH = 64
@@ -66,7 +67,18 @@ def tree_cpu_s(root: int) -> float:
     return sum(times.get(pid, 0.0) for pid in tree)
 
 
-def raw_forward(repository: Path, workload: Workload, seconds: float) -> dict[str, float]:
+def raw_forward(repository: Path, workload: Workload, seconds: float, threads: int = 0) -> dict[str, float]:
+    """At torch's default threads (the forward at its best), or at `threads` (the CPU the same
+    images cost the gateway's model, to subtract from its CPU)."""
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or default_threads)
+    try:
+        return _raw_forward(repository, workload, seconds)
+    finally:
+        torch.set_num_threads(default_threads)
+
+
+def _raw_forward(repository: Path, workload: Workload, seconds: float) -> dict[str, float]:
     family = ScriptedFamily(repository, FAMILY)
     pixels = family.pixels(workload.images)
     condition = family.conditions([PHRASINGS[0]])
@@ -81,19 +93,23 @@ def raw_forward(repository: Path, workload: Workload, seconds: float) -> dict[st
 
 
 def gateway(repository: Path, workers: int, workload: Workload, concurrency: int, seconds: float,
-            raw: dict[str, float], log_dir: Path, torch_threads: int = 0) -> dict[str, Any]:
+            raw: dict[str, float], model_cpu_ms: float, log_dir: Path, torch_threads: int = 0) -> dict[str, Any]:
+    """`raw`: the forward at its best, for the ratio; `model_cpu_ms`: its CPU per image with the
+    threads the gateway's model runs on, subtracted to leave the front's work."""
     settings = {"workers": str(workers), "data_dir": str(log_dir / f"data-{workers}"),
                 "runtime_dir": str(log_dir / f"run-{workers}"), "torch_threads": str(torch_threads)}
     singles, batches = requests_of(workload, 1), requests_of(workload, BATCH_REQUEST)
     with gateway_process(repository, log_dir / f"gateway-{workers}.log", **settings) as (url, process):
         run_load(url, singles, concurrency, max_requests=4 * concurrency, max_seconds=seconds)  # warm every path
+        batches_before = batch_sizes(httpx.get(f"{url}/metrics", timeout=10).text)
         cpu_before = tree_cpu_s(process.pid)
         load = run_load(url, singles, concurrency, max_requests=200_000, max_seconds=seconds)
         cpu_between = tree_cpu_s(process.pid)
+        batches_after = batch_sizes(httpx.get(f"{url}/metrics", timeout=10).text)
         many = run_load(url, batches, BATCH_CONCURRENCY, max_requests=10_000, max_seconds=seconds / 2, processes=1)
         cpu_after = tree_cpu_s(process.pid)
         single = run_load(url, singles, 1, max_requests=2_000, max_seconds=seconds / 2, processes=1)
-        batch_size = mean_batch_size(httpx.get(f"{url}/metrics", timeout=10).text)
+    images, calls = (after - before for after, before in zip(batches_after, batches_before, strict=True))
     per_request_ms = 1000 * (cpu_between - cpu_before) / max(load.requests, 1)
     images_per_s = load.requests_per_s  # one image per request
     return {
@@ -102,23 +118,24 @@ def gateway(repository: Path, workers: int, workload: Workload, concurrency: int
         **load.summary(),
         "vs_raw": images_per_s / raw["images_per_s"],
         "gateway_cpu_ms_per_request": per_request_ms,
-        "front_cpu_ms_per_request": per_request_ms - raw["cpu_ms_per_image"],
-        "mean_batch_size": batch_size,
+        "front_cpu_ms_per_request": per_request_ms - model_cpu_ms,
+        "mean_batch_size": images / calls if calls else 0.0,
         "batch1_p50_ms": single.summary()["p50_ms"],
         "batch1_overhead_ms": float(single.summary()["p50_ms"] or 0.0) - raw["batch1_p50_ms"],
         "batched_images_per_s": many.requests_per_s * BATCH_REQUEST,
-        "batched_cpu_ms_per_image": 1000 * (cpu_after - cpu_between) / max(many.requests * BATCH_REQUEST, 1),
+        "batched_front_cpu_ms_per_image":
+            1000 * (cpu_after - cpu_between) / max(many.requests * BATCH_REQUEST, 1) - model_cpu_ms,
     }
 
 
-def mean_batch_size(metrics: str) -> float:
-    """Images per image-model call over the gateway's life, from its `/metrics`."""
-    values = {}
+def batch_sizes(metrics: str) -> tuple[float, float]:
+    """(images, calls) of the image model so far, from the gateway's `/metrics`."""
+    values = {"sum": 0.0, "count": 0.0}
     for line in metrics.splitlines():
-        for part in ("sum", "count"):
+        for part in values:
             if line.startswith(f'focalserve_batch_size_{part}{{model="{FAMILY}_image"}}'):
                 values[part] = float(line.rsplit(" ", 1)[1])
-    return values.get("sum", 0.0) / values["count"] if values.get("count") else 0.0
+    return values["sum"], values["count"]
 
 
 def requests_of(workload: Workload, images: int) -> list[bytes]:
@@ -131,15 +148,20 @@ def requests_of(workload: Workload, images: int) -> list[bytes]:
     return [encode_post("/embed", "127.0.0.1", json.dumps(body).encode()) for body in bodies]
 
 
+def gateway_threads(workers: int, args: argparse.Namespace) -> int:
+    """The intra-op threads the gateway's model runs on, as `workers.processes` chooses them."""
+    return args.torch_threads or engine_threads(workers, available_cores())
+
+
 def table(raw: dict[str, float], rows: list[dict[str, Any]]) -> str:
     header = ["workers", "req/s (= img/s)", "x raw forward", "p50 ms", "p99 ms", "gateway CPU ms/req",
               "front CPU ms/req", "mean batch", "batch-1 p50 ms", "batch-1 overhead ms",
-              f"{BATCH_REQUEST}-image requests: img/s", "CPU ms/img", "load generator cores busy", "errors"]
+              f"{BATCH_REQUEST}-image requests: img/s", "front CPU ms/img", "load generator cores busy", "errors"]
     body = [[row["workers"], f"{row['requests_per_s']:.0f}", f"{row['vs_raw']:.2f}", f"{row['p50_ms']:.1f}",
              f"{row['p99_ms']:.1f}", f"{row['gateway_cpu_ms_per_request']:.2f}",
              f"{row['front_cpu_ms_per_request']:.2f}", f"{row['mean_batch_size']:.1f}", f"{row['batch1_p50_ms']:.2f}",
              f"{row['batch1_overhead_ms']:.2f}", f"{row['batched_images_per_s']:.0f}",
-             f"{row['batched_cpu_ms_per_image']:.2f}", f"{row['loadgen_cores_busy']:.2f}", row["errors"]]
+             f"{row['batched_front_cpu_ms_per_image']:.2f}", f"{row['loadgen_cores_busy']:.2f}", row["errors"]]
             for row in rows]
     raw_line = (f"Raw forward (in-process, batch {RAW_BATCH}): {raw['images_per_s']:.0f} img/s, "
                 f"{raw['cpu_ms_per_image']:.2f} ms of CPU per image; batch 1: {raw['batch1_p50_ms']:.2f} ms.")
@@ -157,14 +179,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     assert repository is not None
     workload = Workload.colorshape()
     raw = raw_forward(repository, workload, args.seconds / 2)
+    model_cpu_ms = {workers: raw_forward(repository, workload, args.seconds / 4, gateway_threads(workers, args))
+                    ["cpu_ms_per_image"] for workers in args.workers}
     with tempfile.TemporaryDirectory(prefix="fronts-") as directory:
-        rows = [gateway(repository, workers, workload, args.concurrency, args.seconds, raw, Path(directory),
-                        args.torch_threads) for workers in args.workers]
+        rows = [gateway(repository, workers, workload, args.concurrency, args.seconds, raw, model_cpu_ms[workers],
+                        Path(directory), args.torch_threads) for workers in args.workers]
     command = shlex.join(["python", "-m", "benchmarks.fronts", *(sys.argv[1:] if argv is None else argv)])
-    result = {"command": command, "machine": machine(), "raw": raw, "gateways": rows,
-              "tables": {"fronts": table(raw, rows)}}
-    print(result["tables"]["fronts"])
-    return result
+    tables = {"fronts": table(raw, rows)}
+    print(tables["fronts"])
+    return {"command": command, "machine": machine(), "raw": raw, "gateways": rows, "tables": tables}
 
 
 if __name__ == "__main__":

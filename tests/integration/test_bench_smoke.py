@@ -35,4 +35,4 @@ def test_the_fronts_benchmark_measures_workers_without_errors(demo_repository):
     assert row["errors"] == 0 and row["requests"] > 0, row
     assert row["batched_images_per_s"] > 0 and row["mean_batch_size"] >= 1
     assert row["gateway_cpu_ms_per_request"] > 0 and row["loadgen_cpu_ms_per_request"] > 0
-    assert "| 2 |" in result["tables"]["fronts"]
+    assert "| 2 |" in result["tables"]["fronts"] and row["batched_front_cpu_ms_per_image"] is not None

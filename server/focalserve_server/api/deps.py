@@ -44,8 +44,21 @@ async def require_write_key(request: Request, gateway: EmbedGatewayDep) -> None:
 
 async def require_read_key(request: Request, gateway: EmbedGatewayDep) -> None:
     """Reads need a key only with `auth_all`."""
+    check_read_key(request, gateway)
+
+
+def check_read_key(request: Request, gateway: EmbedGateway) -> None:
     if (keys := gateway.api_keys) and gateway.settings.auth_all:
         _check_key(request, keys)
+
+
+def embed_gateway(request: Request) -> EmbedGateway:
+    """The gateway of a hot route, with the read-key check, called by the route itself: FastAPI's
+    dependency solving costs ~0.1 ms per request and dependency (a typing alias built per call), a
+    tenth of a front's CPU per request in a profile at concurrency 64."""
+    gateway: EmbedGateway = request.app.state.gateway
+    check_read_key(request, gateway)
+    return gateway
 
 
 WriteAccess = Depends(require_write_key)

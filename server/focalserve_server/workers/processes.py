@@ -21,6 +21,8 @@ def run_engine(settings: Settings, runtime: Runtime, log_level: str) -> None:
     from focalserve_server.app import create_app
 
     _begin("engine", runtime, log_level)
+    if settings.device == "cpu" and settings.torch_threads == 0:
+        settings = settings.model_copy(update={"torch_threads": engine_threads(settings.workers, available_cores())})
     runtime.http_socket.unlink(missing_ok=True)
     app = create_app(settings, engine_socket=runtime.engine_socket)
     uvicorn.Server(uvicorn.Config(app, uds=str(runtime.http_socket), log_level=log_level, access_log=False,
@@ -37,6 +39,18 @@ def run_front(settings: Settings, runtime: Runtime, listener: socket.socket, rol
     app = create_front_app(settings, runtime, os.getpid())
     uvicorn.Server(uvicorn.Config(app, log_level=log_level,
                                   timeout_graceful_shutdown=int(settings.request_timeout_s))).run(sockets=[listener])
+
+
+def engine_threads(workers: int, cores: int) -> int:
+    """Intra-op threads for a model on the CPU: torch's default (0) in one process; behind fronts the
+    cores they leave, at least one. torch's threads spin while they wait for work, so on a small
+    machine a pool sized to every core takes the fronts' CPU (2 cores, 2 fronts: 663 requests/s at
+    torch's default against 748 with one thread; benchmarks/RESULTS.md, *Fronts and the engine*)."""
+    return 0 if workers == 1 else max(1, cores - workers)
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0))
 
 
 def _begin(role: str, runtime: Runtime, log_level: str) -> None:

@@ -9,13 +9,13 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from focalserve_client.schemas import EmbedRequest, EmbedResponse, EncodingFormat, ErrorResponse
-from focalserve_server.api.deps import EmbedGatewayDep, ReadAccess
+from focalserve_server.api.deps import embed_gateway
 from focalserve_server.api.payloads import b64decode, encoded_vector
 from focalserve_server.api.responses import FastJSONResponse
 from focalserve_server.engine import EmbedInput, Engine
 from focalserve_server.errors import InvalidRequest, check_at
 
-router = APIRouter(tags=["embed"], dependencies=[ReadAccess])
+router = APIRouter(tags=["embed"])  # no dependencies: the route checks its key itself (`embed_gateway`)
 
 ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (404, 413, 422, 503)}
 MULTIPART_SCHEMA = {
@@ -44,8 +44,9 @@ MULTIPART_SCHEMA = {
         }
     },
 )
-async def embed(request: Request, gateway: EmbedGatewayDep) -> FastJSONResponse:
+async def embed(request: Request) -> FastJSONResponse:
     """Embed images (under an instruction, for FocalLens families) and texts."""
+    gateway = embed_gateway(request)
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         model, items, encoding = await _parse_multipart(request, gateway.engine)
     else:

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from focalserve_client.schemas import ErrorResponse
-from focalserve_server.api.deps import EmbedGatewayDep, ReadAccess
+from focalserve_server.api.deps import embed_gateway
 from focalserve_server.api.payloads import b64decode, encoded_vector
 from focalserve_server.api.responses import FastJSONResponse
 from focalserve_server.engine import EmbedInput
 from focalserve_server.errors import InvalidImage, InvalidRequest, check_at
 
-router = APIRouter(prefix="/v1", tags=["openai"], dependencies=[ReadAccess])
+router = APIRouter(prefix="/v1", tags=["openai"])  # the route checks its key itself (`embed_gateway`)
 
 ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (404, 413, 422, 503)}
 
@@ -106,8 +106,9 @@ class OpenAIEmbeddingResponse(_Strict):
 
 
 @router.post("/embeddings", response_model=OpenAIEmbeddingResponse, responses=ERRORS)
-async def create_embeddings(body: OpenAIEmbeddingRequest, gateway: EmbedGatewayDep) -> FastJSONResponse:
+async def create_embeddings(body: OpenAIEmbeddingRequest, request: Request) -> FastJSONResponse:
     """OpenAI-compatible embeddings of texts (`input`) or of an image under an instruction."""
+    gateway = embed_gateway(request)
     family = gateway.engine.family(body.model)
     if body.dimensions is not None and body.dimensions != family.spec.embedding_dim:
         raise InvalidRequest(
