@@ -1,7 +1,8 @@
 """Fronts and the engine: the gateway's CPU per request and its throughput against the raw forward,
-one process against `--workers N`, measured side by side in one run on the demo family.
+one process against `--workers N`, measured side by side in one run (the demo family by default).
 
     .venv/bin/python -m benchmarks.fronts [--workers 1 2] [--concurrency 64] [--seconds S] [--torch-threads T]
+        [--family demo|vitb32|vitl14-336] [--device cuda --dtype float16 --preprocess-device pil|cuda]
 
 - raw forward: the exported image model in this process at batch 64 (img/s, and its CPU per image)
   and at batch 1 (latency);
@@ -21,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ from typing import Any
 import httpx
 import torch
 
-from benchmarks.families import SOURCES
+from benchmarks.families import SOURCES, prepare_family
 from benchmarks.http_load import encode_post
 from benchmarks.http_load import run as run_load
 from benchmarks.raw import time_calls
@@ -38,7 +40,6 @@ from benchmarks.workload import PHRASINGS, Workload
 from focalserve_devtools.launch import gateway_process
 from focalserve_server.workers.processes import available_cores, engine_threads
 
-FAMILY = "demo"
 RAW_BATCH = 64
 BATCH_REQUEST, BATCH_CONCURRENCY = 64, 2  # many images per request: what the SDK sends
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -67,19 +68,19 @@ def tree_cpu_s(root: int) -> float:
     return sum(times.get(pid, 0.0) for pid in tree)
 
 
-def raw_forward(repository: Path, workload: Workload, seconds: float, threads: int = 0) -> dict[str, float]:
+def raw_forward(target: Target, workload: Workload, seconds: float, threads: int = 0) -> dict[str, float]:
     """At torch's default threads (the forward at its best), or at `threads` (the CPU the same
     images cost the gateway's model, to subtract from its CPU)."""
     default_threads = torch.get_num_threads()
     torch.set_num_threads(threads or default_threads)
     try:
-        return _raw_forward(repository, workload, seconds)
+        return _raw_forward(target, workload, seconds)
     finally:
         torch.set_num_threads(default_threads)
 
 
-def _raw_forward(repository: Path, workload: Workload, seconds: float) -> dict[str, float]:
-    family = ScriptedFamily(repository, FAMILY)
+def _raw_forward(target: Target, workload: Workload, seconds: float) -> dict[str, float]:
+    family = ScriptedFamily(target.repository, target.family, target.device, target.dtype)
     pixels = family.pixels(workload.images)
     condition = family.conditions([PHRASINGS[0]])
     batch = pixels[torch.arange(RAW_BATCH) % len(pixels)]
@@ -92,20 +93,34 @@ def _raw_forward(repository: Path, workload: Workload, seconds: float) -> dict[s
             "batch1_p50_ms": 1000 * statistics.median(single)}
 
 
-def gateway(repository: Path, workers: int, workload: Workload, concurrency: int, seconds: float,
-            raw: dict[str, float], model_cpu_ms: float, log_dir: Path, torch_threads: int = 0) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Target:
+    """What is measured: a family's repository, where its model runs, and the gateway's threads."""
+
+    family: str
+    repository: Path
+    device: str = "cpu"
+    dtype: str = "float32"
+    preprocess_device: str = "pil"
+    torch_threads: int = 0
+
+
+def gateway(target: Target, workers: int, workload: Workload, concurrency: int, seconds: float,
+            raw: dict[str, float], model_cpu_ms: float, log_dir: Path) -> dict[str, Any]:
     """`raw`: the forward at its best, for the ratio; `model_cpu_ms`: its CPU per image with the
     threads the gateway's model runs on, subtracted to leave the front's work."""
     settings = {"workers": str(workers), "data_dir": str(log_dir / f"data-{workers}"),
-                "runtime_dir": str(log_dir / f"run-{workers}"), "torch_threads": str(torch_threads)}
-    singles, batches = requests_of(workload, 1), requests_of(workload, BATCH_REQUEST)
-    with gateway_process(repository, log_dir / f"gateway-{workers}.log", **settings) as (url, process):
+                "runtime_dir": str(log_dir / f"run-{workers}"), "torch_threads": str(target.torch_threads),
+                "device": target.device, "dtype": target.dtype, "preprocess_device": target.preprocess_device,
+                "families": json.dumps([target.family])}
+    singles, batches = requests_of(workload, target.family, 1), requests_of(workload, target.family, BATCH_REQUEST)
+    with gateway_process(target.repository, log_dir / f"gateway-{workers}.log", **settings) as (url, process):
         run_load(url, singles, concurrency, max_requests=4 * concurrency, max_seconds=seconds)  # warm every path
-        batches_before = batch_sizes(httpx.get(f"{url}/metrics", timeout=10).text)
+        batches_before = batch_sizes(httpx.get(f"{url}/metrics", timeout=10).text, target.family)
         cpu_before = tree_cpu_s(process.pid)
         load = run_load(url, singles, concurrency, max_requests=200_000, max_seconds=seconds)
         cpu_between = tree_cpu_s(process.pid)
-        batches_after = batch_sizes(httpx.get(f"{url}/metrics", timeout=10).text)
+        batches_after = batch_sizes(httpx.get(f"{url}/metrics", timeout=10).text, target.family)
         many = run_load(url, batches, BATCH_CONCURRENCY, max_requests=10_000, max_seconds=seconds / 2, processes=1)
         cpu_after = tree_cpu_s(process.pid)
         single = run_load(url, singles, 1, max_requests=2_000, max_seconds=seconds / 2, processes=1)
@@ -128,29 +143,34 @@ def gateway(repository: Path, workers: int, workload: Workload, concurrency: int
     }
 
 
-def batch_sizes(metrics: str) -> tuple[float, float]:
+def batch_sizes(metrics: str, family: str) -> tuple[float, float]:
     """(images, calls) of the image model so far, from the gateway's `/metrics`."""
     values = {"sum": 0.0, "count": 0.0}
     for line in metrics.splitlines():
         for part in values:
-            if line.startswith(f'focalserve_batch_size_{part}{{model="{FAMILY}_image"}}'):
+            if line.startswith(f'focalserve_batch_size_{part}{{model="{family}_image"}}'):
                 values[part] = float(line.rsplit(" ", 1)[1])
     return values["sum"], values["count"]
 
 
-def requests_of(workload: Workload, images: int) -> list[bytes]:
+def requests_of(workload: Workload, family: str, images: int) -> list[bytes]:
     """Distinct requests of `images` (image, instruction) pairs each, cycling through the workload."""
     count = len(PHRASINGS) * len(workload.images)
     pairs = [(workload.image_b64(n), PHRASINGS[n % len(PHRASINGS)]) for n in range(count)]
-    bodies = [{"model": FAMILY, "inputs": [{"image": image, "instruction": text}
+    bodies = [{"model": family, "inputs": [{"image": image, "instruction": text}
                                            for image, text in (pairs[(n + k) % count] for k in range(images))]}
               for n in range(count)]
     return [encode_post("/embed", "127.0.0.1", json.dumps(body).encode()) for body in bodies]
 
 
-def gateway_threads(workers: int, args: argparse.Namespace) -> int:
+def repository_of(family: str) -> Path:
+    """The demo's repository as `make demo-repository` wrote it; others exported on first use."""
+    return SOURCES[family].committed_repository or prepare_family(family).libtorch_repository
+
+
+def gateway_threads(workers: int, target: Target) -> int:
     """The intra-op threads the gateway's model runs on, as `workers.processes` chooses them."""
-    return args.torch_threads or engine_threads(workers, available_cores())
+    return target.torch_threads or engine_threads(workers, available_cores())
 
 
 def table(raw: dict[str, float], rows: list[dict[str, Any]]) -> str:
@@ -174,20 +194,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--torch-threads", type=int, default=0, help="the gateways' torch_threads (0: the default)")
+    parser.add_argument("--family", default="demo", help="demo, vitb32 or vitl14-336 (benchmarks/families.py)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--preprocess-device", default="pil")
+    parser.add_argument("--json", type=Path, help="also write the measurements here")
     args = parser.parse_args(argv)
-    repository = SOURCES[FAMILY].committed_repository
-    assert repository is not None
+    target = Target(args.family, repository_of(args.family), args.device, args.dtype, args.preprocess_device,
+                    args.torch_threads)
     workload = Workload.colorshape()
-    raw = raw_forward(repository, workload, args.seconds / 2)
-    model_cpu_ms = {workers: raw_forward(repository, workload, args.seconds / 4, gateway_threads(workers, args))
+    raw = raw_forward(target, workload, args.seconds / 2)
+    model_cpu_ms = {workers: raw_forward(target, workload, args.seconds / 4, gateway_threads(workers, target))
                     ["cpu_ms_per_image"] for workers in args.workers}
     with tempfile.TemporaryDirectory(prefix="fronts-") as directory:
-        rows = [gateway(repository, workers, workload, args.concurrency, args.seconds, raw, model_cpu_ms[workers],
-                        Path(directory), args.torch_threads) for workers in args.workers]
+        rows = [gateway(target, workers, workload, args.concurrency, args.seconds, raw, model_cpu_ms[workers],
+                        Path(directory)) for workers in args.workers]
     command = shlex.join(["python", "-m", "benchmarks.fronts", *(sys.argv[1:] if argv is None else argv)])
     tables = {"fronts": table(raw, rows)}
     print(tables["fronts"])
-    return {"command": command, "machine": machine(), "raw": raw, "gateways": rows, "tables": tables}
+    result = {"command": command, "machine": machine(), "raw": raw, "gateways": rows, "tables": tables}
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2, default=str))
+    return result
 
 
 if __name__ == "__main__":

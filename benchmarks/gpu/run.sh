@@ -2,6 +2,8 @@
 # The GPU checks, as one command on a device machine (an H200 here), from the repository root, in
 # this order:
 #   the `gpu`-marked tests (CUDA embedded backend in fp32/fp16/bf16, nvJPEG preprocessing, faiss GPU);
+#   fronts and the engine: ViT-B-32 and ViT-L-14-336 fp16 through 1, 4, 8 and 16 workers at concurrency
+#   64 and 256, against the raw forward of the same run (benchmarks/fronts.py);
 #   what a new batch size costs the exported model, TorchScript's optimising executor on and off;
 #   the serving benchmark, gateway (embedded backend) against the raw forward, ViT-B-32 and
 #   ViT-L-14-336 FocalLens in fp16, GPU preprocessing (and PIL for ViT-B-32);
@@ -29,6 +31,13 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT
 step() { local seconds=$1 log=$2; shift 2; echo "== $log: $*"; timeout -k 5 "$seconds" "$@" 2>&1 | tee "$OUT/$log.log"; }
 step 100 gpu_tests python3 -m pytest -q -m gpu -p no:cacheprovider tests/integration/test_device_and_dtype.py \
     tests/integration/test_device_preprocessing.py tests/unit/server/test_indexes.py
+fronts() {
+    step "$1" "fronts_$2_c$3" python3 -m benchmarks.fronts --family "$2" --concurrency "$3" --workers "${@:4}" \
+        --device cuda --dtype float16 --preprocess-device cuda --seconds 3 --json "$OUT/fronts_$2_c$3.json"
+}
+fronts 120 vitb32 64 1 4 8 16
+fronts 100 vitb32 256 1 8 16
+fronts 100 vitl14-336 64 1 4 16
 step 70 batch_shapes python3 -m benchmarks.batch_shapes --models vitb32 vitl14-336 --device cuda --dtype float16 \
     --json "$OUT/batch_shapes.json"
 # A benchmark's JSON is copied only when its step finished: the committed one is the CPU's.
