@@ -19,7 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
-from focalserve_devtools.launch import gateway_process
+from focalserve_devtools.launch import gateway_process, running_gateway
 from tests.helpers.images import b64, shape_png
 from tests.helpers.inprocess import InProcessGateway, gateway_settings
 from tests.helpers.loop import wait_for
@@ -148,6 +148,7 @@ def test_a_killed_engine_means_503_until_it_is_back(start_workers):
         assert client.post("/collections/kept/items", json={"items": [{"id": "a", "image": IMAGE}]}).status_code == 201
         engine = int((runtime / "engine.pid").read_text())
         os.kill(engine, signal.SIGKILL)
+        wait_for(lambda: not alive(engine), 10, "the engine gone")  # reaped by the supervisor: its sockets closed
         away = client.post("/embed", json=embed_body())
         assert away.status_code == 503 and away.headers["Retry-After"]
         assert away.json()["error"]["code"] == "backend_unavailable"
@@ -155,7 +156,7 @@ def test_a_killed_engine_means_503_until_it_is_back(start_workers):
         assert listed.status_code == 503 and listed.headers["Retry-After"]
         readiness = client.get("/readyz")
         assert readiness.status_code == 503 and "engine" in readiness.json()["detail"]
-        wait_for(lambda: client.get("/readyz").status_code == 200, 90, "engine restarted")
+        wait_for(lambda: client.get("/readyz").status_code == 200, 90, "engine restarted")  # this front reaches it
         assert int((runtime / "engine.pid").read_text()) != engine
         assert client.post("/embed", json=embed_body()).status_code == 200
         assert client.get("/collections/kept/items/a").status_code == 200  # the store outlived the engine
@@ -183,3 +184,23 @@ def test_sigterm_drains_every_process(start_workers):
     while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(alive(pid) for pid in pids)
+
+
+def test_workers_share_postgresql_collections_with_another_gateway(start_workers, model_repository: Path,
+                                                                   postgres_url: str, tmp_path: Path):
+    """Fronts before an engine on PostgreSQL, beside a one-process gateway on the same database: a write
+    through either is read through the other with `min_seq`, as between any two replicas."""
+    gateway, _ = start_workers("postgres", database_url=postgres_url, log_poll_interval_s="0.05")
+    with gateway as (url, _), running_gateway(model_repository, tmp_path / "single.log", data_dir=str(tmp_path / "s"),
+                                              database_url=postgres_url, log_poll_interval_s="0.05") as single:
+        fronts, other = httpx.Client(base_url=url, timeout=60), httpx.Client(base_url=single, timeout=60)
+        assert fronts.post("/collections", json={"name": "pg", "model": "tiny"}).status_code == 201
+        assert fronts.post("/collections/pg/conditions", json={"instruction": COLOUR}).status_code < 300
+        for writer, reader in ((fronts, other), (other, fronts)):
+            item = f"from-{writer is fronts}"
+            added = writer.post("/collections/pg/items", json={"items": [{"id": item, "image": IMAGE}]})
+            assert added.status_code == 201
+            found = reader.post("/search", json={"collection": "pg", "condition": COLOUR, "k": 10,
+                                                 "min_seq": int(added.headers["FocalServe-Seq"]),
+                                                 "query": {"image": IMAGE}})
+            assert found.status_code == 200 and item in {hit["id"] for hit in found.json()["results"]}

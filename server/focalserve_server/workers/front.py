@@ -25,12 +25,13 @@ from focalserve_server.app import create_backend, install_layers
 from focalserve_server.backends.base import ModelBackend
 from focalserve_server.config import Settings
 from focalserve_server.engine import Engine
+from focalserve_server.errors import BackendUnavailable
 from focalserve_server.images import create_image_decoder
 from focalserve_server.metrics import Metrics
 from focalserve_server.pixel_slots import PixelSlots
 from focalserve_server.state import EmbedGateway
 from focalserve_server.workers.engine_client import EngineClient
-from focalserve_server.workers.proxy import EngineProxy
+from focalserve_server.workers.proxy import AWAY, EngineProxy
 from focalserve_server.workers.wire import Runtime
 
 LOCAL_PATHS = frozenset({"/embed", "/v1/embeddings", "/healthz", "/metrics"})
@@ -46,16 +47,24 @@ async def metrics(gateway: EmbedGatewayDep) -> Response:
 
 
 class FrontApp:
-    """The embed routes here; the rest to the engine process."""
+    """The embed routes here; the rest to the engine process. `/readyz` is this front's too: ready
+    only while it reaches the engine for model calls, and the engine says it is ready."""
 
     def __init__(self, local: FastAPI, proxy: EngineProxy) -> None:
         self._local = local
         self._proxy = proxy
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/readyz" and not await self._reaches_models():
+            await self._proxy.unavailable(scope, receive, send, BackendUnavailable(AWAY))
+            return
         here = scope["type"] != "http" or scope["path"] in LOCAL_PATHS
         app: ASGIApp = self._local if here else self._proxy
         await app(scope, receive, send)
+
+    async def _reaches_models(self) -> bool:
+        gateway: EmbedGateway | None = getattr(self._local.state, "gateway", None)
+        return gateway is not None and await gateway.backend.ready()
 
 
 def create_front_app(settings: Settings, runtime: Runtime, pid: int) -> FrontApp:

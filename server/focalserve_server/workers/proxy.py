@@ -50,11 +50,11 @@ class EngineProxy:
         try:
             response = await self._client.send(request, stream=True)
         except httpx.ConnectError:
-            await self._unavailable(scope, receive, send, BackendUnavailable(AWAY))
+            await self.unavailable(scope, receive, send, BackendUnavailable(AWAY))
             return
         except httpx.TransportError:
             safe = scope["method"] in SAFE_METHODS
-            await self._unavailable(scope, receive, send, BackendUnavailable(AWAY) if safe else UNKNOWN_OUTCOME)
+            await self.unavailable(scope, receive, send, BackendUnavailable(AWAY) if safe else UNKNOWN_OUTCOME)
             return
         try:
             headers = [(key, value) for key, value in response.headers.raw if key.lower() not in HOP_BY_HOP]
@@ -65,7 +65,8 @@ class EngineProxy:
         finally:
             await response.aclose()
 
-    async def _unavailable(self, scope: Scope, receive: Receive, send: Send, error: FocalServeError) -> None:
+    async def unavailable(self, scope: Scope, receive: Receive, send: Send, error: FocalServeError) -> None:
+        """The engine cannot be reached: 503 with Retry-After, in the probe's own shape for `/readyz`."""
         if scope["path"] == "/readyz":  # the probe's own shape: not ready, and why
             answer = FastJSONResponse({"status": "not_ready", "detail": {"engine": error.message}}, status_code=503,
                                       headers={"Retry-After": str(self._retry_after_s)})
