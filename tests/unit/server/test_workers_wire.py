@@ -1,4 +1,4 @@
-"""The pieces between fronts and the engine: shared-memory pixel slots and the message wire."""
+"""The pieces between fronts and the engine: shared-memory pixel slots, the message wire, the settings."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
+from focalserve_server.config import Settings
 from focalserve_server.errors import BackendUnavailable, InvalidImage, Overloaded
 from focalserve_server.pixel_slots import PixelSlots
+from focalserve_server.workers.processes import engine_threads
 from focalserve_server.workers.wire import (
     encode,
     pack_array,
@@ -77,3 +80,17 @@ async def test_messages_are_framed_one_after_another():
     assert await read_message(reader) == {"id": 2}
     with pytest.raises(asyncio.IncompleteReadError):
         await read_message(reader)
+
+
+def test_the_pixel_slots_must_hold_a_whole_batch():
+    """A front's batcher hands over up to `max_batch_size` images at once: fewer slots could never take them."""
+    with pytest.raises(ValidationError, match="pixel_slots"):
+        Settings(pixel_slots=32, max_batch_size=64)
+    assert Settings(pixel_slots=64, max_batch_size=64).pixel_slots == 64
+
+
+def test_the_engine_behind_fronts_takes_the_cores_they_leave():
+    assert engine_threads(workers=1, cores=16) == 0  # one process: torch's default
+    assert engine_threads(workers=2, cores=2) == 1
+    assert engine_threads(workers=4, cores=16) == 12
+    assert engine_threads(workers=16, cores=16) == 1
