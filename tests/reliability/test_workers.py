@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc
 
 from focalserve_devtools.launch import gateway_process, running_gateway
 from tests.helpers.images import b64, shape_png
@@ -204,3 +205,20 @@ def test_workers_share_postgresql_collections_with_another_gateway(start_workers
                                                  "min_seq": int(added.headers["FocalServe-Seq"]),
                                                  "query": {"image": IMAGE}})
             assert found.status_code == 200 and item in {hit["id"] for hit in found.json()["results"]}
+
+
+def test_on_triton_each_front_calls_triton_with_pixels_in_shared_memory(start_workers, triton, workers: Workers):
+    """Triton is the engine: fronts send it uint8 pixels through regions they registered with it."""
+    expected = [entry["embedding"] for entry in httpx.post(f"{workers.url}/embed", json=embed_body(),
+                                                            timeout=60).json()["data"]]
+    gateway, _ = start_workers("triton", backend="triton", triton_url=triton.grpc_url, triton_shared_memory="true")
+    with gateway as (url, _), httpx.Client(base_url=url, timeout=60,
+                                           limits=httpx.Limits(max_keepalive_connections=0)) as client:
+        for _ in range(4):  # new connections: both fronts answer some
+            answer = client.post("/embed", json=embed_body())
+            assert answer.status_code == 200, answer.text
+            np.testing.assert_allclose([entry["embedding"] for entry in answer.json()["data"]], expected, atol=1e-5)
+        regions = tritonclient.grpc.InferenceServerClient(triton.grpc_url).get_system_shared_memory_status(
+            as_json=True).get("regions", {})
+        mine = [name for name in regions if name.startswith("focalserve-pixels-")]
+        assert len(mine) >= 3  # one per process: each front's, and the engine's for collection adds
