@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import statistics
 import sys
@@ -34,6 +33,7 @@ from benchmarks.families import SOURCES, prepare_family
 from benchmarks.http_load import encode_post
 from benchmarks.http_load import run as run_load
 from benchmarks.raw import time_calls
+from benchmarks.replication import descendants, process_table
 from benchmarks.report import machine, markdown_table
 from benchmarks.scripted import ScriptedFamily
 from benchmarks.workload import PHRASINGS, Workload
@@ -42,30 +42,12 @@ from focalserve_server.workers.processes import available_cores, engine_threads
 
 RAW_BATCH = 64
 BATCH_REQUEST, BATCH_CONCURRENCY = 64, 2  # many images per request: what the SDK sends
-_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def tree_cpu_s(root: int) -> float:
     """User + system CPU seconds of `root` and every descendant alive now, from /proc."""
-    parents: dict[int, int] = {}
-    times: dict[int, float] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # gone meanwhile
-        pid = int(entry.name)
-        parents[pid] = int(fields[1])
-        times[pid] = (int(fields[11]) + int(fields[12])) / _TICKS
-    tree, frontier = {root}, [root]
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, ppid in parents.items() if ppid == parent]
-        tree.update(children)
-        frontier.extend(children)
-    return sum(times.get(pid, 0.0) for pid in tree)
+    table = process_table()
+    return sum(table[pid][1] for pid in descendants(table, [root]) if pid in table)
 
 
 def raw_forward(target: Target, workload: Workload, seconds: float, threads: int = 0) -> dict[str, float]:
@@ -204,8 +186,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     args.torch_threads)
     workload = Workload.colorshape()
     raw = raw_forward(target, workload, args.seconds / 2)
-    model_cpu_ms = {workers: raw_forward(target, workload, args.seconds / 4, gateway_threads(workers, target))
-                    ["cpu_ms_per_image"] for workers in args.workers}
+    threads = {workers: gateway_threads(workers, target) for workers in args.workers}
+    cpu_at = {count: raw_forward(target, workload, args.seconds / 4, count)["cpu_ms_per_image"]
+              for count in set(threads.values()) - {0}}  # torch's default was measured above
+    model_cpu_ms = {workers: cpu_at.get(count, raw["cpu_ms_per_image"]) for workers, count in threads.items()}
     with tempfile.TemporaryDirectory(prefix="fronts-") as directory:
         rows = [gateway(target, workers, workload, args.concurrency, args.seconds, raw, model_cpu_ms[workers],
                         Path(directory)) for workers in args.workers]

@@ -67,7 +67,8 @@ class EngineClient(ModelBackend):
 
     async def infer(self, model: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
         images = {name: array for name, array in inputs.items() if array.dtype == np.uint8}
-        count = sum(self._slots.slots_for(array) for array in images.values())
+        sizes = {name: self._slots.slots_for(array) for name, array in images.items()}
+        count = sum(sizes.values())
         taken = (await self._slots.take(count) if count else 0, count)
         writer = self._writer
         if writer is None:
@@ -78,7 +79,7 @@ class EngineClient(ModelBackend):
         for name, array in images.items():
             self._slots.write(first, array)
             placed[name] = {"first": first, "shape": list(array.shape)}
-            first += self._slots.slots_for(array)
+            first += sizes[name]
         rows = len(next(iter(inputs.values())))
         call_id = next(self._ids)
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
