@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1.7
-# The FocalServe gateway image; the same image runs training jobs (`focalserve train|export`).
+# The FocalServe gateway image; the same image runs training jobs (`focalserve train|export`) and bulk
+# ingests on a Ray cluster (`focalserve ingest`, deploy/k8s/ingest-rayjob.yaml).
 #   docker build -t focalserve .                          # CUDA torch (runs on CPU too)
 #   docker build -t focalserve --build-arg TORCH_VARIANT=cpu .   # smaller, CPU-only torch
 ARG PYTHON_VERSION=3.11
@@ -20,7 +21,8 @@ COPY server/ server/
 COPY training/ training/
 COPY family/ family/
 COPY devtools/ devtools/
-RUN pip install -c constraints.txt ./client ".[training]"
+COPY ingest/ ingest/
+RUN pip install -c constraints.txt ./client ".[training,ingest]"
 
 FROM python:${PYTHON_VERSION}-slim AS runtime
 RUN useradd --create-home --uid 10001 focalserve \

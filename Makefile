@@ -23,7 +23,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml client/pyproject.toml constraints.txt
-	$(BIN)/pip install --quiet -c constraints.txt -e ./client -e '.[training,triton,dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e ./client -e '.[training,triton,dev,ingest]'
 	touch $@
 
 install: $(STAMP)

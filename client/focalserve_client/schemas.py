@@ -214,6 +214,8 @@ class ItemInfo(_Response):
     id: str
     metadata: dict[str, str | int | float | bool | None]
     image_sha256: str
+    source: str | None = Field(default=None, description="Where `focalserve ingest` read the image; null for adds.")
+    image_kept: bool = Field(default=True, description="False when only the source is stored (--no-keep-images).")
 
 
 class ConditionCreate(_Request):

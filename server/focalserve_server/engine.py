@@ -72,7 +72,7 @@ class FamilyEngine:
             output = await self._backend.infer(model.name, inputs)
             # embeddings leave unit-length in float32 whatever precision the model ran in; a
             # condition vector is the image model's input, not an embedding, and stays as it is
-            return output if model.role == "instruction" else _unit_rows(output)
+            return output if model.role == "instruction" else unit_rows(output)
 
         batches_here = self._backend.batches_here
         return DynamicBatcher(
@@ -269,6 +269,7 @@ def _probe_jpeg() -> bytes:
 _PROBE_JPEG = _probe_jpeg()
 
 
-def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Embeddings leave at unit length, in float32: the gateway's and a bulk ingest's alike."""
     vectors = np.asarray(vectors, dtype=np.float32)
     return vectors / np.maximum(np.linalg.norm(vectors, axis=-1, keepdims=True), 1e-12)

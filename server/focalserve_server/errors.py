@@ -83,6 +83,12 @@ class NotFound(FocalServeError):
     status, code = 404, "not_found"
 
 
+class ImageNotKept(NotFound):
+    """The item is stored with its vectors and its source, not its bytes (`focalserve ingest --no-keep-images`)."""
+
+    code = "image_not_kept"
+
+
 class Conflict(FocalServeError):
     status, code = 409, "conflict"
 

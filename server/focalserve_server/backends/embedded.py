@@ -51,8 +51,10 @@ def running_exported(device: torch.device, dtype: torch.dtype, optimise: bool = 
         yield
 
 
-class EmbeddedBackend(ModelBackend):
-    name = "embedded"
+class ExportedModels:
+    """The exported TorchScript graphs of a repository (all families, or the named ones), loaded on
+    one device and called synchronously: the embedded backend runs them on its inference thread, a
+    bulk ingest's actors (`focalserve_ingest`) run them directly."""
 
     def __init__(
         self, repository: Path, families: list[str] | None = None, threads: int = 0, device: str = "cpu",
@@ -64,15 +66,11 @@ class EmbeddedBackend(ModelBackend):
         self.device = torch.device(device)
         self.dtype = dtype
         self._torch_dtype = DTYPES[dtype]
-        self._configs: list[pb.ModelConfig] = []
+        self.configs: list[pb.ModelConfig] = []
         self._modules: dict[str, torch.jit.ScriptModule] = {}
         self._input_names: dict[str, list[str]] = {}
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedded-infer")
 
-    async def start(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
-
-    def _load(self) -> None:
+    def load(self) -> None:
         check_device(self.device)
         if self._threads:
             torch.set_num_threads(self._threads)
@@ -86,20 +84,13 @@ class EmbeddedBackend(ModelBackend):
                                         map_location=self.device)
             self._modules[config.name] = module.eval()
             self._input_names[config.name] = [tensor.name for tensor in config.input]
-            self._configs.append(config)
+            self.configs.append(config)
 
-    async def model_configs(self) -> list[pb.ModelConfig]:
-        return list(self._configs)
+    def __contains__(self, model: str) -> bool:
+        return model in self._modules
 
-    async def infer(self, model: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        if model not in self._modules:
-            raise BackendUnavailable(f"model {model} is not loaded")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._forward, model, inputs)
-
-    def placement(self) -> tuple[str, str]:
-        return str(self.device), self.dtype
-
-    def _forward(self, model: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    def forward(self, model: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """One batch through one model: inputs and the float32 output carry the batch dimension."""
         arguments = [self._to_device(inputs[name]) for name in self._input_names[model]]
         with running_exported(self.device, self._torch_dtype):
             return self._modules[model](*arguments).float().cpu().numpy()
@@ -111,8 +102,35 @@ class EmbeddedBackend(ModelBackend):
             return tensor
         return tensor.pin_memory().to(self.device, non_blocking=True)
 
+
+class EmbeddedBackend(ModelBackend):
+    name = "embedded"
+
+    def __init__(
+        self, repository: Path, families: list[str] | None = None, threads: int = 0, device: str = "cpu",
+        dtype: str = "float32",
+    ) -> None:
+        self._models = ExportedModels(repository, families, threads, device, dtype)
+        self.device = self._models.device
+        self.dtype = dtype
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedded-infer")
+
+    async def start(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._models.load)
+
+    async def model_configs(self) -> list[pb.ModelConfig]:
+        return list(self._models.configs)
+
+    async def infer(self, model: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        if model not in self._models:
+            raise BackendUnavailable(f"model {model} is not loaded")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._models.forward, model, inputs)
+
+    def placement(self) -> tuple[str, str]:
+        return str(self.device), self.dtype
+
     async def ready(self) -> bool:
-        return bool(self._modules)
+        return bool(self._models.configs)
 
     async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

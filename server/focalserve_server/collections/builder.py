@@ -110,7 +110,10 @@ class ConditionBuilder:
     async def _build(self, family: FamilyEngine, chunks: list[tuple[Condition, Chunk]]) -> None:
         """Chunks of several conditions over the same items: each missing image embedded once under
         every condition it lacks."""
-        missing = [await asyncio.to_thread(self._store.missing_in_chunk, chunk) for _, chunk in chunks]
+        # an item whose image bytes were not kept (`focalserve ingest --no-keep-images`) has nothing to
+        # embed here: an ingest of its source with the condition registered fills it in
+        missing = [[item for item in await asyncio.to_thread(self._store.missing_in_chunk, chunk) if item.kept]
+                   for _, chunk in chunks]
         items = {item.rowid: item for lacking in missing for item in lacking}
         lacking_rowids = [{item.rowid for item in lacking} for lacking in missing]
         wanted = {rowid: [number for number, rowids in enumerate(lacking_rowids) if rowid in rowids] for rowid in items}

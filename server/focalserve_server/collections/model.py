@@ -10,7 +10,7 @@ import numpy as np
 from focalserve_client.schemas import IndexKind
 
 ConditionStatus = Literal["building", "ready", "failed"]
-ChangeKind = Literal["collection_created", "collection_deleted", "condition_added", "item_deleted", "vector"]
+ChangeKind = Literal["collection_created", "collection_deleted", "condition_added", "item_deleted", "vector", "block"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,8 @@ class Item:
     id: str
     blob: str  # SHA-256 of the image bytes
     metadata: dict[str, Any]
+    source: str | None = None  # where a bulk ingest read the image (path or URI); None for API adds
+    kept: bool = True  # whether the store holds the image bytes (`focalserve ingest --no-keep-images`: no)
 
 
 @dataclass(frozen=True)
@@ -49,11 +51,35 @@ class NewItem:
 
 
 @dataclass(frozen=True)
+class BlockItem:
+    """An item of a bulk write: its id, image digest, where it came from, whether its bytes are kept
+    (`image` is None when they are not) and its vectors by condition rowid."""
+
+    id: str
+    digest: str
+    source: str | None
+    image: bytes | None
+    metadata: dict[str, Any]
+    vectors: dict[int, np.ndarray]
+
+
+@dataclass(frozen=True)
+class BlockWritten:
+    """What one bulk write stored: new items, vectors (new items' and stored items' missing ones), log position."""
+
+    items: int
+    vectors: int
+    seq: int | None
+
+
+@dataclass(frozen=True)
 class Change:
     """One entry of the change log; replicas apply them in `seq` order.
 
     A `vector` change names (condition, item); the vector itself is read from the store when the
     change is applied, so replaying a change twice, or after later ones, converges to the same index.
+    A `block` change (one bulk write) names the rowids `item`..`last_item` its items took: every
+    vector of those items, under every condition, is read the same way.
     """
 
     seq: int
@@ -61,6 +87,7 @@ class Change:
     collection: str
     condition: int | None
     item: int | None
+    last_item: int | None = None
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ class _Page:
     changes: list[Change]
     conditions: dict[int, tuple[Condition, int] | None]  # new conditions and their index dimension
     vectors: dict[tuple[int, int], np.ndarray]  # current vectors of the page's (condition, item) changes
+    blocks: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]]  # by seq: a block's (rowids, vectors) by condition
 
 
 class Replica:
@@ -173,7 +174,9 @@ class Replica:
             if c.kind == "vector" and c.item is not None and c.condition is not None
             and c.condition not in self._skipped
         ]
-        return _Page(changes, conditions, self._store.vectors_of(pairs))
+        blocks = {c.seq: self._store.block_vectors(c.item, c.last_item)
+                  for c in changes if c.kind == "block" and c.item is not None and c.last_item is not None}
+        return _Page(changes, conditions, self._store.vectors_of(pairs), blocks)
 
     def _describe(self, rowid: int) -> tuple[Condition, int] | None:
         """A new condition and its index dimension; None if gone or of a family this gateway does not load."""
@@ -198,7 +201,11 @@ class Replica:
                 continue
             self._add(pending, entries)
             pending = defaultdict(dict)
-            if change.kind == "item_deleted" and change.item is not None:
+            if change.kind == "block":
+                for condition, (ids, vectors) in page.blocks.get(change.seq, {}).items():
+                    if condition in entries:
+                        entries[condition].index.add(ids, vectors)
+            elif change.kind == "item_deleted" and change.item is not None:
                 removed = np.array([change.item], np.int64)
                 for entry in entries.values():
                     if entry.collection == change.collection:

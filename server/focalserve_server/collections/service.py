@@ -29,6 +29,7 @@ from focalserve_server.engine import Engine, FamilyEngine
 from focalserve_server.errors import (
     Conflict,
     FocalServeError,
+    ImageNotKept,
     InvalidInstruction,
     InvalidRequest,
     NotFound,
@@ -203,6 +204,9 @@ class CollectionService:
 
     async def read_image(self, name: str, item_id: str) -> bytes:
         item = await self.item(name, item_id)
+        if not item.kept:
+            raise ImageNotKept(f"the image of item {item_id!r} was not kept (ingested with --no-keep-images); "
+                               f"its source is {item.source}")
         return await asyncio.to_thread(self._store.read_blob, item.blob)
 
     async def item(self, name: str, item_id: str) -> Item:

@@ -36,6 +36,8 @@ CREATE TABLE IF NOT EXISTS items (
     id TEXT NOT NULL,
     blob TEXT NOT NULL,
     metadata TEXT NOT NULL,
+    source TEXT,
+    kept INTEGER NOT NULL DEFAULT 1,
     UNIQUE (collection, id)
 );
 CREATE TABLE IF NOT EXISTS conditions (
@@ -60,7 +62,8 @@ CREATE TABLE IF NOT EXISTS changes (
     kind TEXT NOT NULL,
     collection TEXT NOT NULL,
     condition INTEGER,
-    item INTEGER
+    item INTEGER,
+    last_item INTEGER
 );
 CREATE TABLE IF NOT EXISTS chunks (
     rowid INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -73,7 +76,16 @@ CREATE TABLE IF NOT EXISTS chunks (
     lease_until REAL
 );
 CREATE INDEX IF NOT EXISTS chunks_open ON chunks(condition, done);
+CREATE TEMP TABLE IF NOT EXISTS staged_items (id TEXT, blob TEXT, source TEXT, kept INTEGER, metadata TEXT);
+CREATE TEMP TABLE IF NOT EXISTS staged_vectors (id TEXT, condition INTEGER, vector BLOB);
 """
+# Columns added since the first release, for data dirs made before them: (table, column, definition).
+ADDED_COLUMNS = (
+    ("conditions", "index_options", "TEXT NOT NULL DEFAULT '{}'"),
+    ("items", "source", "TEXT"),
+    ("items", "kept", "INTEGER NOT NULL DEFAULT 1"),
+    ("changes", "last_item", "INTEGER"),
+)
 
 
 class SQLiteStore(Store):
@@ -90,9 +102,9 @@ class SQLiteStore(Store):
         for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=10000"):
             self._db.execute(f"PRAGMA {pragma}")
         self._db.executescript(SCHEMA)
-        if "index_options" not in {row[1] for row in self._db.execute("PRAGMA table_info(conditions)")}:
-            # a data dir made before conditions had index options
-            self._db.execute("ALTER TABLE conditions ADD COLUMN index_options TEXT NOT NULL DEFAULT '{}'")
+        for table, column, definition in ADDED_COLUMNS:
+            if column not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
     def close(self) -> None:
         with self._lock:
@@ -135,6 +147,11 @@ class SQLiteStore(Store):
             name = getattr(error, "sqlite_errorname", "SQLITE_FULL")
             return InsufficientStorage(f"the server cannot write to its disk ({name}); nothing was stored")
         return super()._translate(error)
+
+    def _stage(self, tx: Transaction, table: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        tx.execute(f"DELETE FROM {table}")
+        if rows:
+            tx.executemany(f"INSERT INTO {table} VALUES ({','.join('?' * len(rows[0]))})", rows)
 
     def _metadata_equals(self) -> str:
         return "json_extract(metadata, '$.\"' || ? || '\"') IS json_extract(?, '$')"

@@ -26,6 +26,8 @@ import numpy as np
 from focalserve_client.schemas import IndexKind
 from focalserve_server.collections.health import StoreHealth
 from focalserve_server.collections.model import (
+    BlockItem,
+    BlockWritten,
     Change,
     ChangeKind,
     Chunk,
@@ -37,7 +39,7 @@ from focalserve_server.collections.model import (
 )
 from focalserve_server.errors import FocalServeError, InsufficientStorage
 
-ITEM_COLUMNS = "rowid, id, blob, metadata"
+ITEM_COLUMNS = "rowid, id, blob, metadata, source, kept"
 CONDITION_COLUMNS = "rowid, collection, instruction, index_kind, status, error, index_options"
 
 
@@ -75,6 +77,17 @@ class Store(ABC):
     @abstractmethod
     def _put_blob(self, tx: Transaction, digest: str, data: bytes) -> None:
         """Store image bytes under their digest (once); durable when the transaction commits."""
+
+    def _put_blobs(self, tx: Transaction, blobs: dict[str, bytes]) -> None:
+        """Many images' bytes by digest (a bulk write's); one at a time unless the engine knows better."""
+        for digest, data in blobs.items():
+            self._put_blob(tx, digest, data)
+
+    @abstractmethod
+    def _stage(self, tx: Transaction, table: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Fill a staging table of this transaction with `rows` and nothing else, as fast as the engine
+        can (PostgreSQL: binary COPY): `staged_items(id, blob, source, kept, metadata)` or
+        `staged_vectors(id, condition, vector)`, temporary tables each engine makes in its dialect."""
 
     @abstractmethod
     def _blob(self, digest: str) -> bytes: ...
@@ -163,10 +176,11 @@ class Store(ABC):
 
     def changes(self, after: int, limit: int) -> list[Change]:
         rows = self._query(
-            "SELECT seq, kind, collection, condition, item FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, kind, collection, condition, item, last_item FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
             (after, limit),
         )
-        return [Change(int(seq), kind, collection, condition, item) for seq, kind, collection, condition, item in rows]
+        return [Change(int(seq), kind, collection, condition, item, last)
+                for seq, kind, collection, condition, item, last in rows]
 
     def _log(
         self, tx: Transaction, kind: ChangeKind, collection: str, rows: Sequence[tuple[int | None, int | None]]
@@ -225,8 +239,8 @@ class Store(ABC):
                 rowid = int(
                     tx.execute(
                         "INSERT INTO items(collection, id, blob, metadata) VALUES (?, ?, ?, ?) "
-                        "ON CONFLICT (collection, id) DO UPDATE SET blob = excluded.blob, metadata = excluded.metadata "
-                        "RETURNING rowid",
+                        "ON CONFLICT (collection, id) DO UPDATE SET blob = excluded.blob, metadata = excluded.metadata, "
+                        "source = NULL, kept = 1 RETURNING rowid",
                         (collection, item.id, digest, json.dumps(item.metadata, sort_keys=True)),
                     ).fetchone()[0]
                 )
@@ -238,6 +252,70 @@ class Store(ABC):
                 rowids.append(rowid)
                 logged += [(condition, rowid) for condition in item.vectors]
             return rowids, self._log(tx, "vector", collection, logged or [(None, None)])
+
+    def complete_ids(self, collection: str, ids: Sequence[str], conditions: Sequence[int]) -> set[str]:
+        """Which of `ids` are stored with a vector under every one of `conditions`: what a rerun of a
+        bulk ingest skips without embedding it again."""
+        found: set[str] = set()
+        condition_marks = ",".join("?" * len(conditions))
+        for start in range(0, len(ids), 500):
+            part = list(ids[start : start + 500])
+            rows = self._query(
+                f"SELECT i.id FROM items i WHERE i.collection = ? AND i.id IN ({','.join('?' * len(part))}) AND "
+                f"(SELECT count(*) FROM vectors v WHERE v.item = i.rowid AND v.condition IN ({condition_marks})) = ?",
+                (collection, *part, *conditions, len(conditions)),
+            )
+            found.update(str(row[0]) for row in rows)
+        return found
+
+    def put_block(self, collection: str, items: Sequence[BlockItem], embedded_under: set[int]) -> BlockWritten:
+        """A bulk write in one transaction: the items not stored yet, with their vectors, and the vectors
+        stored items lack; an item already stored keeps its image and metadata, so a retried or rerun
+        block changes nothing. The new items' rowids form one range, logged as one `block` change
+        (writers are serialised, so no other item takes a rowid inside it); vectors added to items
+        stored before are logged one by one. Raises ConditionsChanged as `put_items` does."""
+        with self._write() as tx:
+            conditions = self._conditions(tx, collection)
+            if {c.rowid for c in conditions if c.status != "failed"} != embedded_under:
+                raise ConditionsChanged(conditions)
+            self._put_blobs(tx, {item.digest: item.image for item in items if item.image is not None})
+            self._stage(tx, "staged_items", [
+                (item.id, item.digest, item.source, int(item.image is not None),
+                 json.dumps(item.metadata, sort_keys=True)) for item in items
+            ])
+            self._stage(tx, "staged_vectors", [
+                (item.id, condition, _vector_bytes(vector)) for item in items for condition, vector in item.vectors.items()
+            ])
+            new = [int(row[0]) for row in tx.execute(
+                "INSERT INTO items(collection, id, blob, source, kept, metadata) "
+                "SELECT ?, id, blob, source, kept, metadata FROM staged_items WHERE true ORDER BY id "
+                "ON CONFLICT (collection, id) DO NOTHING RETURNING rowid", (collection,)
+            ).fetchall()]
+            written: list[tuple[int | None, int | None]] = [(int(condition), int(item)) for condition, item in tx.execute(
+                "INSERT INTO vectors(condition, item, vector) SELECT s.condition, i.rowid, s.vector "
+                "FROM staged_vectors s JOIN items i ON i.collection = ? AND i.id = s.id WHERE true "
+                "ON CONFLICT (condition, item) DO NOTHING RETURNING condition, item", (collection,)
+            ).fetchall()]
+            fresh = set(new)
+            added_to_stored = [(condition, item) for condition, item in written if item not in fresh]
+            seq = self._log(tx, "vector", collection, added_to_stored) if added_to_stored else None
+            if new:
+                tx.execute("INSERT INTO changes(kind, collection, item, last_item) VALUES ('block', ?, ?, ?)",
+                           (collection, min(new), max(new)))
+                seq = int(tx.execute("SELECT max(seq) FROM changes").fetchone()[0])
+            return BlockWritten(len(new), len(written), seq)
+
+    def block_vectors(self, first: int, last: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """The current vectors of items `first`..`last` (a `block` change), by condition: (rowids, vectors)."""
+        rows = self._query(
+            "SELECT condition, item, vector FROM vectors WHERE item BETWEEN ? AND ? ORDER BY condition, item",
+            (first, last),
+        )
+        by_condition: dict[int, list[tuple[int, np.ndarray]]] = {}
+        for condition, item, vector in rows:
+            by_condition.setdefault(int(condition), []).append((int(item), _vector(vector)))
+        return {condition: (np.array([item for item, _ in pairs], np.int64), np.stack([v for _, v in pairs]))
+                for condition, pairs in by_condition.items()}
 
     def item(self, collection: str, item_id: str) -> Item | None:
         rows = self._query(f"SELECT {ITEM_COLUMNS} FROM items WHERE collection = ? AND id = ?", (collection, item_id))
@@ -444,7 +522,7 @@ def _vector(data: bytes | memoryview) -> np.ndarray:
 
 def _item(row: Sequence[Any]) -> Item:
     metadata = row[3] if isinstance(row[3], dict) else json.loads(row[3])
-    return Item(rowid=int(row[0]), id=row[1], blob=row[2], metadata=metadata)
+    return Item(rowid=int(row[0]), id=row[1], blob=row[2], metadata=metadata, source=row[4], kept=bool(row[5]))
 
 
 def _condition(row: Sequence[Any]) -> Condition:

@@ -14,14 +14,14 @@ async def test_the_graphs_run_unoptimised_and_answer_what_the_optimising_executo
     backend = EmbeddedBackend(model_repository, families=["tiny"])
     await backend.start()
     config = next(config for config in await backend.model_configs() if config.name == "tiny_image")
-    module = backend._modules[config.name]
+    module = backend._models._modules[config.name]
     executor_states = []
 
     def recording(*arguments: torch.Tensor) -> torch.Tensor:
         executor_states.append(torch._C._get_graph_executor_optimize())
         return module(*arguments)
 
-    backend._modules[config.name] = recording
+    backend._models._modules[config.name] = recording
     generator = np.random.default_rng(0)
     batches = [{tensor.name: generator.standard_normal((size, *tensor.dims)).astype(np.float32)
                 for tensor in config.input} for size in (1, 3, 2)]

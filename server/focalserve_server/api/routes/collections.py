@@ -28,7 +28,7 @@ from focalserve_client.schemas import (
 from focalserve_server.api.deps import GatewayDep, ReadAccess, WriteAccess
 from focalserve_server.api.payloads import b64decode, sniff_image_type
 from focalserve_server.api.responses import FastJSONResponse
-from focalserve_server.collections.model import Collection, Condition
+from focalserve_server.collections.model import Collection, Condition, Item
 from focalserve_server.collections.service import CollectionService, ItemUpload
 from focalserve_server.engine import Engine
 from focalserve_server.errors import InvalidRequest, check_at
@@ -183,7 +183,7 @@ async def list_items(
     items = await gateway.collections.list_items(name, after_rowid, limit)
     return FastJSONResponse(
         {
-            "items": [{"id": i.id, "metadata": i.metadata, "image_sha256": i.blob} for i in items],
+            "items": [_item_info(i) for i in items],
             "next_after": str(items[-1].rowid) if len(items) == limit else None,
         }
     )
@@ -200,7 +200,12 @@ async def get_item_image(name: CollectionName, item_id: str, gateway: GatewayDep
 async def get_item(name: CollectionName, item_id: str, gateway: GatewayDep) -> FastJSONResponse:
     """One item's metadata and image hash."""
     item = await gateway.collections.item(name, _checked_id(item_id))
-    return FastJSONResponse({"id": item.id, "metadata": item.metadata, "image_sha256": item.blob})
+    return FastJSONResponse(_item_info(item))
+
+
+def _item_info(item: Item) -> dict[str, Any]:
+    return {"id": item.id, "metadata": item.metadata, "image_sha256": item.blob, "source": item.source,
+            "image_kept": item.kept}
 
 
 @router.delete("/{name}/items/{item_id:path}", status_code=204, dependencies=[WriteAccess], responses=ERRORS)

@@ -1,0 +1,101 @@
+"""Writing embedded rows into a collection: each write task's rows are one store transaction
+(`Store.put_block`: binary COPY into staging tables and one upsert on PostgreSQL, batched inserts
+on SQLite) with one change-log entry, so running gateways take the new items in through the log
+as they take API writes. Rows that failed to prepare are not written: they come back to the
+driver for the report.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray.data import Datasink
+from ray.data.block import Block, BlockAccessor
+from ray.data.datasource import WriteResult
+
+from focalserve_ingest.stores import StoreAddress
+from focalserve_server.collections.model import BlockItem
+
+
+@dataclass
+class Written:
+    """What one write task (or, summed, the whole run) stored and refused."""
+
+    items: int = 0  # new items
+    already_stored: int = 0  # items the store had (a retried block, or ids repeated in the source)
+    vectors: int = 0
+    failures: list[dict[str, str]] = field(default_factory=list)  # {"id", "source", "error"}
+    finished_at: float = 0.0
+
+    def add(self, other: Written) -> None:
+        self.items += other.items
+        self.already_stored += other.already_stored
+        self.vectors += other.vectors
+        self.failures += other.failures
+        self.finished_at = max(self.finished_at, other.finished_at)
+
+
+class RowsSink(Datasink[Written], ABC):
+    """Splits each write task's rows into failures (reported) and embedded rows (`_store`)."""
+
+    def __init__(self, conditions: list[int | str], rows_per_write: int) -> None:
+        self._conditions = conditions  # what each position of a row's `vectors` is under
+        self._rows_per_write = rows_per_write
+        self.written = Written()  # filled on the driver when the run completes
+
+    @property
+    def min_rows_per_write(self) -> int:
+        return self._rows_per_write
+
+    def write(self, blocks: Iterable[Block], ctx: Any) -> Written:
+        written = Written()
+        good: list[dict[str, Any]] = []
+        for block in blocks:
+            rows = BlockAccessor.for_block(block).to_numpy()
+            for row in range(len(rows["id"])):
+                record = {name: column[row] for name, column in rows.items()}
+                if record["error"]:
+                    written.failures.append({key: str(record[key]) for key in ("id", "source", "error")})
+                else:
+                    good.append(record)
+        if good:
+            self._store(good, written, ctx)
+        written.finished_at = time.time()
+        return written
+
+    @abstractmethod
+    def _store(self, rows: list[dict[str, Any]], written: Written, ctx: Any) -> None:
+        """Store embedded rows, counting what was stored into `written`."""
+
+    def on_write_complete(self, write_result: WriteResult[Written]) -> None:
+        for part in write_result.write_returns:
+            self.written.add(part)
+
+
+class CollectionSink(RowsSink):
+    def __init__(self, store: StoreAddress, collection: str, conditions: list[int], rows_per_write: int) -> None:
+        super().__init__(list(conditions), rows_per_write)
+        self._store_address = store
+        self._collection = collection
+
+    def get_name(self) -> str:
+        return "WriteCollection"
+
+    def _store(self, rows: list[dict[str, Any]], written: Written, ctx: Any) -> None:
+        conditions = [int(condition) for condition in self._conditions]
+        items = [
+            BlockItem(
+                id=str(row["id"]), digest=str(row["digest"]), source=str(row["source"]),
+                image=bytes(row["image"]) if row.get("image") else None, metadata=json.loads(row["metadata"]),
+                vectors={condition: row["vectors"][number] for number, condition in enumerate(conditions)},
+            )
+            for row in rows
+        ]
+        stored = self._store_address.open().put_block(self._collection, items, set(conditions))
+        written.items, written.vectors = stored.items, stored.vectors
+        written.already_stored = len(items) - stored.items
