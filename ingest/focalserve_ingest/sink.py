@@ -56,7 +56,10 @@ class RowsSink(Datasink[Written], ABC):
         written = Written()
         good: list[dict[str, Any]] = []
         for block in blocks:
-            rows = BlockAccessor.for_block(block).to_numpy()
+            accessor = BlockAccessor.for_block(block)
+            if accessor.num_rows() == 0:  # every row of it was stored before (a rerun)
+                continue
+            rows = accessor.to_numpy()
             for row in range(len(rows["id"])):
                 record = {name: column[row] for name, column in rows.items()}
                 if record["error"]:
