@@ -1,7 +1,7 @@
 """`make bench`: every benchmark part, from serving to start-up; RESULTS.md's tables rewritten.
 
-    .venv/bin/python -m benchmarks [--parts serving fronts faiss replication export latency conditions startup]
-        [--seconds S] [--faiss-sizes N ...]
+    .venv/bin/python -m benchmarks [--parts serving fronts faiss replication export latency conditions startup ingest]
+        [--seconds S] [--faiss-sizes N ...] [--ingest-images N]
 
 RESULTS.md keeps its prose; only the text between `<!-- generated:NAME -->` and
 `<!-- /generated:NAME -->` is replaced, so the tables always come from the last full run.
@@ -16,10 +16,10 @@ import shlex
 import sys
 from pathlib import Path
 
-from benchmarks import conditions, export_bench, faiss_bench, fronts, latency, replication, serving, startup
+from benchmarks import conditions, export_bench, faiss_bench, fronts, ingest, latency, replication, serving, startup
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
-PARTS = ("serving", "fronts", "faiss", "replication", "export", "latency", "conditions", "startup")
+PARTS = ("serving", "fronts", "faiss", "replication", "export", "latency", "conditions", "startup", "ingest")
 
 
 def replace_generated(text: str, name: str, content: str) -> str:
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="what to run; only its sections of RESULTS.md are rewritten")
     parser.add_argument("--seconds", type=float, default=5.0, help="timed part of each serving measurement")
     parser.add_argument("--faiss-sizes", nargs="+", default=["100000", "1000000"])
+    parser.add_argument("--ingest-images", type=int, default=20_000, help="images of the ingest part")
     args = parser.parse_args(argv)
     text = RESULTS_MD.read_text()
     if "serving" in args.parts:
@@ -85,6 +86,15 @@ def main(argv: list[str] | None = None) -> None:
         started = startup.main([])
         text = replace_generated(text, "startup_run", run_section(started["command"], started["machine"]))
         text = replace_all(text, started["tables"])
+    if "ingest" in args.parts:
+        ingested = ingest.main(["--images", str(args.ingest_images)])
+        sections = {"ingest_run": run_section(ingested["command"], ingested["machine"]), **ingested["tables"]}
+        missing = [name for name in sections if f"<!-- generated:{name} -->" not in text]
+        if missing:  # the other parts' tables are still written; the ingest's were printed above
+            print(f"RESULTS.md has no generated:{', generated:'.join(missing)} section: the ingest tables "
+                  "are not written there", file=sys.stderr)
+        else:
+            text = replace_all(text, sections)
     RESULTS_MD.write_text(text)
     print(f"updated {RESULTS_MD}")
 

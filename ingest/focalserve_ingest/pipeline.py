@@ -15,13 +15,14 @@ from pathlib import Path
 
 import ray
 import ray.data
+import ray.exceptions
 from ray.data import ActorPoolStrategy
 
 from focalserve_client.schemas import IndexKind
 from focalserve_family import FamilySpec, families_from_configs, read_repository
 from focalserve_ingest.collection import IngestRefused, normalised, pick_family, prepare_collection
 from focalserve_ingest.embedder import Embedder
-from focalserve_ingest.prepare import PrepareConfig, Skip, prepare_images
+from focalserve_ingest.prepare import IngestFailed, PrepareConfig, Skip, prepare_images
 from focalserve_ingest.sink import CollectionSink, RowsSink, Written
 from focalserve_ingest.sources import SourceFormat, detect, read_images
 from focalserve_ingest.stores import StoreAddress
@@ -112,7 +113,10 @@ def ingest(options: IngestOptions) -> IngestSummary:
         rows = read_vectors(options.source, manifest, instructions)
     else:
         rows = _embedded(options, spec, instructions, kind, skip, tally)
-    rows.write_datasink(sink)
+    try:
+        rows.write_datasink(sink)
+    except ray.exceptions.RayTaskError as error:
+        raise _strict_failure(error) or error
     elapsed = time.time() - started
     counts, ready = ray.get(tally.totals.remote())
     return _summary(options, sink.written, counts.get("stored", 0), elapsed, (ready or ray_started) - started)
@@ -150,6 +154,16 @@ def _embedded(
         compute=ActorPoolStrategy(size=actors), batch_size=batch_size, batch_format="numpy",
         num_cpus=per_actor, num_gpus=1 if gpu else 0,
     )
+
+
+def _strict_failure(error: ray.exceptions.RayTaskError) -> IngestFailed | None:
+    """The image that failed a `strict` run. Ray hands the task's exception back as a RayTaskError whose
+    cause is Ray Data's UserCodeException: the original survives only in the worker's traceback text."""
+    marker = f"{IngestFailed.__module__}.{IngestFailed.__qualname__}: "
+    for line in str(error).splitlines():
+        if marker in line:
+            return IngestFailed(line.split(marker, 1)[1])
+    return None
 
 
 def _summary(options: IngestOptions, written: Written, skipped: int, elapsed: float, startup: float) -> IngestSummary:

@@ -12,8 +12,10 @@ shards (`.tar`, or a folder of them) give each sample's key as its id, its image
 
 from __future__ import annotations
 
+import functools
 import json
 import posixpath
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,27 +70,27 @@ def detect(source: str) -> SourceFormat:
 
 def read_images(source: str, kind: SourceFormat, path_column: str | None, id_column: str | None) -> ray.data.Dataset:
     filesystem, path = locate(source)
+    where = source if "://" in source else path  # Ray's readers find the filesystem of a URI themselves
     if kind == "folder":
-        files = ray.data.read_binary_files(path, filesystem=filesystem, include_paths=True,
-                                           file_extensions=IMAGE_EXTENSIONS)
+        files = ray.data.read_binary_files(where, include_paths=True, file_extensions=IMAGE_EXTENSIONS)
         return files.map_batches(_folder_rows, fn_kwargs={"root": path, "filesystem": filesystem},
                                  batch_format="numpy")
     if kind == "webdataset":
-        samples = ray.data.read_webdataset(path, filesystem=filesystem, decoder=None)
+        samples = ray.data.read_webdataset(where, decoder=None)
         return samples.map_batches(_webdataset_rows, batch_format="pandas")
     if kind == "manifest":
-        rows = MANIFEST_READERS[posixpath.splitext(path)[1].lower()](path, filesystem)
+        rows = MANIFEST_READERS[posixpath.splitext(path)[1].lower()](where)
         base = uri_of(filesystem, posixpath.dirname(path))
         return rows.map_batches(_manifest_rows, batch_format="pandas",
                                 fn_kwargs={"base": base, "path_column": path_column, "id_column": id_column})
     raise SourceError(f"{source} holds vectors, not images")
 
 
-MANIFEST_READERS: dict[str, Any] = {
-    ".parquet": lambda path, filesystem: ray.data.read_parquet(path, filesystem=filesystem),
-    ".csv": lambda path, filesystem: ray.data.read_csv(path, filesystem=filesystem),
-    ".jsonl": lambda path, filesystem: ray.data.read_json(path, filesystem=filesystem, lines=True),
-    ".ndjson": lambda path, filesystem: ray.data.read_json(path, filesystem=filesystem, lines=True),
+MANIFEST_READERS: dict[str, Callable[[str], ray.data.Dataset]] = {
+    ".parquet": ray.data.read_parquet,
+    ".csv": ray.data.read_csv,
+    ".jsonl": functools.partial(ray.data.read_json, lines=True),
+    ".ndjson": functools.partial(ray.data.read_json, lines=True),
 }
 
 

@@ -7,9 +7,10 @@ harness from rotting: real gateway, real naive server, every request answered.
 from __future__ import annotations
 
 import asyncio
+import json
 
 import benchmarks.report
-from benchmarks import fronts, serving
+from benchmarks import fronts, ingest, serving
 
 
 def test_the_serving_benchmark_measures_every_system_without_errors(tmp_path, monkeypatch, demo_repository):
@@ -36,3 +37,24 @@ def test_the_fronts_benchmark_measures_workers_without_errors(demo_repository):
     assert row["batched_images_per_s"] > 0 and row["mean_batch_size"] >= 1
     assert row["gateway_cpu_ms_per_request"] > 0 and row["loadgen_cpu_ms_per_request"] > 0
     assert "| 2 |" in result["tables"]["fronts"] and row["batched_front_cpu_ms_per_image"] is not None
+
+
+def test_the_ingest_benchmark_measures_all_four_paths(demo_repository, tmp_path):
+    """64 images, one block per store: the HTTP add path, the ingest, the ceiling and the bulk write
+    each measured (every image stored, every vector written), with the table and the ratios."""
+    result = ingest.main(["--images", "64", "--write-items", "1024", "--timeout-s", "120",
+                          "--repository", str(demo_repository), "--json", str(tmp_path / "ingest.json")])
+
+    assert result["http"]["images"] == 64 and result["http"]["images_per_s"] > 0
+    assert result["ingest"]["images"] == 64 and result["ingest"]["images_per_s"] > 0
+    assert result["ingest"]["startup_s"] > 0
+    assert result["ceiling"]["images"] == 64 and result["ceiling"]["images_per_s"] > 0
+    for kind in ("postgres", "sqlite"):
+        written = result["writes"][kind]
+        assert written["vectors"] == 2 * 1024 and written["vectors_per_s"] > 0, written
+    assert set(result["ratios"]) >= {"ingest_vs_http", "ingest_vs_ceiling"}
+    table = result["tables"]["ingest"]
+    for row in ("`focalserve index add`", "`focalserve ingest`", "ceiling:", "| postgres | 2048 vectors",
+                "| sqlite | 2048 vectors", "ingest / HTTP", "ingest / ceiling"):
+        assert row in table, row
+    assert json.loads((tmp_path / "ingest.json").read_text())["ingest"]["images"] == 64

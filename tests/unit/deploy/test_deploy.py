@@ -261,3 +261,63 @@ def test_stack_script_binds_postgres_to_loopback_and_stops_everything_on_exit():
     assert 'FOCALSERVE_DATABASE_URL="$DATABASE_URL"' in script and '"$((PORT + 1))"' in script
     make = (ROOT / "Makefile").read_text()
     assert re.search(r"^stack: .*\$\(PG_BIN\)/initdb", make, re.M)  # installs PostgreSQL when it is missing
+
+
+def rayjob_pods() -> dict[str, dict]:
+    """The pod templates of the ingest RayJob's cluster: `head`, then each worker group by its name."""
+    cluster = k8s_one("ingest-rayjob.yaml", "RayJob")["spec"]["rayClusterSpec"]
+    groups = {group["groupName"]: group["template"]["spec"] for group in cluster["workerGroupSpecs"]}
+    return {"head": cluster["headGroupSpec"]["template"]["spec"], **groups}
+
+
+def test_kubernetes_rayjob_runs_focalserve_ingest_on_a_cluster_it_removes():
+    from focalserve_server.cli import build_parser
+
+    (job,) = k8s("ingest-rayjob.yaml")
+    assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
+    spec = job["spec"]
+    argv = shlex.split(spec["entrypoint"])
+    assert argv[:2] == ["focalserve", "ingest"]
+    args = build_parser("ingest").parse_args(argv[1:])  # the real flags: a renamed one fails here
+    assert args.collection and args.output is None
+    assert spec["submissionMode"] == "K8sJobMode" and spec["shutdownAfterJobFinishes"] is True
+    assert spec["ttlSecondsAfterFinished"] > 0
+    head = spec["rayClusterSpec"]["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"  # no actor or task on the head
+    assert spec["rayClusterSpec"]["workerGroupSpecs"]
+
+
+def test_kubernetes_rayjob_pods_use_the_gateways_image_secret_and_model_claim():
+    gateway_pod = k8s_one("gateway.yaml", "Deployment")["spec"]["template"]["spec"]
+    (gateway,) = gateway_pod["containers"]
+    gateway_env = {e["name"]: e for e in gateway["env"]}
+    gateway_claims = {claim["claimName"] for claim in claims_of(gateway_pod).values()}
+    for group, pod in rayjob_pods().items():
+        claims = claims_of(pod)
+        for container in pod["containers"]:
+            assert container["image"] == gateway["image"], group
+            env = {e["name"]: e for e in container["env"]}
+            assert all(name.removeprefix("FOCALSERVE_").lower() in Settings.model_fields for name in env), group
+            assert secret_ref(env, "FOCALSERVE_DATABASE_URL") == secret_ref(gateway_env, "FOCALSERVE_DATABASE_URL")
+            mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
+            repository = mounts[env["FOCALSERVE_MODEL_REPOSITORY"]["value"]]
+            claim = claims[repository["name"]]
+            assert claim["claimName"] in gateway_claims and claim["readOnly"] and repository["readOnly"], group
+
+
+def test_kubernetes_rayjob_workers_each_have_a_gpu_and_run_the_models_on_cuda():
+    pods = rayjob_pods()
+    head, workers = pods.pop("head"), pods
+    assert workers
+    for group, pod in workers.items():
+        for container in pod["containers"]:
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            assert env["FOCALSERVE_DEVICE"] == "cuda", group
+            # KubeRay tells Ray the GPUs of the limit; an extended resource's request must equal it
+            resources = container["resources"]
+            assert resources["limits"]["nvidia.com/gpu"] == 1, group
+            assert resources["requests"].get("nvidia.com/gpu", 1) == 1, group
+    # the driver runs on the head: its FOCALSERVE_DEVICE decides GPU actors and the device they get
+    (container,) = head["containers"]
+    assert {"name": "FOCALSERVE_DEVICE", "value": "cuda"} in container["env"]
+    assert "nvidia.com/gpu" not in container["resources"].get("limits", {})
