@@ -113,7 +113,7 @@ $(INFINITY_VENV)/.installed: benchmarks/infinity-requirements.txt
 # again only what changed (87 s from nothing, 3 s warm on 2 cores). A file whose path or mtime
 # differs from the cache's is hashed, and checked again if changed.
 lint: $(STAMP)
-	$(BIN)/ruff check server training family devtools client tests benchmarks
+	$(BIN)/ruff check server training family devtools client ingest tests benchmarks
 	MYPY_CACHE_DIR="$${FOCALSERVE_CACHE_DIR:-$${XDG_CACHE_HOME:-$$HOME/.cache}/focalserve}/mypy" $(BIN)/mypy
 
 clean:

@@ -20,7 +20,8 @@ def pick_family(families: Mapping[str, FamilySpec], model: str | None) -> Family
     if model is None:
         if len(families) == 1:
             return next(iter(families.values()))
-        raise IngestRefused(f"the repository holds several models: name one with --model ({', '.join(sorted(families))})")
+        raise IngestRefused(f"the repository holds several models: name one with --model "
+                            f"({', '.join(sorted(families))})")
     if model not in families:
         raise IngestRefused(f"unknown model {model!r}; the repository holds: {', '.join(sorted(families)) or 'none'}")
     return families[model]

@@ -64,7 +64,7 @@ class Embedder:
             conditions = np.broadcast_to(self._conditions, (n, *self._conditions.shape)).copy()
             return unit_rows(self._models.forward(model.name, dict(zip(names, [pixels, conditions]))))
         per_condition = [
-            self._models.forward(model.name, dict(zip(names, [pixels, np.broadcast_to(vector, (n, len(vector))).copy()])))
+            self._models.forward(model.name, dict(zip(names, [pixels, np.tile(vector, (n, 1))])))
             for vector in self._conditions
         ]
         return unit_rows(np.stack(per_condition, axis=1))

@@ -8,7 +8,9 @@ its own: it is paid once per run, not per image.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,11 @@ from focalserve_ingest.stores import StoreAddress
 from focalserve_ingest.tally import Tally
 from focalserve_ingest.vectors import ParquetSink, VectorsManifest, read_vectors
 from focalserve_server.config import Settings
+
+# What one prepare task reserves beside CPU actors: less than an actor holds, so that Ray Data does not
+# fuse the decoding into the actors (equal resources would: each actor would then decode and embed in
+# turn, where here the two overlap); two prepare tasks share the core the actors leave.
+CPU_PREPARE_SHARE = 0.5
 
 
 @dataclass
@@ -101,7 +108,7 @@ def ingest(options: IngestOptions) -> IngestSummary:
         VectorsManifest.of(spec, instructions).write(options.output)
         sink, skip = ParquetSink(options.output, instructions, options.rows_per_write), None
     if not ray.is_initialized():
-        ray.init(address=options.address, include_dashboard=False, logging_level="warning")
+        ray.init(address=options.address, include_dashboard=False, logging_level=logging.WARNING)
     ray_started = time.time()
     tally = Tally.remote()  # type: ignore[attr-defined]
     if kind == "vectors":
@@ -116,7 +123,10 @@ def ingest(options: IngestOptions) -> IngestSummary:
     try:
         rows.write_datasink(sink)
     except ray.exceptions.RayTaskError as error:
-        raise _strict_failure(error) or error
+        failed = _strict_failure(error)
+        if failed is None:
+            raise
+        raise failed from error
     elapsed = time.time() - started
     counts, ready = ray.get(tally.totals.remote())
     return _summary(options, sink.written, counts.get("stored", 0), elapsed, (ready or ray_started) - started)
@@ -130,11 +140,11 @@ def _embedded(
     config = PrepareConfig(spec, settings.max_image_bytes, settings.max_image_pixels,
                            options.keep_images and options.collection is not None, options.strict, skip)
     batch_size = max(1, min(options.batch_size, spec.models["image"].max_batch_size))
-    prepared = read_images(options.source, kind, options.path_column, options.id_column).map_batches(
-        prepare_images, fn_kwargs={"config": config, "tally": tally}, batch_size=batch_size, batch_format="numpy",
-        num_cpus=1,
-    )
     gpu = settings.device.startswith("cuda")
+    prepared = read_images(options.source, kind, options.path_column, options.id_column).map_batches(
+        functools.partial(prepare_images, config=config, tally=tally), batch_size=batch_size, batch_format="numpy",
+        num_cpus=1 if gpu else CPU_PREPARE_SHARE,
+    )
     resources = ray.cluster_resources()
     cores = int(resources.get("CPU", 1))
     actors = options.actors or (int(resources.get("GPU", 0)) if gpu else max(1, cores - 1))

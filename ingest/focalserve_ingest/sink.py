@@ -59,7 +59,8 @@ class RowsSink(Datasink[Written], ABC):
             accessor = BlockAccessor.for_block(block)
             if accessor.num_rows() == 0:  # every row of it was stored before (a rerun)
                 continue
-            rows = accessor.to_numpy()
+            rows = accessor.to_batch_format("numpy")
+            assert isinstance(rows, dict)  # a table's columns, by name
             for row in range(len(rows["id"])):
                 record = {name: column[row] for name, column in rows.items()}
                 if record["error"]:

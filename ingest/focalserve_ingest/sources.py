@@ -73,7 +73,7 @@ def read_images(source: str, kind: SourceFormat, path_column: str | None, id_col
     where = source if "://" in source else path  # Ray's readers find the filesystem of a URI themselves
     if kind == "folder":
         files = ray.data.read_binary_files(where, include_paths=True, file_extensions=IMAGE_EXTENSIONS)
-        return files.map_batches(_folder_rows, fn_kwargs={"root": path, "filesystem": filesystem},
+        return files.map_batches(functools.partial(_folder_rows, root=path, filesystem=filesystem),
                                  batch_format="numpy")
     if kind == "webdataset":
         samples = ray.data.read_webdataset(where, decoder=None)
@@ -81,8 +81,8 @@ def read_images(source: str, kind: SourceFormat, path_column: str | None, id_col
     if kind == "manifest":
         rows = MANIFEST_READERS[posixpath.splitext(path)[1].lower()](where)
         base = uri_of(filesystem, posixpath.dirname(path))
-        return rows.map_batches(_manifest_rows, batch_format="pandas",
-                                fn_kwargs={"base": base, "path_column": path_column, "id_column": id_column})
+        return rows.map_batches(functools.partial(_manifest_rows, base=base, path_column=path_column,
+                                                  id_column=id_column), batch_format="pandas")
     raise SourceError(f"{source} holds vectors, not images")
 
 

@@ -8,6 +8,7 @@ and refuses vectors of another checkpoint.
 
 from __future__ import annotations
 
+import functools
 import json
 import posixpath
 import uuid
@@ -91,7 +92,7 @@ def read_vectors(source: str, manifest: VectorsManifest, wanted: list[str | None
     columns = [vector_columns(len(manifest.conditions))[manifest.conditions.index(text)] for text in wanted]
     filesystem, path = locate(source)
     parts = ray.data.read_parquet(path, filesystem=filesystem, file_extensions=["parquet"])
-    return parts.map_batches(_embedded_rows, fn_kwargs={"columns": columns}, batch_format="pyarrow")
+    return parts.map_batches(functools.partial(_embedded_rows, columns=columns), batch_format="pyarrow")
 
 
 def _embedded_rows(batch: pa.Table, columns: list[str]) -> dict[str, np.ndarray]:

@@ -239,8 +239,8 @@ class Store(ABC):
                 rowid = int(
                     tx.execute(
                         "INSERT INTO items(collection, id, blob, metadata) VALUES (?, ?, ?, ?) "
-                        "ON CONFLICT (collection, id) DO UPDATE SET blob = excluded.blob, metadata = excluded.metadata, "
-                        "source = NULL, kept = 1 RETURNING rowid",
+                        "ON CONFLICT (collection, id) DO UPDATE SET blob = excluded.blob, "
+                        "metadata = excluded.metadata, source = NULL, kept = 1 RETURNING rowid",
                         (collection, item.id, digest, json.dumps(item.metadata, sort_keys=True)),
                     ).fetchone()[0]
                 )
@@ -283,21 +283,21 @@ class Store(ABC):
                 (item.id, item.digest, item.source, int(item.image is not None),
                  json.dumps(item.metadata, sort_keys=True)) for item in items
             ])
-            self._stage(tx, "staged_vectors", [
-                (item.id, condition, _vector_bytes(vector)) for item in items for condition, vector in item.vectors.items()
-            ])
+            self._stage(tx, "staged_vectors", [(item.id, condition, _vector_bytes(vector))
+                                               for item in items for condition, vector in item.vectors.items()])
             new = [int(row[0]) for row in tx.execute(
                 "INSERT INTO items(collection, id, blob, source, kept, metadata) "
                 "SELECT ?, id, blob, source, kept, metadata FROM staged_items WHERE true ORDER BY id "
                 "ON CONFLICT (collection, id) DO NOTHING RETURNING rowid", (collection,)
             ).fetchall()]
-            written: list[tuple[int | None, int | None]] = [(int(condition), int(item)) for condition, item in tx.execute(
+            written = [(int(condition), int(item)) for condition, item in tx.execute(
                 "INSERT INTO vectors(condition, item, vector) SELECT s.condition, i.rowid, s.vector "
                 "FROM staged_vectors s JOIN items i ON i.collection = ? AND i.id = s.id WHERE true "
                 "ON CONFLICT (condition, item) DO NOTHING RETURNING condition, item", (collection,)
             ).fetchall()]
             fresh = set(new)
-            added_to_stored = [(condition, item) for condition, item in written if item not in fresh]
+            added_to_stored: list[tuple[int | None, int | None]] = [
+                (condition, item) for condition, item in written if item not in fresh]
             seq = self._log(tx, "vector", collection, added_to_stored) if added_to_stored else None
             if new:
                 tx.execute("INSERT INTO changes(kind, collection, item, last_item) VALUES ('block', ?, ?, ?)",
