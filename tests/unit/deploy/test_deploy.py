@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import tomllib
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -321,3 +322,9 @@ def test_kubernetes_rayjob_workers_each_have_a_gpu_and_run_the_models_on_cuda():
     (container,) = head["containers"]
     assert {"name": "FOCALSERVE_DEVICE", "value": "cuda"} in container["env"]
     assert "nvidia.com/gpu" not in container["resources"].get("limits", {})
+
+
+def test_the_image_carries_ray_with_the_job_server_a_rayjob_submits_through():
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(req.startswith("ray[") and "default" in req and "data" in req for req in extras["ingest"])
+    assert re.search(r'pip install .*"\.\[[a-z,]*ingest[a-z,]*\]"', (ROOT / "Dockerfile").read_text())
