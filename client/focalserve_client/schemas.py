@@ -169,6 +169,10 @@ class IndexInUse(_Response):
     vectors: int
     tombstones: int = Field(description="Deleted or replaced vectors still inside, filtered out of results.")
     built_for: int = Field(description="Vectors it was sized for when built.")
+    recall_at_10: float | None = Field(
+        default=None, description="Measured against exact search on a sample of the collection's own vectors when "
+                                  "an approximate index was built, after tuning its search parameters; null for exact.",
+    )
     rebuilding: bool = Field(description="A replacement is being built in the background.")
 
 

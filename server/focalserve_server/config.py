@@ -9,7 +9,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from focalserve_client.schemas import IndexOptions
-from focalserve_server.collections.index_kinds import AutoPolicy, IndexPolicy
+from focalserve_server.collections.index_kinds import AutoPolicy, IndexPolicy, RecallTarget
 
 
 class Settings(BaseSettings):
@@ -107,6 +107,13 @@ class Settings(BaseSettings):
     index_growth_factor: float = Field(
         4.0, gt=1, description="An IVF-PQ is rebuilt (retrained) once it holds this many times its trained size."
     )
+    index_recall_target: float = Field(
+        0.95, gt=0, le=1, description="Recall@10 a built approximate index's search parameters are raised to "
+                                      "(measured against exact search on a sample of the collection's vectors).",
+    )
+    index_tune_budget_ms: float = Field(
+        10.0, gt=0, description="The most a query may take while tuning raises the search parameters.",
+    )
 
     api_keys: SecretStr = Field(SecretStr(""), description="Comma-separated API keys; empty = no auth.")
     auth_all: bool = Field(False, description="Require a key for reads (/embed, /search, GET) too, not only writes.")
@@ -128,4 +135,5 @@ class Settings(BaseSettings):
             auto=AutoPolicy(self.index_exact_max, self.index_memory_budget_mb << 20),
             tombstone_ratio=self.index_tombstone_ratio,
             growth_factor=self.index_growth_factor,
+            recall=RecallTarget(self.index_recall_target, self.index_tune_budget_ms),
         )

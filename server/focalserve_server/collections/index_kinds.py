@@ -178,6 +178,14 @@ class AutoPolicy:
 
 
 @dataclass(frozen=True)
+class RecallTarget:
+    """What a built approximate index's search parameters are tuned to (`tuning.tune`)."""
+
+    recall: float = 0.95  # recall@10 against exact search
+    budget_ms: float = 10.0  # the most a query may take (the sample searched as one batch, per query)
+
+
+@dataclass(frozen=True)
 class IndexPolicy:
     """The gateway-wide index settings: default options (a condition's own override them field by
     field), how `auto` chooses, and when an index is rebuilt in the background."""
@@ -186,6 +194,11 @@ class IndexPolicy:
     auto: AutoPolicy = field(default_factory=AutoPolicy)
     tombstone_ratio: float = 0.25  # tombstones per live vector past which an index is rebuilt
     growth_factor: float = 4.0  # an IVF-PQ holding this many times what it was sized for is rebuilt
+    recall: RecallTarget = field(default_factory=RecallTarget)
+
+    def fixed_options(self, condition_options: dict[str, Any]) -> set[str]:
+        """The options a condition or the gateway's defaults set: tuning leaves those as they are."""
+        return set(self.options_for(condition_options).model_dump(exclude_none=True))
 
     def options_for(self, condition_options: dict[str, Any]) -> IndexOptions:
         return IndexOptions.model_validate({**self.defaults.model_dump(exclude_none=True), **condition_options})

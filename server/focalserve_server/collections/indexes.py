@@ -49,6 +49,7 @@ class VectorIndex:
         self.dim = dim
         self.config = config
         self.built_for = 0  # vectors it was sized for
+        self.recall: float | None = None  # recall@10 measured when its search parameters were tuned
         self.snapshot_meta: dict[str, Any] = {}
         self._index = faiss.index_factory(dim, config.factory(), faiss.METRIC_INNER_PRODUCT)
         config.configure(self._index)
@@ -112,7 +113,15 @@ class VectorIndex:
 
     def describe(self) -> dict[str, Any]:
         return {**to_dict(self.config), "vectors": self.ntotal, "tombstones": self.tombstones,
-                "built_for": self.built_for}
+                "built_for": self.built_for, "recall_at_10": self.recall}
+
+    def retune(self, config: IndexConfig, recall: float | None = None) -> None:
+        """Search with other parameters of the same index (`tuning.tune`), recording the recall they
+        measured."""
+        if config.factory() != self.config.factory():
+            raise ValueError(f"{config.factory()} is another index than {self.config.factory()}")
+        self.config, self.recall = config, recall
+        self._changed()  # a GPU clone bakes in its nprobe
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         """Add (n,) int64 ids with (n, dim) float32 vectors; ids already present are replaced."""
@@ -180,7 +189,7 @@ class VectorIndex:
         owner's record of what the snapshot holds, given back as `snapshot_meta` by `load`."""
         path = Path(path)
         header = {"format": _FORMAT, "dim": self.dim, "config": to_dict(self.config),
-                  "built_for": self.built_for, "meta": meta or {}}
+                  "built_for": self.built_for, "recall": self.recall, "meta": meta or {}}
         saved = np.array(self._slot_ids, dtype=np.int64)
         saved[list(self._dead)] = -1
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -208,6 +217,7 @@ class VectorIndex:
             index._dead = {slot for slot, item in enumerate(index._slot_ids) if item < 0}
             index._slot_of = {item: slot for slot, item in enumerate(index._slot_ids) if item >= 0}
             index.built_for = int(header["built_for"])
+            index.recall = header.get("recall")
             index.snapshot_meta = header.get("meta", {})
         return index
 

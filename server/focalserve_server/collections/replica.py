@@ -30,6 +30,7 @@ import numpy as np
 
 from focalserve_server.collections.index_kinds import IndexConfig, IndexPolicy, choose
 from focalserve_server.collections.indexes import VectorIndex
+from focalserve_server.collections.tuning import tune
 from focalserve_server.collections.model import Change, Condition
 from focalserve_server.collections.store import Store
 from focalserve_server.engine import Engine
@@ -284,7 +285,9 @@ class Replica:
         """The index the condition wants for the vectors the store holds now (in a worker thread)."""
         ids, vectors = self._store.all_vectors(condition.rowid)
         config = self._wanted(condition, dim, len(ids))
-        return VectorIndex.build(dim, config, ids, vectors if len(ids) else np.empty((0, dim), np.float32))
+        index = VectorIndex.build(dim, config, ids, vectors if len(ids) else np.empty((0, dim), np.float32))
+        tune(index, ids, vectors, self._policy.recall, self._policy.fixed_options(condition.index_options))
+        return index
 
     def _wanted(self, condition: Condition, dim: int, n: int) -> IndexConfig:
         options = self._policy.options_for(condition.index_options)

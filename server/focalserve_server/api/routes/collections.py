@@ -80,7 +80,7 @@ async def condition_info(service: CollectionService, condition: Condition, total
 def _index_in_use(described: dict[str, Any] | None) -> dict[str, Any] | None:
     if described is None:
         return None
-    shown = ("kind", "factory", "vectors", "tombstones", "built_for", "rebuilding")
+    shown = ("kind", "factory", "vectors", "tombstones", "built_for", "recall_at_10", "rebuilding")
     return {**{key: described[key] for key in shown},
             "parameters": {key: value for key, value in described.items() if key not in shown}}
 
