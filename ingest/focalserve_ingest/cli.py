@@ -37,7 +37,8 @@ def add_ingest_command(subcommands: argparse._SubParsersAction) -> None:
                         help="what SOURCE is (default: detected)")
     parser.add_argument("--path-column", help="a manifest's image column (default: path, url, uri, image or file)")
     parser.add_argument("--id-column", help="a manifest's item id column (default: id, else the image column)")
-    parser.add_argument("--batch-size", type=int, default=64, help="images per model call")
+    parser.add_argument("--batch-size", type=int, default=256,
+                        help="images per actor call, run through the model in its largest batches")
     parser.add_argument("--actors", type=int, default=0, help="embedding actors (default: one per GPU, or cores - 1)")
     parser.add_argument("--threads-per-actor", type=int, default=0, help="torch threads of a CPU actor")
     parser.add_argument("--rows-per-write", type=int, default=1024, help="rows per store transaction")

@@ -54,7 +54,12 @@ class Embedder:
         return batch
 
     def embed(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 (n, 3, S, S) -> unit (n, K, E), the conditions in the order the actor was given them."""
+        """uint8 (n, 3, S, S) -> unit (n, K, E), the conditions in the order the actor was given them;
+        in runs of the image model's largest batch."""
+        step = self.spec.models["image"].max_batch_size
+        return np.concatenate([self._embed_run(pixels[start:start + step]) for start in range(0, len(pixels), step)])
+
+    def _embed_run(self, pixels: np.ndarray) -> np.ndarray:
         model = self.spec.models["image"]
         names = model.input_names
         if self._conditions is None:

@@ -53,7 +53,7 @@ class IngestOptions:
     format: SourceFormat | None = None  # None: detected from SOURCE
     path_column: str | None = None
     id_column: str | None = None
-    batch_size: int = 64  # images per actor call (at most the image model's max_batch_size)
+    batch_size: int = 256  # images per actor call (run through the image model in its largest batches)
     actors: int = 0  # 0: one per GPU, or on CPUs one per core but one
     threads_per_actor: int = 0  # torch threads of a CPU actor; 0: the cluster's cores shared among the actors
     rows_per_write: int = 1024  # rows per store transaction (one change-log entry)
@@ -139,7 +139,7 @@ def _embedded(
     settings = options.settings
     config = PrepareConfig(spec, settings.max_image_bytes, settings.max_image_pixels,
                            options.keep_images and options.collection is not None, options.strict, skip)
-    batch_size = max(1, min(options.batch_size, spec.models["image"].max_batch_size))
+    batch_size = max(1, options.batch_size)
     gpu = settings.device.startswith("cuda")
     prepared = read_images(options.source, kind, options.path_column, options.id_column).map_batches(
         functools.partial(prepare_images, config=config, tally=tally), batch_size=batch_size, batch_format="numpy",

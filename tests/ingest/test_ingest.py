@@ -211,6 +211,18 @@ def test_without_image_bytes_an_item_records_its_source_and_its_image_route_says
         search = gateway.post("/search", json={"collection": "lean", "condition": COLOUR,
                                                "query": {"item_id": "0002.png"}, "k": 3})
         assert search.status_code == 200 and len(search.json()["results"]) == 3
+        # a condition registered later: the gateway has no bytes to embed, so its backfill leaves them out ...
+        assert gateway.post("/collections/lean/conditions", json={"instruction": SHAPE}).status_code == 202
+        deadline = time.monotonic() + 30
+        while (shape := gateway.get("/collections/lean").json()["conditions"][1])["status"] == "building":
+            assert time.monotonic() < deadline, "the backfill did not finish"
+            time.sleep(0.05)
+        assert (shape["status"], shape["embedded"]) == ("ready", 0)
+    # ... and ingesting the source again fills them in, without storing any item twice
+    again = run_ingest(folder, settings, tmp_path, collection="lean")
+    assert (again.images, again.already_stored, again.failed) == (0, 6, 0)
+    store = stored(settings)
+    assert [store.vector_count(c.rowid) for c in store.conditions("lean")] == [6, 6]
 
 
 def test_a_gateway_serves_searches_throughout_an_ingest_and_then_finds_every_image(
