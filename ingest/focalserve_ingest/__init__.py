@@ -8,6 +8,18 @@ are one store transaction each (`sink.py`) or as Parquet partitions (`vectors.py
 ingest` is its command line (`cli.py`); `ingest()` is the same from Python.
 """
 
-from focalserve_ingest.pipeline import IngestOptions, IngestSummary, ingest
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["IngestOptions", "IngestSummary", "ingest"]
+
+
+def __getattr__(name: str) -> Any:
+    """The pipeline (Ray, torch, the store) is imported on first use: `focalserve --help` loads this
+    package to register `ingest` and must stay fast."""
+    if name in __all__:
+        from focalserve_ingest import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
