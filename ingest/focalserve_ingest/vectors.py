@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.data
+from pyarrow import fs
 
 from focalserve_family import FamilySpec
 from focalserve_ingest.sink import RowsSink, Written
@@ -37,7 +38,11 @@ class VectorsManifest:
         return cls(spec.name, spec.checkpoint_hash, spec.embedding_dim, conditions)
 
     def write(self, output: str) -> None:
+        """Into a new or empty folder: partitions of two runs in one folder would hold images twice."""
         filesystem, path = locate(output)
+        if filesystem.get_file_info(path).type != fs.FileType.NotFound and \
+                filesystem.get_file_info(fs.FileSelector(path)):
+            raise SourceError(f"{output} is not empty: write vectors into a new folder")
         filesystem.create_dir(path, recursive=True)
         with filesystem.open_output_stream(posixpath.join(path, VECTORS_MARKER)) as stream:
             stream.write(json.dumps({**asdict(self), "columns": vector_columns(len(self.conditions))}, indent=1)

@@ -27,6 +27,7 @@ from pydantic import SecretStr
 
 from focalserve_devtools.launch import running_gateway
 from focalserve_ingest.prepare import IngestFailed
+from focalserve_ingest.sources import SourceError
 from focalserve_ingest.stores import StoreAddress
 from focalserve_server.collections.store import Store
 from focalserve_server.config import Settings
@@ -183,6 +184,8 @@ def test_vectors_written_as_parquet_load_into_a_collection_without_the_model(
     table = pq.read_table(output, columns=["id", "source", "metadata", "image_sha256", "vector_0", "vector_1"])
     assert sorted(table["id"].to_pylist()) == sorted(f"{'sub/' if n % 2 else ''}{n:04d}.png" for n in range(10))
     assert np.array(table["vector_0"].to_pylist()).shape == (10, 64)  # the tiny family's embedding_dim
+    with pytest.raises(SourceError, match="not empty"):  # a second run would write every image again
+        run_ingest(folder, settings, tmp_path, output=str(output), model="tiny", instructions=[COLOUR])
 
     loaded = run_ingest(output, settings, tmp_path, collection="from-parquet", model="tiny",
                         instructions=[SHAPE, COLOUR])

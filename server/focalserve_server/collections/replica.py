@@ -30,9 +30,9 @@ import numpy as np
 
 from focalserve_server.collections.index_kinds import IndexConfig, IndexPolicy, choose
 from focalserve_server.collections.indexes import VectorIndex
-from focalserve_server.collections.tuning import tune
 from focalserve_server.collections.model import Change, Condition
 from focalserve_server.collections.store import Store
+from focalserve_server.collections.tuning import tune
 from focalserve_server.engine import Engine
 from focalserve_server.errors import InsufficientStorage
 
