@@ -46,4 +46,5 @@ def run_ingest(source: Path | str, settings: Settings, tmp_path: Path, **options
     options.setdefault("report", tmp_path / "failures.jsonl")
     options.setdefault("batch_size", 16)
     options.setdefault("rows_per_write", 32)
+    options.setdefault("threads_per_actor", 1)  # the other test lane has the other core
     return ingest(IngestOptions(str(source), settings=settings, **options))

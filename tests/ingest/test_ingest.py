@@ -27,7 +27,7 @@ from pydantic import SecretStr
 
 from focalserve_devtools.launch import running_gateway
 from focalserve_ingest.prepare import IngestFailed
-from focalserve_ingest.sources import SourceError
+from focalserve_ingest.sources import SourceError, detect, read_images
 from focalserve_ingest.stores import StoreAddress
 from focalserve_server.collections.store import Store
 from focalserve_server.config import Settings
@@ -51,7 +51,7 @@ def embedded(gateway: InProcessGateway, image: bytes, instructions: list[str]) -
     return np.array([row["embedding"] for row in response.json()["data"]], np.float32)
 
 
-def test_a_folder_lands_once_with_the_vectors_embed_answers_and_a_rerun_embeds_nothing(
+def test_a_folder_lands_with_the_vectors_embed_answers_one_log_entry_per_block_and_a_report_of_failures(
     ray_address, model_repository, tmp_path
 ):
     folder = image_folder(tmp_path / "images", 40, corrupt=1)
@@ -87,10 +87,6 @@ def test_a_folder_lands_once_with_the_vectors_embed_answers_and_a_rerun_embeds_n
         image = gateway.get(f"/collections/shapes/items/{expected[0]}/image")
         assert image.status_code == 200 and image.content == (folder / expected[0]).read_bytes()
 
-    again = run_ingest(folder, settings, tmp_path, collection="shapes")
-    assert (again.images, again.already_stored, again.failed) == (0, 40, 1)
-    assert item_ids(store, "shapes") == expected
-
 
 def test_strict_fails_the_run_on_the_first_image_that_fails(ray_address, model_repository, tmp_path):
     folder = image_folder(tmp_path / "images", 4, corrupt=1)
@@ -113,19 +109,17 @@ def image_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     server.shutdown()
 
 
-@pytest.mark.parametrize("suffix", ["csv", "jsonl", "parquet"])
-def test_a_manifest_of_paths_and_urls_lands_in_postgres_with_its_metadata(
-    ray_address, model_repository, postgres_url, image_server, tmp_path, suffix
-):
-    base_url, served = image_server
-    (tmp_path / "images").mkdir()
+def write_manifest(tmp_path: Path, base_url: str, served: Path, suffix: str) -> Path:
+    """12 images, every third by URL from the HTTP server, the others by a path relative to the
+    manifest, with metadata columns; and one row whose file does not exist."""
+    (tmp_path / "images").mkdir(parents=True, exist_ok=True)
     rows = []
     for number in range(12):
         data = shape_png(colour_of(number))
-        if number % 3 == 0:  # by URL, from the HTTP server
+        if number % 3 == 0:
             (served / f"{number}.png").write_bytes(data)
             location = f"{base_url}/{number}.png"
-        else:  # by a path relative to the manifest
+        else:
             (tmp_path / "images" / f"{number}.png").write_bytes(data)
             location = f"images/{number}.png"
         rows.append({"key": f"photo-{number}", "path": location, "colour": f"c{number % 2}", "rank": number})
@@ -134,6 +128,14 @@ def test_a_manifest_of_paths_and_urls_lands_in_postgres_with_its_metadata(
     frame = pd.DataFrame(rows)
     {"csv": lambda: frame.to_csv(manifest, index=False), "jsonl": lambda: frame.to_json(manifest, orient="records",
      lines=True), "parquet": lambda: frame.to_parquet(manifest)}[suffix]()
+    return manifest
+
+
+def test_a_manifest_of_paths_and_urls_lands_in_postgres_with_its_metadata(
+    ray_address, model_repository, postgres_url, image_server, tmp_path
+):
+    base_url, served = image_server
+    manifest = write_manifest(tmp_path, base_url, served, "parquet")
     settings = Settings(model_repository=model_repository, database_url=SecretStr(postgres_url),
                         data_dir=tmp_path / "data")
 
@@ -150,6 +152,19 @@ def test_a_manifest_of_paths_and_urls_lands_in_postgres_with_its_metadata(
     assert store.read_blob(item.blob) == (tmp_path / "images" / "4.png").read_bytes()
 
 
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+def test_csv_and_json_lines_manifests_read_as_parquet_does(ray_address, image_server, tmp_path, suffix):
+    """The formats differ only in Ray's reader: the rows it gives the prepare step are compared."""
+    base_url, served = image_server
+    rows = {}
+    for kind in (suffix, "parquet"):
+        manifest = write_manifest(tmp_path / kind, base_url, served, kind)
+        read = read_images(str(manifest), "manifest", None, "key").take_all()
+        rows[kind] = sorted((r["id"], r["source"].replace(str(tmp_path / kind), ""), r["metadata"]) for r in read)
+    assert rows[suffix] == rows["parquet"] and len(rows[suffix]) == 13
+    assert ("photo-3", f"{base_url}/3.png", '{"colour": "c1", "rank": 3}') in rows[suffix]
+
+
 def webdataset_shard(path: Path, first: int, count: int) -> None:
     with tarfile.open(path, "w") as shard:
         for number in range(first, first + count):
@@ -160,17 +175,16 @@ def webdataset_shard(path: Path, first: int, count: int) -> None:
                 shard.addfile(member, io.BytesIO(data))
 
 
-def test_webdataset_shards_land_with_their_keys_and_json_metadata(ray_address, model_repository, tmp_path):
+def test_webdataset_shards_give_each_sample_its_key_image_and_json_metadata(ray_address, tmp_path):
     shards = tmp_path / "shards"
     shards.mkdir()
     webdataset_shard(shards / "000000.tar", 0, 5)
     webdataset_shard(shards / "000001.tar", 5, 5)
-    settings = Settings(model_repository=model_repository, data_dir=tmp_path / "data")
-    summary = run_ingest(shards, settings, tmp_path, collection="shards", model="tiny", instructions=[SHAPE])
-    assert (summary.images, summary.failed) == (10, 0)
-    store = stored(settings)
-    assert item_ids(store, "shards") == [f"s{n:03d}" for n in range(10)]
-    assert store.item("shards", "s007").metadata == {"label": "l7"}  # type: ignore[union-attr]
+    assert detect(str(shards)) == "webdataset" and detect(str(shards / "000001.tar")) == "webdataset"
+    rows = sorted(read_images(str(shards), "webdataset", None, None).take_all(), key=lambda row: row["id"])
+    assert [row["id"] for row in rows] == [f"s{n:03d}" for n in range(10)]
+    assert rows[7]["data"] == shape_png(colour_of(7)) and json.loads(rows[7]["metadata"]) == {"label": "l7"}
+    assert rows[7]["source"] == f"{shards / '000001.tar'}#s007"
 
 
 def test_vectors_written_as_parquet_load_into_a_collection_without_the_model(
