@@ -63,6 +63,7 @@ class IngestOptions:
 @dataclass(frozen=True)
 class IngestSummary:
     images: int  # new items stored, or rows written to --output
+    vectors: int  # written: the new items' and the vectors stored items lacked
     already_stored: int  # skipped without embedding, or found stored when written
     failed: int
     elapsed_s: float
@@ -75,7 +76,8 @@ class IngestSummary:
         return self.images / max(self.elapsed_s - self.startup_s, 1e-9)
 
     def __str__(self) -> str:
-        return (f"ingested {self.images} images in {self.elapsed_s:.1f} s ({self.images_per_s:.0f} images/s once "
+        return (f"ingested {self.images} images ({self.vectors} vectors) in {self.elapsed_s:.1f} s "
+                f"({self.images_per_s:.0f} images/s once "
                 f"running, after {self.startup_s:.1f} s of start-up); {self.already_stored} already stored, "
                 f"{self.failed} failed (listed in {self.report})")
 
@@ -106,7 +108,7 @@ def ingest(options: IngestOptions) -> IngestSummary:
                                 if spec.conditional else f"{spec.name} is a plain CLIP family: it takes no instruction")
         instructions = list(texts) if spec.conditional else [None]
         VectorsManifest.of(spec, instructions).write(options.output)
-        sink, skip = ParquetSink(options.output, instructions, options.rows_per_write), None
+        sink, skip = ParquetSink(options.output, options.rows_per_write), None
     if not ray.is_initialized():
         ray.init(address=options.address, include_dashboard=False, logging_level=logging.WARNING)
     ray_started = time.time()
@@ -181,5 +183,5 @@ def _summary(options: IngestOptions, written: Written, skipped: int, elapsed: fl
     with options.report.open("w") as report:
         for failure in written.failures:
             report.write(json.dumps(failure) + "\n")
-    return IngestSummary(written.items, skipped + written.already_stored, len(written.failures), elapsed,
-                         min(startup, elapsed), options.report)
+    return IngestSummary(written.items, written.vectors, skipped + written.already_stored, len(written.failures),
+                         elapsed, min(startup, elapsed), options.report)

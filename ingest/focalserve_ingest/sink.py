@@ -8,7 +8,6 @@ driver for the report.
 from __future__ import annotations
 
 import json
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -30,21 +29,18 @@ class Written:
     already_stored: int = 0  # items the store had (a retried block, or ids repeated in the source)
     vectors: int = 0
     failures: list[dict[str, str]] = field(default_factory=list)  # {"id", "source", "error"}
-    finished_at: float = 0.0
 
     def add(self, other: Written) -> None:
         self.items += other.items
         self.already_stored += other.already_stored
         self.vectors += other.vectors
         self.failures += other.failures
-        self.finished_at = max(self.finished_at, other.finished_at)
 
 
 class RowsSink(Datasink[Written], ABC):
     """Splits each write task's rows into failures (reported) and embedded rows (`_store`)."""
 
-    def __init__(self, conditions: list[int | str], rows_per_write: int) -> None:
-        self._conditions = conditions  # what each position of a row's `vectors` is under
+    def __init__(self, rows_per_write: int) -> None:
         self._rows_per_write = rows_per_write
         self.written = Written()  # filled on the driver when the run completes
 
@@ -69,7 +65,6 @@ class RowsSink(Datasink[Written], ABC):
                     good.append(record)
         if good:
             self._store(good, written, ctx)
-        written.finished_at = time.time()
         return written
 
     @abstractmethod
@@ -83,23 +78,23 @@ class RowsSink(Datasink[Written], ABC):
 
 class CollectionSink(RowsSink):
     def __init__(self, store: StoreAddress, collection: str, conditions: list[int], rows_per_write: int) -> None:
-        super().__init__(list(conditions), rows_per_write)
+        super().__init__(rows_per_write)
         self._store_address = store
         self._collection = collection
+        self._conditions = conditions  # what each position of a row's `vectors` is under
 
     def get_name(self) -> str:
         return "WriteCollection"
 
     def _store(self, rows: list[dict[str, Any]], written: Written, ctx: Any) -> None:
-        conditions = [int(condition) for condition in self._conditions]
         items = [
             BlockItem(
                 id=str(row["id"]), digest=str(row["digest"]), source=str(row["source"]),
                 image=bytes(row["image"]) if row.get("image") else None, metadata=json.loads(row["metadata"]),
-                vectors={condition: row["vectors"][number] for number, condition in enumerate(conditions)},
+                vectors={condition: row["vectors"][number] for number, condition in enumerate(self._conditions)},
             )
             for row in rows
         ]
-        stored = self._store_address.open().put_block(self._collection, items, set(conditions))
+        stored = self._store_address.open().put_block(self._collection, items, set(self._conditions))
         written.items, written.vectors = stored.items, stored.vectors
         written.already_stored = len(items) - stored.items

@@ -63,8 +63,8 @@ def vector_columns(count: int) -> list[str]:
 class ParquetSink(RowsSink):
     """Each write task's embedded rows as one Parquet file of the output folder."""
 
-    def __init__(self, output: str, conditions: list[str | None], rows_per_write: int) -> None:
-        super().__init__(list(range(len(conditions))), rows_per_write)
+    def __init__(self, output: str, rows_per_write: int) -> None:
+        super().__init__(rows_per_write)
         self._output = output
 
     def get_name(self) -> str:

@@ -59,7 +59,7 @@ def test_a_folder_lands_with_the_vectors_embed_answers_one_log_entry_per_block_a
     summary = run_ingest(folder, settings, tmp_path, collection="shapes", model="tiny", instructions=[COLOUR, SHAPE],
                          rows_per_write=8)
 
-    assert (summary.images, summary.already_stored, summary.failed) == (40, 0, 1)
+    assert (summary.images, summary.vectors, summary.already_stored, summary.failed) == (40, 80, 0, 1)
     [failure] = [json.loads(line) for line in summary.report.read_text().splitlines()]
     assert failure["id"] == "broken-0.png" and "not an image" in failure["error"]
     store = stored(settings)
