@@ -66,7 +66,7 @@ class Embedder:
             return unit_rows(self._models.forward(model.name, {names[0]: pixels}))[:, None]
         n = len(pixels)
         if self.spec.conditioning == "readout":
-            conditions = np.broadcast_to(self._conditions, (n, *self._conditions.shape)).copy()
+            conditions = np.tile(self._conditions, (n, 1, 1))
             return unit_rows(self._models.forward(model.name, dict(zip(names, [pixels, conditions]))))
         per_condition = [
             self._models.forward(model.name, dict(zip(names, [pixels, np.tile(vector, (n, 1))])))

@@ -64,11 +64,11 @@ class RowsSink(Datasink[Written], ABC):
                 else:
                     good.append(record)
         if good:
-            self._store(good, written, ctx)
+            self._store(good, written)
         return written
 
     @abstractmethod
-    def _store(self, rows: list[dict[str, Any]], written: Written, ctx: Any) -> None:
+    def _store(self, rows: list[dict[str, Any]], written: Written) -> None:
         """Store embedded rows, counting what was stored into `written`."""
 
     def on_write_complete(self, write_result: WriteResult[Written]) -> None:
@@ -86,7 +86,7 @@ class CollectionSink(RowsSink):
     def get_name(self) -> str:
         return "WriteCollection"
 
-    def _store(self, rows: list[dict[str, Any]], written: Written, ctx: Any) -> None:
+    def _store(self, rows: list[dict[str, Any]], written: Written) -> None:
         items = [
             BlockItem(
                 id=str(row["id"]), digest=str(row["digest"]), source=str(row["source"]),

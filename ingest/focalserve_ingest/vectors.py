@@ -70,7 +70,7 @@ class ParquetSink(RowsSink):
     def get_name(self) -> str:
         return "WriteVectors"
 
-    def _store(self, rows: list[dict[str, Any]], written: Written, ctx: Any) -> None:
+    def _store(self, rows: list[dict[str, Any]], written: Written) -> None:
         vectors = np.stack([row["vectors"] for row in rows])
         columns: dict[str, Any] = {
             "id": [str(row["id"]) for row in rows],
