@@ -45,8 +45,8 @@ def create_app(family: ScriptedFamily) -> FastAPI:
 
 def _pair(entry: EmbedInput) -> tuple[list[bytes], list[str]]:
     """One input as embed_requests takes it: the baseline embeds (image, instruction) pairs only."""
-    if entry.image is None or entry.instruction is None:
-        raise HTTPException(422, "the naive server embeds (image, instruction) pairs only")
+    if not isinstance(entry.image, str) or entry.instruction is None:
+        raise HTTPException(422, "the naive server embeds (inline image, instruction) pairs only")
     return [base64.b64decode(entry.image)], [entry.instruction]
 
 

@@ -1,7 +1,8 @@
 """One HTTP call with retries: exponential backoff, full jitter, Retry-After honoured (capped).
 
-Retried: failures to connect, and 503 answers (`overloaded`, `backend_unavailable`,
-`database_unavailable`, ...). A dropped connection after the request was sent, and a 503
+Retried: failures to connect, 503 answers (`overloaded`, `backend_unavailable`,
+`database_unavailable`, ...) and 429 `rate_limited` (refused before any work, so every call may be
+sent again). A dropped connection after the request was sent, and a 503
 `write_outcome_unknown` (the database lost the connection while committing), are retried only for
 idempotent calls (every call of this API is, except creating a collection). Never retried: any
 4xx, other 5xx, read timeouts (the server may still be working; sending the request again would
@@ -104,6 +105,8 @@ def _http_failure(response: httpx.Response) -> tuple[FocalServeError, httpx.HTTP
 
 
 def _should_retry_answer(response: httpx.Response, call: Call) -> bool:
+    if response.status_code == 429:
+        return True
     if response.status_code != 503 or 503 in call.answers:
         return False
     return call.idempotent or _error_code(response) != "write_outcome_unknown"

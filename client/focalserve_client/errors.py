@@ -5,6 +5,7 @@ and where known the failing input's `loc` and the `limit` it exceeded.
     ├── ServerUnreachableError  the server could not be reached (after retries)
     ├── RequestTimeoutError     no answer within the timeout; a wait's deadline passed
     ├── OverloadedError         503 `overloaded`: a queue was full (after retries)
+    ├── RateLimitedError        429 `rate_limited`: the key is over one of its limits (after retries)
     ├── NotFoundError           404: unknown model, collection, item or condition
     ├── InvalidRequestError     any other 4xx: bad image, instruction, limits, conflict
     └── ServerError             any other 5xx, e.g. 503 `backend_unavailable` (after retries)
@@ -81,6 +82,11 @@ class OverloadedError(FocalServeError):
     """503 `overloaded`: the gateway's queue stayed full through every retry."""
 
 
+class RateLimitedError(FocalServeError):
+    """429 `rate_limited`: the key stayed over one of its limits (requests, images, burst, concurrency)
+    through every retry; the server's Retry-After says when its window frees up."""
+
+
 class NotFoundError(FocalServeError):
     """404: unknown model, collection, item, or unregistered condition."""
 
@@ -132,6 +138,8 @@ def error_from_response(status: int, body: Any, fallback_text: str = "") -> Foca
 def _kind(status: int, code: str | None) -> type[FocalServeError]:
     if status == 503 and code == "overloaded":
         return OverloadedError
+    if status == 429:
+        return RateLimitedError
     if status == 404:
         return NotFoundError
     if status == 507:

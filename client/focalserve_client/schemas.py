@@ -7,7 +7,7 @@ instruction length, image size) are enforced by the server, which reports them.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -27,10 +27,22 @@ class _Response(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+class ImageFromURL(_Request):
+    """An image named by URL instead of sent inline."""
+
+    url: str = Field(
+        max_length=8192,
+        description="A data: URL (data:image/png;base64,...), always accepted; or an http(s) URL, fetched only "
+        "from the hosts the gateway allows (`allowed_media_domains`, none by default).",
+    )
+
+
 class EmbedInput(_Request):
     """One input: an image (optionally under an instruction), or a text."""
 
-    image: str | None = Field(default=None, description="Base64-encoded image bytes (PNG, JPEG, ...).")
+    image: str | ImageFromURL | None = Field(
+        default=None, description="Base64-encoded image bytes (PNG, JPEG, ...), or {\"url\": ...}."
+    )
     instruction: str | None = Field(
         default=None, description="The condition, e.g. 'what colour is the car?'. FocalLens families only."
     )
@@ -124,6 +136,9 @@ class ErrorDetail(_Response):
     limit: int | None = Field(
         default=None, description="The number exceeded (inputs per request, body bytes, characters), if any."
     )
+    reason: str | None = Field(
+        default=None, description="Which rule refused an image URL, e.g. 'domain_not_allowed', 'address_not_global'."
+    )
 
 
 class ErrorResponse(_Response):
@@ -202,7 +217,7 @@ class CollectionList(_Response):
 
 class ItemIn(_Request):
     id: str = Field(pattern=ITEM_ID_PATTERN, description="Unique in the collection; re-adding replaces.")
-    image: str = Field(description="Base64-encoded image bytes.")
+    image: str | ImageFromURL = Field(description="Base64-encoded image bytes, or {\"url\": ...}.")
     metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
 
 
@@ -286,3 +301,73 @@ class SearchResponse(_Response):
 class ItemPage(_Response):
     items: list[ItemInfo]
     next_after: str | None = Field(description="Pass as `after` for the next page; null on the last page.")
+
+
+# --- keys, grants, limits and the audit trail ----------------------------------------------
+
+Action = Literal["read", "write", "admin"]
+GRANT_PATTERN = r"^[A-Za-z0-9.*?_-]{1,128}$"
+
+
+class Grant(_Request):
+    collections: str = Field(
+        pattern=GRANT_PATTERN,
+        description="A collection name or a glob over names ('a-*', '*'); '*' with 'admin' manages keys too.",
+    )
+    action: Action = Field(
+        description="read: search and read; write: add and delete items, register conditions; admin: create and "
+        "delete the collections too."
+    )
+
+
+class KeyLimits(_Request):
+    """Per-key limits, shared by every gateway on the store; an absent one is unlimited."""
+
+    window_s: int = Field(default=60, ge=1, le=86_400, description="The window of the two quotas below.")
+    requests: int | None = Field(default=None, ge=1, description="Requests per window.")
+    images: int | None = Field(default=None, ge=1, description="Images (embedded or added) per window.")
+    burst: int | None = Field(default=None, ge=1, description="Requests in any one second.")
+    concurrency: int | None = Field(default=None, ge=1, description="Requests in flight at once.")
+
+
+class KeyCreate(_Request):
+    name: str = Field(min_length=1, max_length=128, description="Who the key is for, e.g. 'team-a'.")
+    grants: list[Grant] = Field(default_factory=list)
+    limits: KeyLimits = Field(default_factory=KeyLimits)
+
+
+class KeyGrants(_Request):
+    grants: list[Grant]
+
+
+class KeyInfo(_Response):
+    id: str
+    name: str
+    prefix: str = Field(description="The first characters of the key, to recognise it by; never the rest.")
+    grants: list[Grant]
+    limits: KeyLimits
+    created: float = Field(description="Unix time.")
+    last_used: float | None = Field(description="Unix time, to within a minute; null if never used.")
+    revoked: float | None = Field(description="Unix time; a revoked key is refused everywhere.")
+
+
+class KeyIssued(KeyInfo):
+    key: str = Field(description="The whole key, shown this once: the server keeps only a slow hash of it.")
+
+
+class KeyList(_Response):
+    keys: list[KeyInfo]
+
+
+class AuditEntry(_Response):
+    seq: int
+    time: float = Field(description="Unix time.")
+    key: str = Field(description="The key id that acted ('bootstrap' for the key from the environment).")
+    action: str = Field(description="What was done, e.g. 'collection.create', 'key.revoke'.")
+    target: str = Field(description="The collection or key acted on.")
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class AuditPage(_Response):
+    entries: list[AuditEntry]
+    next_after: int | None = Field(description="Pass as `after` for the next page; null on the last.")

@@ -10,10 +10,12 @@ from pathlib import Path
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from focalserve_server.access.control import AccessControl
 from focalserve_server.api.errors import install_error_handlers
+from focalserve_server.api.guard import AccessGuard
 from focalserve_server.api.middleware import ContainErrors, RecordLatency, RequestLimits
+from focalserve_server.api.routes import admin, embed, health, models, search
 from focalserve_server.api.routes import collections as collection_routes
-from focalserve_server.api.routes import embed, health, models, search
 from focalserve_server.api.routes import openai as openai_routes
 from focalserve_server.api.routes.ui import install_ui
 from focalserve_server.backends.base import ModelBackend
@@ -22,6 +24,7 @@ from focalserve_server.collections.health import StoreHealth
 from focalserve_server.config import Settings
 from focalserve_server.engine import Engine
 from focalserve_server.images import create_image_decoder
+from focalserve_server.media.fetch import MediaFetcher
 from focalserve_server.metrics import Metrics
 from focalserve_server.state import Gateway
 
@@ -59,9 +62,12 @@ def create_app(settings: Settings | None = None, engine_socket: Path | None = No
         engine.start()
         health = StoreHealth(on_error=lambda code: metrics.store_errors.labels(code).inc())
         store = await asyncio.to_thread(open_store, settings, health)
+        access = AccessControl(store, settings.admin_key.get_secret_value(), settings.log_poll_interval_s)
+        await access.start()
         collections = collection_service(settings, store, engine)
         await collections.start()
-        gateway = app.state.gateway = Gateway(settings, metrics, backend, engine, collections)
+        media = MediaFetcher(settings, metrics)
+        gateway = app.state.gateway = Gateway(settings, metrics, backend, engine, access, media, collections)
         try:
             if engine_socket is None:
                 yield
@@ -69,7 +75,9 @@ def create_app(settings: Settings | None = None, engine_socket: Path | None = No
                 async with _serving_fronts(gateway, engine_socket):
                     yield
         finally:
+            await media.aclose()
             await collections.stop()
+            await access.stop()
             await engine.stop()
             images.close()
             store.close()
@@ -81,7 +89,7 @@ def create_app(settings: Settings | None = None, engine_socket: Path | None = No
         summary="Conditional image embeddings: an image under an instruction.",
         lifespan=lifespan,
     )
-    for module in (embed, search, collection_routes, models, health, openai_routes):
+    for module in (embed, search, collection_routes, models, health, openai_routes, admin):
         app.include_router(module.router)
     install_ui(app)
     install_layers(app, settings, metrics)
@@ -90,10 +98,12 @@ def create_app(settings: Settings | None = None, engine_socket: Path | None = No
 
 def install_layers(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     """What every request passes through, in one process or a front: error rendering, the body
-    limit and deadline, CORS, latency metrics, and the last line for unexpected errors."""
+    limit and deadline, keys and their limits, CORS, latency metrics, and the last line for
+    unexpected errors."""
     install_error_handlers(app, settings.retry_after_s)
     app.add_middleware(RequestLimits, max_body_bytes=settings.max_body_bytes, timeout_s=settings.request_timeout_s,
                        retry_after_s=settings.retry_after_s)
+    app.add_middleware(AccessGuard, retry_after_s=settings.retry_after_s)  # outside: a refused request costs no body
     if settings.cors_origins:  # off unless origins are named
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["authorization", "content-type"])

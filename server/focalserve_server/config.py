@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from ipaddress import ip_network
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from focalserve_client.schemas import IndexOptions
 from focalserve_server.collections.index_kinds import AutoPolicy, IndexPolicy, RecallTarget
+from focalserve_server.media.urls import allowed_host_pattern
 
 
 class Settings(BaseSettings):
@@ -71,6 +74,18 @@ class Settings(BaseSettings):
     max_inputs_per_request: int = Field(256, ge=1)
     max_image_bytes: int = Field(16 * 1024 * 1024, ge=1, description="Largest encoded image accepted.")
     max_image_pixels: int = Field(40_000_000, ge=1, description="Decompression-bomb guard (width x height).")
+    allowed_media_domains: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Hosts image URLs may be fetched from, comma-separated: images.example.com "
+                                          "(that host), *.example.com (names below it); empty = data: URLs only.",
+    )
+    media_private_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="CIDRs image fetches may reach although not global (an image store in the "
+                                          "VPC). Dangerous: whoever may send a URL reaches every address in them.",
+    )
+    media_fetch_timeout_s: float = Field(
+        10.0, gt=0, description="Deadline of one image URL's fetch: resolution, connections, redirects, body."
+    )
+    media_max_redirects: int = Field(3, ge=0, description="Redirects an image fetch follows; 0 = none.")
     max_instruction_chars: int = Field(512, ge=1)
     condition_cache_size: int = Field(4096, ge=0, description="Encoded instructions kept (LRU).")
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
@@ -115,9 +130,31 @@ class Settings(BaseSettings):
         10.0, gt=0, description="The most a query may take while tuning raises the search parameters.",
     )
 
-    api_keys: SecretStr = Field(SecretStr(""), description="Comma-separated API keys; empty = no auth.")
-    auth_all: bool = Field(False, description="Require a key for reads (/embed, /search, GET) too, not only writes.")
+    admin_key: SecretStr = Field(
+        SecretStr(""), description="A bootstrap key with 'admin' on every collection and key; keys are required "
+                                   "whenever it is set or any key was ever made (`focalserve keys`).",
+    )
     cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS; empty = CORS off.")
+
+    @field_validator("allowed_media_domains", "media_private_networks", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        """Operators write lists comma-separated; JSON lists are read too."""
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("allowed_media_domains")
+    @classmethod
+    def _host_patterns(cls, entries: list[str]) -> list[str]:
+        return [allowed_host_pattern(entry) for entry in entries]
+
+    @field_validator("media_private_networks")
+    @classmethod
+    def _networks(cls, entries: list[str]) -> list[str]:
+        return [str(ip_network(entry.strip())) for entry in entries]
 
     @model_validator(mode="after")
     def _a_batch_fits_the_pixel_slots(self) -> Settings:
@@ -125,9 +162,6 @@ class Settings(BaseSettings):
             raise ValueError(f"pixel_slots ({self.pixel_slots}) must hold a whole batch (max_batch_size "
                              f"{self.max_batch_size})")
         return self
-
-    def api_key_list(self) -> list[str]:
-        return [key.strip() for key in self.api_keys.get_secret_value().split(",") if key.strip()]
 
     def index_policy(self) -> IndexPolicy:
         return IndexPolicy(

@@ -1,5 +1,5 @@
 """Domain errors, each with its HTTP status and a stable code; rendered as
-`{"error": {"code", "message", "loc"?, "limit"?}}` by one handler (api/errors.py).
+`{"error": {"code", "message", "loc"?, "limit"?, "reason"?}}` by one handler (api/errors.py).
 
 `loc` is the JSON path of the failing input (`("inputs", 2, "image")`), `limit` the number that
 was exceeded: a client learns both without reading the message, which is composed once, where
@@ -8,7 +8,6 @@ the error is raised, and never rewritten.
 
 from __future__ import annotations
 
-import copy
 import errno
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -20,6 +19,7 @@ T = TypeVar("T")
 class FocalServeError(Exception):
     status: int = 500
     code: str = "internal_error"
+    reason: str | None = None  # a finer rule than the code, where one says more (an image URL's refusal)
 
     def __init__(self, message: str, *, loc: Sequence[str | int] = (), limit: int | None = None) -> None:
         super().__init__(message)
@@ -29,8 +29,8 @@ class FocalServeError(Exception):
 
     def within(self, *prefix: str | int) -> FocalServeError:
         """The same error located inside `prefix`: a validator knows its field, its caller the position."""
-        located = copy.copy(self)
-        located.loc = (*prefix, *self.loc)
+        located = type(self).__new__(type(self), *self.args)  # not copy.copy: subclasses' __init__ differ
+        located.__dict__.update(self.__dict__, loc=(*prefix, *self.loc))
         return located
 
 
@@ -75,12 +75,35 @@ class Unauthorized(FocalServeError):
     status, code = 401, "unauthorized"
 
 
+class Forbidden(FocalServeError):
+    """The key may see the collection but not do this to it (or may not manage keys)."""
+
+    status, code = 403, "forbidden"
+
+
+class RateLimited(FocalServeError):
+    """The key is over one of its limits; `retry_after_s` says when the window frees up, `headers` what
+    the IETF `RateLimit` fields say."""
+
+    status, code = 429, "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: int, headers: dict[str, str]) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.headers = headers
+
+
 class PayloadTooLarge(FocalServeError):
     status, code = 413, "payload_too_large"
 
 
 class NotFound(FocalServeError):
     status, code = 404, "not_found"
+
+
+def collection_not_found(name: str) -> NotFound:
+    """One wording for a missing collection and one the key may not see: they must not differ."""
+    return NotFound(f"collection {name!r} does not exist")
 
 
 class ImageNotKept(NotFound):
@@ -146,6 +169,31 @@ class BackendUnavailable(FocalServeError):
     """The model backend (e.g. Triton) cannot be reached or is not ready."""
 
     status, code = 503, "backend_unavailable"
+
+
+class MediaURLRefused(FocalServeError):
+    """An image URL the gateway will not fetch; `reason` names the rule (also a metric label): scheme,
+    malformed, domain_not_allowed, address_not_global, unresolvable, redirect_refused, too_many_redirects.
+
+    422 rather than 403: the request is refused for what it holds, whoever sends it.
+    """
+
+    status, code = 422, "media_url_refused"
+
+    def __init__(self, reason: str, message: str, *, limit: int | None = None) -> None:
+        super().__init__(message, limit=limit)
+        self.reason = reason
+
+
+class MediaFetchFailed(FocalServeError):
+    """An allowed image URL could not be fetched; `reason`: timeout, upstream_status or connect.
+    A 4xx: the client chose the URL, and the gateway is not at fault."""
+
+    status, code = 422, "media_fetch_failed"
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 def check_at(loc: Loc, check: Callable[..., T], *args: Any) -> T:

@@ -51,6 +51,17 @@ class Metrics:
             "focalserve_condition_cache_total", "Condition cache lookups.", ["model", "result"],
             registry=self.registry,
         )
+        self.media_fetches = Counter(
+            "focalserve_media_fetches_total", "Image URL fetches by outcome (ok, refused, failed).", ["outcome"],
+            registry=self.registry,
+        )
+        self.media_fetch_bytes = Counter(
+            "focalserve_media_fetch_bytes_total", "Bytes read from image URLs.", registry=self.registry,
+        )
+        self.media_refusals = Counter(
+            "focalserve_media_refusals_total", "Image URLs refused, by the rule that refused them.", ["reason"],
+            registry=self.registry,
+        )
 
     def exposition(self) -> bytes:
         """The text format of this process's metrics, or of every process's under `--workers N`."""

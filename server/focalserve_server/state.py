@@ -1,13 +1,16 @@
-"""What the app holds while it runs: settings, backend, engine, metrics and, where they live, collections."""
+"""What the app holds while it runs: settings, backend, engine, metrics, access control and, where they live,
+collections."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from focalserve_server.access.control import AccessControl
 from focalserve_server.backends.base import ModelBackend
 from focalserve_server.collections.service import CollectionService
 from focalserve_server.config import Settings
 from focalserve_server.engine import Engine
+from focalserve_server.media.fetch import MediaFetcher
 from focalserve_server.metrics import Metrics
 
 
@@ -19,9 +22,8 @@ class EmbedGateway:
     metrics: Metrics
     backend: ModelBackend
     engine: Engine
-
-    def __post_init__(self) -> None:
-        self.api_keys = self.settings.api_key_list()  # parsed once, not per request
+    access: AccessControl
+    media: MediaFetcher  # images clients send by URL
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import httpx
 from playwright.sync_api import Page, expect
 
 from focalserve_client import Client
@@ -137,15 +138,21 @@ def test_mistakes_are_explained_in_plain_words(page, demo_gateway, tmp_path):
     expect(page.get_by_role("alert")).to_contain_text("512")
 
 
-def test_with_auth_on_the_page_asks_for_the_key_and_sends_it_everywhere(page, demo_repository, tmp_path):
-    key = "browser-test-key"
+def test_with_auth_on_the_page_asks_for_the_key_sends_it_everywhere_and_lists_what_it_may_see(
+    page, demo_repository, tmp_path
+):
+    admin_key = "browser-admin-key"
     with running_gateway(demo_repository, tmp_path / "gateway.log", data_dir=str(tmp_path / "data"),
-                         api_keys=key, auth_all="true") as url:
-        with Client(url, api_key=key) as client:
+                         admin_key=admin_key) as url:
+        with Client(url, api_key=admin_key) as client:
             client.create_collection("keyed", model="demo")
+            client.create_collection("other-team", model="demo")
             client.add_items("keyed", demo_items(12, seed=7))
             client.add_condition("keyed", COLOUR)
             client.wait_for_condition("keyed", COLOUR)
+        made = httpx.post(f"{url}/admin/keys", headers={"Authorization": f"Bearer {admin_key}"},
+                          json={"name": "team", "grants": [{"collections": "keyed", "action": "read"}]})
+        key = made.json()["key"]
 
         page.goto(f"{url}/ui")
         expect(page.get_by_label("API key")).to_be_visible()
@@ -155,6 +162,7 @@ def test_with_auth_on_the_page_asks_for_the_key_and_sends_it_everywhere(page, de
         page.get_by_label("API key").press("Tab")  # `change` reloads the collections with the key
         expect(page.get_by_label(COLOUR)).to_be_checked()
         expect(page.get_by_role("alert")).to_be_hidden()
+        expect(page.locator("#collection option")).to_have_text([re.compile(r"^keyed ")])  # not the other team's
         page.get_by_role("button", name="Use a stored image").click()
         expect(page.locator("#query-preview")).to_have_attribute("src", re.compile(r"^blob:"))
         page.get_by_role("button", name="Search").click()

@@ -10,11 +10,12 @@ import pytest
 from tests.helpers.inprocess import InProcessGateway, gateway_settings
 
 API_KEY = "fs-test-key-8c1d7e"
-HARDENED = {"max_body_bytes": 2 * 1024 * 1024, "max_instruction_chars": 64, "api_keys": f"another-key,{API_KEY}"}
+HARDENED = {"max_body_bytes": 2 * 1024 * 1024, "max_instruction_chars": 64, "admin_key": API_KEY}
 
 
 @pytest.fixture(scope="module")
 def hardened_gateway(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessGateway]:
-    """Small limits, API keys on, so each limit can be hit cheaply."""
+    """Small limits, keys required (the bootstrap admin key), so each limit can be hit cheaply."""
     with InProcessGateway(gateway_settings(model_repository, tmp_path_factory.mktemp("data"), **HARDENED)) as client:
+        client.headers["Authorization"] = f"Bearer {API_KEY}"
         yield client

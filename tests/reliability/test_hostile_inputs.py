@@ -108,7 +108,7 @@ async def test_a_streamed_body_over_the_limit_is_refused_while_it_arrives(harden
         for _ in range(64):
             yield b"x" * 65536  # 4 MiB in all, no Content-Length; each chunk reaches the app on its own
 
-    async with hardened_gateway.async_client() as client:
+    async with hardened_gateway.async_client(headers=AUTH) as client:
         response = await client.post("/embed", content=chunks(), headers={"content-type": "application/json"})
     assert response.status_code == 413 and response.json()["error"]["code"] == "payload_too_large"
 

@@ -190,11 +190,14 @@ def test_sigterm_drains_every_process(start_workers):
 def test_workers_share_postgresql_collections_with_another_gateway(start_workers, model_repository: Path,
                                                                    postgres_url: str, tmp_path: Path):
     """Fronts before an engine on PostgreSQL, beside a one-process gateway on the same database: a write
-    through either is read through the other with `min_seq`, as between any two replicas."""
-    gateway, _ = start_workers("postgres", database_url=postgres_url, log_poll_interval_s="0.05")
+    through either is read through the other with `min_seq`, as between any two replicas; a key the
+    other gateway makes and revokes is honoured and then refused by the fronts' own `/embed`."""
+    shared = {"database_url": postgres_url, "log_poll_interval_s": "0.05", "admin_key": "workers-admin"}
+    gateway, _ = start_workers("postgres", **shared)
     with gateway as (url, _), running_gateway(model_repository, tmp_path / "single.log", data_dir=str(tmp_path / "s"),
-                                              database_url=postgres_url, log_poll_interval_s="0.05") as single:
-        fronts, other = httpx.Client(base_url=url, timeout=60), httpx.Client(base_url=single, timeout=60)
+                                              **shared) as single:
+        admin = {"Authorization": "Bearer workers-admin"}
+        fronts, other = (httpx.Client(base_url=base, timeout=60, headers=admin) for base in (url, single))
         assert fronts.post("/collections", json={"name": "pg", "model": "tiny"}).status_code == 201
         assert fronts.post("/collections/pg/conditions", json={"instruction": COLOUR}).status_code < 300
         for writer, reader in ((fronts, other), (other, fronts)):
@@ -205,6 +208,12 @@ def test_workers_share_postgresql_collections_with_another_gateway(start_workers
                                                  "min_seq": int(added.headers["FocalServe-Seq"]),
                                                  "query": {"image": IMAGE}})
             assert found.status_code == 200 and item in {hit["id"] for hit in found.json()["results"]}
+        made = other.post("/admin/keys", json={"name": "team", "grants": [{"collections": "pg", "action": "read"}]})
+        team = {"Authorization": f"Bearer {made.json()['key']}"}
+        embed = {"model": "tiny", "inputs": [{"text": "a key made elsewhere"}]}
+        wait_for(lambda: httpx.post(f"{url}/embed", json=embed, headers=team).status_code == 200, 5, "the new key")
+        assert other.delete(f"/admin/keys/{made.json()['id']}").status_code == 204
+        wait_for(lambda: httpx.post(f"{url}/embed", json=embed, headers=team).status_code == 401, 5, "the revocation")
 
 
 def test_on_triton_each_front_calls_triton_with_pixels_in_shared_memory(start_workers, triton, workers: Workers):

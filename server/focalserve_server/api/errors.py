@@ -9,17 +9,19 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from focalserve_server.api.responses import FastJSONResponse, error_response
-from focalserve_server.errors import FocalServeError, InsufficientStorage, InvalidRequest
+from focalserve_server.errors import FocalServeError, InsufficientStorage, InvalidRequest, RateLimited
 
 logger = logging.getLogger(__name__)
 
 
 def render_error(error: FocalServeError, retry_after_s: int) -> FastJSONResponse:
-    """A domain error as its response: 503s say when to retry, 401s which scheme to use."""
+    """A domain error as its response: 503s and 429s say when to retry, 401s which scheme to use."""
     headers = {"Retry-After": str(retry_after_s)} if error.status == 503 else None
     if error.status == 401:
         headers = {"WWW-Authenticate": "Bearer"}
-    return error_response(error.status, error.code, error.message, headers, error.loc, error.limit)
+    if isinstance(error, RateLimited):
+        headers = {"Retry-After": str(error.retry_after_s), **error.headers}
+    return error_response(error.status, error.code, error.message, headers, error.loc, error.limit, error.reason)
 
 
 def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:

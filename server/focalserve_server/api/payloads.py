@@ -1,14 +1,20 @@
-"""Decoding what clients send (base64 images, plain or data URLs), naming image types, and
-encoding the embeddings answered."""
+"""Decoding what clients send (base64 images, plain or data URLs, images by URL), naming image types,
+and encoding the embeddings answered."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+from collections.abc import Sequence
 
 import numpy as np
 
-from focalserve_server.errors import InvalidImage
+from focalserve_client.schemas import ImageFromURL
+from focalserve_server.errors import InvalidImage, Loc, await_at, check_at
+from focalserve_server.media.fetch import MediaFetcher
+
+FETCHES_AT_ONCE = 8  # URLs of one request fetched concurrently
 
 SIGNATURES = {
     b"\x89PNG\r\n\x1a\n": "image/png",
@@ -25,6 +31,21 @@ def b64decode(text: str) -> bytes:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidImage("the image is not valid base64") from None
+
+
+async def image_bytes(images: Sequence[tuple[Loc, str | ImageFromURL]], fetcher: MediaFetcher) -> list[bytes]:
+    """Each image's bytes, errors located at its `loc`: base64 decoded, URLs fetched a few at a time."""
+    fetching = asyncio.Semaphore(FETCHES_AT_ONCE)
+
+    async def one(loc: Loc, image: str | ImageFromURL) -> bytes:
+        if isinstance(image, str):
+            return check_at(loc, b64decode, image)
+        async with fetching:
+            return await await_at(loc, fetcher.fetch(image.url))
+
+    if all(isinstance(image, str) for _, image in images):  # the usual request: no tasks
+        return [check_at(loc, b64decode, image) for loc, image in images if isinstance(image, str)]
+    return list(await asyncio.gather(*(one(loc, image) for loc, image in images)))
 
 
 def sniff_image_type(data: bytes) -> str:

@@ -21,11 +21,14 @@ def error_response(
     headers: Mapping[str, str] | None = None,
     loc: Sequence[str | int] = (),
     limit: int | None = None,
+    reason: str | None = None,
 ) -> FastJSONResponse:
-    """The one error body: `loc` and `limit` appear only when they say something."""
+    """The one error body: `loc`, `limit` and `reason` appear only when they say something."""
     detail: dict[str, Any] = {"code": code, "message": message}
     if loc:
         detail["loc"] = list(loc)
     if limit is not None:
         detail["limit"] = limit
+    if reason is not None:
+        detail["reason"] = reason
     return FastJSONResponse({"error": detail}, status_code=status, headers=headers)

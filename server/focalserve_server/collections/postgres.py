@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from focalserve_server.access.records import ACCESS_TABLES
 from focalserve_server.collections.health import StoreHealth
 from focalserve_server.collections.store import Store, Transaction
 from focalserve_server.errors import DatabaseUnavailable, FocalServeError, InsufficientStorage, WriteOutcomeUnknown
@@ -83,7 +84,7 @@ ALTER TABLE items ADD COLUMN IF NOT EXISTS source TEXT;
 ALTER TABLE items ADD COLUMN IF NOT EXISTS kept INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE items DROP CONSTRAINT IF EXISTS items_blob_fkey;
 ALTER TABLE changes ADD COLUMN IF NOT EXISTS last_item BIGINT;
-"""
+""" + ACCESS_TABLES.format(serial="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY")
 # A bulk write's staging tables (store.STAGING_TABLES), made once per connection, each with the COPY
 # types of its columns.
 STAGING = {

@@ -36,6 +36,7 @@ from focalserve_server.errors import (
     ReplicaBehind,
     await_at,
     check_at,
+    collection_not_found,
 )
 
 logger = logging.getLogger(__name__)
@@ -144,14 +145,14 @@ class CollectionService:
     async def collection(self, name: str) -> Collection:
         collection = await asyncio.to_thread(self._store.collection, name)
         if collection is None:
-            raise NotFound(f"collection {name!r} does not exist")
+            raise collection_not_found(name)
         return collection
 
     async def delete_collection(self, name: str) -> int:
         await self.collection(name)
         seq = await asyncio.to_thread(self._store.delete_collection, name)
         if seq is None:
-            raise NotFound(f"collection {name!r} does not exist")
+            raise collection_not_found(name)
         return await self._applied_here(seq) or 0
 
     def family_of(self, collection: Collection) -> FamilyEngine:

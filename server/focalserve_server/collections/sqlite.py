@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from focalserve_server.access.records import ACCESS_TABLES
 from focalserve_server.collections.health import StoreHealth
 from focalserve_server.collections.store import Store, Transaction
 from focalserve_server.errors import FocalServeError, InsufficientStorage
@@ -78,7 +79,7 @@ CREATE TABLE IF NOT EXISTS chunks (
 CREATE INDEX IF NOT EXISTS chunks_open ON chunks(condition, done);
 CREATE TEMP TABLE IF NOT EXISTS staged_items (id TEXT, blob TEXT, source TEXT, kept INTEGER, metadata TEXT);
 CREATE TEMP TABLE IF NOT EXISTS staged_vectors (id TEXT, condition INTEGER, vector BLOB);
-"""
+""" + ACCESS_TABLES.format(serial="INTEGER PRIMARY KEY AUTOINCREMENT")
 # Columns added since the first release, for data dirs made before them: (table, column, definition).
 ADDED_COLUMNS = (
     ("conditions", "index_options", "TEXT NOT NULL DEFAULT '{}'"),

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from focalserve_client.schemas import IndexKind
+from focalserve_server.access.records import AccessRecords
 from focalserve_server.collections.health import StoreHealth
 from focalserve_server.collections.model import (
     BlockItem,
@@ -51,7 +52,7 @@ class Transaction(Protocol):
     def executemany(self, sql: str, parameters: Sequence[Sequence[Any]]) -> Any: ...
 
 
-class Store(ABC):
+class Store(AccessRecords, ABC):
     """The source of truth for collections; see the module docstring for its guarantees."""
 
     NOW: str  # SQL for the database clock in seconds: leases expire by one clock, not by each replica's

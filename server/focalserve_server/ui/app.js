@@ -371,7 +371,7 @@ async function start() {
   const auth = await (await api("/ui/auth.json")).json();
   const keyField = $("api-key");
   keyField.value = sessionStorage.getItem("focalserve-api-key") || "";
-  $("key-row").hidden = !(auth.writes || auth.reads);
+  $("key-row").hidden = !auth.keys;
   keyField.addEventListener("change", () => {
     sessionStorage.setItem("focalserve-api-key", keyField.value.trim());
     guarded(loadCollections);

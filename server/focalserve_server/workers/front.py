@@ -8,6 +8,7 @@ the same whichever process answers it.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,16 +18,20 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from focalserve_client.schemas import HealthResponse
 from focalserve_family import families_from_configs, read_repository
-from focalserve_server.api.deps import EmbedGatewayDep, ReadAccess
+from focalserve_server.access.control import AccessControl
+from focalserve_server.api.deps import EmbedGatewayDep
 from focalserve_server.api.routes import embed
 from focalserve_server.api.routes import openai as openai_routes
 from focalserve_server.api.routes.health import healthz
 from focalserve_server.app import create_backend, install_layers
 from focalserve_server.backends.base import ModelBackend
+from focalserve_server.collections.factory import open_store
+from focalserve_server.collections.health import StoreHealth
 from focalserve_server.config import Settings
 from focalserve_server.engine import Engine
 from focalserve_server.errors import BackendUnavailable
 from focalserve_server.images import create_image_decoder
+from focalserve_server.media.fetch import MediaFetcher
 from focalserve_server.metrics import Metrics
 from focalserve_server.pixel_slots import PixelSlots
 from focalserve_server.state import EmbedGateway
@@ -40,7 +45,7 @@ probes = APIRouter(tags=["health"])
 probes.add_api_route("/healthz", healthz, methods=["GET"], response_model=HealthResponse)
 
 
-@probes.get("/metrics", response_class=Response, dependencies=[ReadAccess])
+@probes.get("/metrics", response_class=Response)
 async def metrics(gateway: EmbedGatewayDep) -> Response:
     """Prometheus exposition of every process's metrics (the engine samples its gauges itself)."""
     return Response(gateway.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
@@ -78,10 +83,17 @@ def create_front_app(settings: Settings, runtime: Runtime, pid: int) -> FrontApp
         images = create_image_decoder(settings)
         engine = await Engine.load(backend, images, settings, metrics)
         engine.start()
-        app.state.gateway = EmbedGateway(settings, metrics, backend, engine)
+        store = await asyncio.to_thread(open_store, settings, StoreHealth())  # keys and limits: shared
+        access = AccessControl(store, settings.admin_key.get_secret_value(), settings.log_poll_interval_s)
+        await access.start()
+        media = MediaFetcher(settings, metrics)
+        app.state.gateway = EmbedGateway(settings, metrics, backend, engine, access, media)
         try:
             yield
         finally:
+            await media.aclose()
+            await access.stop()
+            store.close()
             await engine.stop()
             images.close()
             await backend.close()

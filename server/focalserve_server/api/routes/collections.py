@@ -25,20 +25,22 @@ from focalserve_client.schemas import (
     ItemsAdd,
     ItemsAdded,
 )
-from focalserve_server.api.deps import GatewayDep, ReadAccess, WriteAccess
-from focalserve_server.api.payloads import b64decode, sniff_image_type
+from focalserve_server.api.deps import GatewayDep, PrincipalDep
+from focalserve_server.api.guard import charge_images
+from focalserve_server.api.payloads import image_bytes, sniff_image_type
 from focalserve_server.api.responses import FastJSONResponse
 from focalserve_server.collections.model import Collection, Condition, Item
 from focalserve_server.collections.service import CollectionService, ItemUpload
-from focalserve_server.engine import Engine
-from focalserve_server.errors import InvalidRequest, check_at
+from focalserve_server.errors import Forbidden, InvalidRequest
+from focalserve_server.state import Gateway
 
-router = APIRouter(prefix="/collections", tags=["collections"], dependencies=[ReadAccess])
+router = APIRouter(prefix="/collections", tags=["collections"])
 ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (404, 409, 413, 422, 503, 507)
+    status: {"model": ErrorResponse} for status in (403, 404, 409, 413, 422, 429, 503, 507)
 }
 CollectionName = Annotated[str, Path(pattern=NAME_PATTERN)]
 ItemId = Annotated[str, Path(pattern=ITEM_ID_PATTERN)]
+AUDITED_IDS = 20  # the first ids of an add the audit trail names (it records the count of all)
 MULTIPART_ITEM = {
     "type": "object",
     "required": ["id", "image"],
@@ -91,39 +93,45 @@ def with_seq(response: Response, seq: int) -> Response:
     return response
 
 
-@router.post("", status_code=201, dependencies=[WriteAccess], response_model=CollectionInfo, responses=ERRORS)
-async def create_collection(body: CollectionCreate, gateway: GatewayDep) -> Response:
-    """Create a collection bound to one model family."""
+@router.post("", status_code=201, response_model=CollectionInfo, responses=ERRORS)
+async def create_collection(body: CollectionCreate, gateway: GatewayDep, principal: PrincipalDep) -> Response:
+    """Create a collection bound to one model family (needs 'admin' on its name)."""
+    if not principal.may("admin", body.name):
+        raise Forbidden(f"this key may not create collection {body.name!r}: that needs 'admin' on its name")
     service = gateway.collections
     collection, seq = await service.create_collection(body.name, body.model, body.index, body.index_options)
+    await gateway.access.audit(principal, "collection.create", body.name, model=collection.model)
     return with_seq(FastJSONResponse(await collection_info(service, collection), status_code=201), seq)
 
 
 @router.get("", response_model=CollectionList)
-async def list_collections(gateway: GatewayDep) -> FastJSONResponse:
-    """All collections."""
+async def list_collections(gateway: GatewayDep, principal: PrincipalDep) -> FastJSONResponse:
+    """The collections this key may see."""
     service = gateway.collections
-    collections = await service.list_collections()
+    collections = [c for c in await service.list_collections() if principal.may("read", c.name)]
     return FastJSONResponse({"collections": [await collection_info(service, c) for c in collections]})
 
 
 @router.get("/{name}", response_model=CollectionInfo, responses=ERRORS)
-async def get_collection(name: CollectionName, gateway: GatewayDep) -> FastJSONResponse:
+async def get_collection(name: CollectionName, gateway: GatewayDep, principal: PrincipalDep) -> FastJSONResponse:
     """One collection: item count, conditions, index types, dimension."""
+    principal.require("read", name)
     service = gateway.collections
     return FastJSONResponse(await collection_info(service, await service.collection(name)))
 
 
-@router.delete("/{name}", status_code=204, dependencies=[WriteAccess], responses=ERRORS)
-async def delete_collection(name: CollectionName, gateway: GatewayDep) -> Response:
-    """Delete a collection with its items, vectors and indexes."""
-    return with_seq(Response(status_code=204), await gateway.collections.delete_collection(name))
+@router.delete("/{name}", status_code=204, responses=ERRORS)
+async def delete_collection(name: CollectionName, gateway: GatewayDep, principal: PrincipalDep) -> Response:
+    """Delete a collection with its items, vectors and indexes (needs 'admin' on it)."""
+    principal.require("admin", name)
+    seq = await gateway.collections.delete_collection(name)
+    await gateway.access.audit(principal, "collection.delete", name)
+    return with_seq(Response(status_code=204), seq)
 
 
 @router.post(
     "/{name}/items",
     status_code=201,
-    dependencies=[WriteAccess],
     response_model=ItemsAdded,
     responses=ERRORS,
     openapi_extra={
@@ -136,28 +144,31 @@ async def delete_collection(name: CollectionName, gateway: GatewayDep) -> Respon
         }
     },
 )
-async def add_items(name: CollectionName, request: Request, gateway: GatewayDep) -> Response:
+async def add_items(name: CollectionName, request: Request, gateway: GatewayDep, principal: PrincipalDep) -> Response:
     """Add (or replace) items; acknowledged only once committed and embedded under every ready condition."""
+    principal.require("write", name)
     if request.headers.get("content-type", "").startswith("multipart/form-data"):
         uploads = [await _multipart_item(request)]
     else:
-        uploads = _json_items(await request.body(), gateway.engine)
-    if len({upload.id for upload in uploads}) != len(uploads):
-        raise InvalidRequest("an item id appears twice in one request", loc=("items",))
+        uploads = await _json_items(request, gateway)
     added, seq = await gateway.collections.add_items(name, uploads)
+    await gateway.access.audit(principal, "items.add", name, items=len(uploads),
+                               ids=[upload.id for upload in uploads[:AUDITED_IDS]])
     return with_seq(FastJSONResponse({"added": added}, status_code=201), seq)
 
 
-def _json_items(body: bytes, engine: Engine) -> list[ItemUpload]:
+async def _json_items(request: Request, gateway: Gateway) -> list[ItemUpload]:
     try:
-        payload = ItemsAdd.model_validate_json(body)
+        payload = ItemsAdd.model_validate_json(await request.body())
     except ValidationError as error:
         raise InvalidRequest.from_validation(error.errors()) from None
-    engine.check_count(len(payload.items), "items")
-    return [
-        ItemUpload(item.id, check_at(("items", i, "image"), b64decode, item.image), item.metadata)
-        for i, item in enumerate(payload.items)
-    ]
+    gateway.engine.check_count(len(payload.items), "items")
+    if len({item.id for item in payload.items}) != len(payload.items):
+        raise InvalidRequest("an item id appears twice in one request", loc=("items",))
+    await charge_images(request, len(payload.items))  # before any URL is fetched
+    images = await image_bytes([(("items", i, "image"), item.image) for i, item in enumerate(payload.items)],
+                               gateway.media)
+    return [ItemUpload(item.id, image, item.metadata) for item, image in zip(payload.items, images, strict=True)]
 
 
 async def _multipart_item(request: Request) -> ItemUpload:
@@ -171,14 +182,17 @@ async def _multipart_item(request: Request) -> ItemUpload:
         raise InvalidRequest.from_validation(error.errors()) from None
     except ValueError as error:
         raise InvalidRequest(f"not a JSON object: {error}", loc=("metadata",)) from None
+    await charge_images(request, 1)
     return ItemUpload(item.id, await upload.read(), item.metadata)
 
 
 @router.get("/{name}/items", response_model=ItemPage, responses=ERRORS)
 async def list_items(
-    name: CollectionName, gateway: GatewayDep, after: str = "", limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    name: CollectionName, gateway: GatewayDep, principal: PrincipalDep, after: str = "",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> FastJSONResponse:
     """Items in insertion order, a page at a time (`after` = the previous page's `next_after`)."""
+    principal.require("read", name)
     after_rowid = int(after) if after.isdigit() else 0
     items = await gateway.collections.list_items(name, after_rowid, limit)
     return FastJSONResponse(
@@ -190,15 +204,19 @@ async def list_items(
 
 
 @router.get("/{name}/items/{item_id:path}/image", responses=ERRORS)
-async def get_item_image(name: CollectionName, item_id: str, gateway: GatewayDep) -> Response:
+async def get_item_image(name: CollectionName, item_id: str, gateway: GatewayDep, principal: PrincipalDep) -> Response:
     """The stored image bytes of an item."""
+    principal.require("read", name)
     data = await gateway.collections.read_image(name, _checked_id(item_id))
     return Response(data, media_type=sniff_image_type(data), headers={"Cache-Control": "private, max-age=3600"})
 
 
 @router.get("/{name}/items/{item_id:path}", response_model=ItemInfo, responses=ERRORS)
-async def get_item(name: CollectionName, item_id: str, gateway: GatewayDep) -> FastJSONResponse:
+async def get_item(
+    name: CollectionName, item_id: str, gateway: GatewayDep, principal: PrincipalDep
+) -> FastJSONResponse:
     """One item's metadata and image hash."""
+    principal.require("read", name)
     item = await gateway.collections.item(name, _checked_id(item_id))
     return FastJSONResponse(_item_info(item))
 
@@ -208,10 +226,13 @@ def _item_info(item: Item) -> dict[str, Any]:
             "image_kept": item.kept}
 
 
-@router.delete("/{name}/items/{item_id:path}", status_code=204, dependencies=[WriteAccess], responses=ERRORS)
-async def delete_item(name: CollectionName, item_id: str, gateway: GatewayDep) -> Response:
+@router.delete("/{name}/items/{item_id:path}", status_code=204, responses=ERRORS)
+async def delete_item(name: CollectionName, item_id: str, gateway: GatewayDep, principal: PrincipalDep) -> Response:
     """Delete an item from the collection and from every condition's index."""
-    return with_seq(Response(status_code=204), await gateway.collections.delete_item(name, _checked_id(item_id)))
+    principal.require("write", name)
+    seq = await gateway.collections.delete_item(name, _checked_id(item_id))
+    await gateway.access.audit(principal, "item.delete", name, id=item_id)
+    return with_seq(Response(status_code=204), seq)
 
 
 def _checked_id(item_id: str) -> str:
@@ -225,12 +246,15 @@ def _checked_id(item_id: str) -> str:
 
 
 @router.post(
-    "/{name}/conditions", status_code=202, dependencies=[WriteAccess],
+    "/{name}/conditions", status_code=202,
     response_model=ConditionInfo | list[ConditionInfo], responses=ERRORS,
 )
-async def add_condition(name: CollectionName, body: ConditionCreate, gateway: GatewayDep) -> Response:
+async def add_condition(
+    name: CollectionName, body: ConditionCreate, gateway: GatewayDep, principal: PrincipalDep
+) -> Response:
     """Register an instruction (or, with `instructions`, several at once: a list answers): every
     item is embedded under it and indexed in the background. 202 if any was new, 200 if none."""
+    principal.require("write", name)
     service = gateway.collections
     if body.instructions is not None:
         texts, field = body.instructions, ("instructions",)
@@ -238,6 +262,7 @@ async def add_condition(name: CollectionName, body: ConditionCreate, gateway: Ga
         assert body.instruction is not None  # ConditionCreate holds one form or the other
         texts, field = [body.instruction], ("instruction",)
     registered, seq = await service.add_conditions(name, texts, body.index, body.index_options, field)
+    await gateway.access.audit(principal, "conditions.add", name, instructions=texts)
     total = await service.item_count(name)
     infos = [await condition_info(service, condition, total) for condition, _ in registered]
     status = 202 if any(created for _, created in registered) else 200
@@ -245,8 +270,9 @@ async def add_condition(name: CollectionName, body: ConditionCreate, gateway: Ga
 
 
 @router.get("/{name}/conditions", response_model=list[ConditionInfo], responses=ERRORS)
-async def list_conditions(name: CollectionName, gateway: GatewayDep) -> FastJSONResponse:
+async def list_conditions(name: CollectionName, gateway: GatewayDep, principal: PrincipalDep) -> FastJSONResponse:
     """Registered conditions with their build progress."""
+    principal.require("read", name)
     service = gateway.collections
     conditions = await service.conditions(name)
     total = await service.item_count(name)

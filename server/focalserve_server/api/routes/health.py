@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from focalserve_client.schemas import HealthResponse
-from focalserve_server.api.deps import GatewayDep, ReadAccess
+from focalserve_server.api.deps import GatewayDep
 from focalserve_server.api.responses import FastJSONResponse
 from focalserve_server.collections.health import PARTS
 from focalserve_server.state import Gateway
@@ -53,7 +53,7 @@ async def readyz(gateway: GatewayDep) -> FastJSONResponse:
                             status_code=status)
 
 
-@router.get("/metrics", response_class=Response, dependencies=[ReadAccess])
+@router.get("/metrics", response_class=Response)
 async def metrics(gateway: GatewayDep) -> Response:
     """Prometheus exposition of the gateway's metrics."""
     await refresh_gauges(gateway)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from focalserve_client.schemas import ModelsResponse
-from focalserve_server.api.deps import GatewayDep, ReadAccess
+from focalserve_server.api.deps import GatewayDep
 from focalserve_server.api.responses import FastJSONResponse
 
-router = APIRouter(tags=["models"], dependencies=[ReadAccess])
+router = APIRouter(tags=["models"])
 
 
 @router.get("/models", response_model=ModelsResponse)

@@ -14,14 +14,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from focalserve_client.schemas import ErrorResponse
 from focalserve_server.api.deps import embed_gateway
-from focalserve_server.api.payloads import b64decode, encoded_vector
+from focalserve_server.api.guard import charge_images, principal_of
+from focalserve_server.api.payloads import encoded_vector
 from focalserve_server.api.responses import FastJSONResponse
 from focalserve_server.engine import EmbedInput
-from focalserve_server.errors import InvalidImage, InvalidRequest, check_at
+from focalserve_server.errors import InvalidRequest, await_at
 
-router = APIRouter(prefix="/v1", tags=["openai"])  # the route checks its key itself (`embed_gateway`)
+router = APIRouter(prefix="/v1", tags=["openai"])  # no dependencies (`embed_gateway`)
 
-ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (404, 413, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (401, 403, 404, 413, 422, 429, 503)
+}
 
 
 class _Strict(BaseModel):
@@ -29,7 +32,8 @@ class _Strict(BaseModel):
 
 
 class ImageURL(_Strict):
-    url: str = Field(description="A data URL: data:image/png;base64,... (remote URLs are refused).")
+    url: str = Field(description="A data URL (data:image/png;base64,...), or an http(s) URL on a host the gateway "
+                                 "allows (`allowed_media_domains`, none by default).")
     detail: str | None = Field(default=None, description="Accepted for compatibility; ignored.")
 
 
@@ -55,7 +59,7 @@ class OpenAIEmbeddingRequest(_Strict):
     input: str | list[str] | None = Field(default=None, description="Text(s) to embed.")
     messages: list[EmbeddingMessage] | None = Field(
         default=None,
-        description="One image part (a data URL) and, for FocalLens families, one text part: the "
+        description="One image part (a data: or allowed http(s) URL) and, for FocalLens families, one text part: the "
         "instruction. A text part alone embeds that text.",
     )
     encoding_format: Literal["float", "base64"] = Field(
@@ -109,6 +113,7 @@ class OpenAIEmbeddingResponse(_Strict):
 async def create_embeddings(body: OpenAIEmbeddingRequest, request: Request) -> FastJSONResponse:
     """OpenAI-compatible embeddings of texts (`input`) or of an image under an instruction."""
     gateway = embed_gateway(request)
+    principal_of(request).require_some_grant()
     family = gateway.engine.family(body.model)
     if body.dimensions is not None and body.dimensions != family.spec.embedding_dim:
         raise InvalidRequest(
@@ -116,7 +121,7 @@ async def create_embeddings(body: OpenAIEmbeddingRequest, request: Request) -> F
             loc=("dimensions",),
         )
     if body.messages is not None:
-        field, items = "messages", [_message_input(body.messages)]
+        field, items = "messages", [await _message_input(body.messages, request)]
     else:
         texts = [body.input] if isinstance(body.input, str) else body.input or []
         gateway.engine.check_count(len(texts), "input")
@@ -131,7 +136,7 @@ async def create_embeddings(body: OpenAIEmbeddingRequest, request: Request) -> F
     return FastJSONResponse({"object": "list", "data": data, "model": family.spec.name, "usage": usage})
 
 
-def _message_input(messages: list[EmbeddingMessage]) -> EmbedInput:
+async def _message_input(messages: list[EmbeddingMessage], request: Request) -> EmbedInput:
     """The one image (and its instruction) or the one text that `messages` may carry."""
     images, texts = _parts(messages)
     if len(images) > 1 or len(texts) > 1:
@@ -144,7 +149,8 @@ def _message_input(messages: list[EmbeddingMessage]) -> EmbedInput:
         raise InvalidRequest("'messages' holds no image and no text", loc=("messages",))
     if not images:
         return EmbedInput(text=texts[0])
-    image = check_at(("messages", "image_url"), _data_url_bytes, images[0])
+    await charge_images(request, 1)  # before the URL is fetched
+    image = await await_at(("messages", "image_url"), embed_gateway(request).media.fetch(images[0]))
     return EmbedInput(image=image, instruction=texts[0] if texts else None)
 
 
@@ -164,16 +170,3 @@ def _parts(messages: list[EmbeddingMessage]) -> tuple[list[str], list[str]]:
                 texts.append(part.text)
     return images, texts
 
-
-def _data_url_bytes(url: str) -> bytes:
-    if url.startswith(("http://", "https://")):
-        raise InvalidImage(
-            "remote image URLs are not fetched: send the image inline as "
-            "data:image/<type>;base64,<data>"
-        )
-    header, _, _ = url.partition(",")
-    if not url.startswith("data:") or not header.endswith(";base64"):
-        raise InvalidImage(
-            "image_url.url must be a base64 data URL: data:image/<type>;base64,<data>"
-        )
-    return b64decode(url)

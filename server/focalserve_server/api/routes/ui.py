@@ -22,9 +22,8 @@ async def ui_root() -> RedirectResponse:
 
 @router.get("/ui/auth.json")
 async def ui_auth(gateway: GatewayDep) -> FastJSONResponse:
-    """Whether the page must ask for an API key, and for which requests; never the keys."""
-    keys = bool(gateway.api_keys)
-    return FastJSONResponse({"writes": keys, "reads": keys and gateway.settings.auth_all})
+    """Whether the page must ask for an API key; never the keys."""
+    return FastJSONResponse({"keys": gateway.access.registry.required})
 
 
 def install_ui(app: FastAPI) -> None:
