@@ -91,7 +91,7 @@ class SharedLimiter:
         for quota in quotas(limits):
             if quota.name != "images":
                 await self._take(key_id, quota, 1, limits)
-        admission = Admission(_fields(limits, self._remaining(key_id, limits)))
+        admission = Admission(ratelimit_fields(limits, self._remaining(key_id, limits)))
         if limits.concurrency is not None:
             admission._slots = await self._claim(key_id, limits)
         return admission
@@ -121,7 +121,7 @@ class SharedLimiter:
             raise RateLimited(
                 f"this key is over its {quota.name} limit ({quota.limit} per {quota.window_s} s)"
                 + (f"; this request needs {count}" if count > 1 else ""),
-                retry_after_s=retry_after, headers=_fields(limits, {**self._remaining(key_id, limits), quota.name: 0}),
+                retry_after_s=retry_after, headers=ratelimit_fields(limits, {**self._remaining(key_id, limits), quota.name: 0}),
             )
         share.tokens -= count
 
@@ -166,7 +166,7 @@ class SharedLimiter:
                         if share.period >= int(now // share.window_s)}
 
 
-def _fields(limits: KeyLimits, remaining_of: dict[str, int]) -> dict[str, str]:
+def ratelimit_fields(limits: KeyLimits, remaining_of: dict[str, int]) -> dict[str, str]:
     """`RateLimit-Policy` (each quota and window) and `RateLimit` (what remains, and when it resets)."""
     now = time.time()
     policies, states = [], []

@@ -14,7 +14,8 @@ from focalserve_server.access.grants import Principal
 from focalserve_server.api.errors import render_error
 from focalserve_server.errors import FocalServeError
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+# No collection data behind these: probes, metrics (scraped by Prometheus without a key), the API schema.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
 
 
 class AccessGuard:
