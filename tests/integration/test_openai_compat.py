@@ -137,8 +137,8 @@ def test_plain_clip_embeds_an_image_alone_and_refuses_an_instruction(oai, sdk):
                 ],
             },
             422,
-            "invalid_image",
-            "remote image URLs are not fetched",
+            "media_url_refused",
+            "remote image URLs are off on this gateway",
         ),
         (
             {"model": "tiny", "messages": image_message(RED, COLOUR) + image_message(RED)},

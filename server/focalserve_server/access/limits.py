@@ -59,6 +59,7 @@ class _Slots:
     held: int = 0
     busy: int = 0
     idle_since: float = field(default_factory=time.monotonic)
+    stored: bool = False  # whether the store has this holder's row for the key
 
 
 @dataclass
@@ -121,7 +122,8 @@ class SharedLimiter:
             raise RateLimited(
                 f"this key is over its {quota.name} limit ({quota.limit} per {quota.window_s} s)"
                 + (f"; this request needs {count}" if count > 1 else ""),
-                retry_after_s=retry_after, headers=ratelimit_fields(limits, {**self._remaining(key_id, limits), quota.name: 0}),
+                retry_after_s=retry_after,
+                headers=ratelimit_fields(limits, {**self._remaining(key_id, limits), quota.name: 0}),
             )
         share.tokens -= count
 
@@ -148,22 +150,25 @@ class SharedLimiter:
                             retry_after_s=1, headers={},
                         )
                     slots.held += 1
+                    slots.stored = True
         slots.busy += 1
         return slots
 
     async def maintain(self) -> None:
-        """Renew the slots in use, give back the idle ones; drop shares of periods that have ended."""
-        now, idle_before = time.time(), time.monotonic() - SLOT_HOLD_S
-        held = {}
-        for key_id, slots in self._slots.items():
-            if slots.busy < slots.held and slots.idle_since < idle_before:
-                slots.held = slots.busy
-            held[key_id] = slots.held
-        if held:
-            await asyncio.to_thread(self._store.hold_slots, self._holder, held, now + SLOT_TTL_S)
-        self._slots = {key_id: slots for key_id, slots in self._slots.items() if slots.held}
-        self._shares = {name: share for name, share in self._shares.items()
-                        if share.period >= int(now // share.window_s)}
+        """Renew the slots in use, give back the idle ones; drop shares of periods that have ended.
+        Under the lock: a claim meanwhile would be overwritten by the count read before it."""
+        async with self._lock:
+            now, idle_before = time.time(), time.monotonic() - SLOT_HOLD_S
+            for slots in self._slots.values():
+                if slots.busy < slots.held and slots.idle_since < idle_before:
+                    slots.held = slots.busy
+            held = {key_id: slots.held for key_id, slots in self._slots.items() if slots.held or slots.stored}
+            if held:
+                await asyncio.to_thread(self._store.hold_slots, self._holder, held, now + SLOT_TTL_S)
+            for slots in self._slots.values():
+                slots.stored = slots.held > 0
+            self._shares = {name: share for name, share in self._shares.items()
+                            if share.period >= int(now // share.window_s)}
 
 
 def ratelimit_fields(limits: KeyLimits, remaining_of: dict[str, int]) -> dict[str, str]:

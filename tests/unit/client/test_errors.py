@@ -29,7 +29,14 @@ REQUESTS = {
     schemas.IndexOptions: {"nprobe": 16},
     schemas.SearchQuery: {"text": "red"},
     schemas.SearchRequest: {"collection": "shapes", "query": {"text": "red"}},
+    schemas.ImageFromURL: {"url": "data:image/png;base64,aGk="},
+    schemas.Grant: {"collections": "a-*", "action": "write"},
+    schemas.KeyLimits: {"requests": 10},
+    schemas.KeyCreate: {"name": "team-a"},
+    schemas.KeyGrants: {"grants": []},
 }
+KEY = {"id": "0123456789ab", "name": "team-a", "prefix": "fsk_0123456789ab_xY", "grants": [], "limits": {},
+       "created": 1.0, "last_used": None, "revoked": None}
 CONDITION = {"instruction": None, "index": "flat", "status": "ready", "embedded": 1, "total": 1}
 COLLECTION = {"name": "s", "model": "demo", "family": "clip", "dim": 3, "items": 1, "conditions": [CONDITION]}
 ITEM = {"id": "a", "metadata": {}, "image_sha256": "00"}
@@ -54,6 +61,11 @@ RESPONSES = {
     schemas.SearchResult: {"id": "a", "score": 0.5, "metadata": {}},
     schemas.SearchResponse: {"collection": "s", "condition": None, "results": []},
     schemas.ItemPage: {"items": [ITEM], "next_after": None},
+    schemas.KeyInfo: KEY,
+    schemas.KeyIssued: {**KEY, "key": "fsk_0123456789ab_" + "x" * 43},
+    schemas.KeyList: {"keys": [KEY]},
+    schemas.AuditEntry: {"seq": 1, "time": 1.0, "key": "cli", "action": "key.create", "target": "0123456789ab"},
+    schemas.AuditPage: {"entries": [], "next_after": None},
 }
 
 
