@@ -1,6 +1,7 @@
 """`make bench`: every benchmark part, from serving to start-up; RESULTS.md's tables rewritten.
 
-    .venv/bin/python -m benchmarks [--parts serving fronts faiss replication export latency conditions startup ingest]
+    .venv/bin/python -m benchmarks [--parts serving fronts faiss replication export latency conditions startup ingest
+        access]
         [--seconds S] [--faiss-sizes N ...] [--ingest-images N]
 
 RESULTS.md keeps its prose; only the text between `<!-- generated:NAME -->` and
@@ -16,10 +17,21 @@ import shlex
 import sys
 from pathlib import Path
 
-from benchmarks import conditions, export_bench, faiss_bench, fronts, ingest, latency, replication, serving, startup
+from benchmarks import (
+    access,
+    conditions,
+    export_bench,
+    faiss_bench,
+    fronts,
+    ingest,
+    latency,
+    replication,
+    serving,
+    startup,
+)
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
-PARTS = ("serving", "fronts", "faiss", "replication", "export", "latency", "conditions", "startup", "ingest")
+PARTS = ("serving", "fronts", "faiss", "replication", "export", "latency", "conditions", "startup", "ingest", "access")
 
 
 def replace_generated(text: str, name: str, content: str) -> str:
@@ -90,6 +102,10 @@ def main(argv: list[str] | None = None) -> None:
         ingested = ingest.main(["--images", str(args.ingest_images)])
         text = replace_generated(text, "ingest_run", run_section(ingested["command"], ingested["machine"]))
         text = replace_all(text, ingested["tables"])
+    if "access" in args.parts:
+        guarded = access.main([])
+        text = replace_generated(text, "access_run", run_section(guarded["command"], guarded["machine"]))
+        text = replace_all(text, guarded["tables"])
     RESULTS_MD.write_text(text)
     print(f"updated {RESULTS_MD}")
 

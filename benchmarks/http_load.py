@@ -20,8 +20,10 @@ from urllib.parse import urlsplit
 from benchmarks.report import percentiles_ms
 
 
-def encode_post(path: str, host: str, body: bytes, content_type: str = "application/json") -> bytes:
-    head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
+def encode_post(path: str, host: str, body: bytes, content_type: str = "application/json",
+                headers: dict[str, str] | None = None) -> bytes:
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+    head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n{extra}"
             f"Content-Length: {len(body)}\r\n\r\n")
     return head.encode() + body
 

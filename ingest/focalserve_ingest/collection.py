@@ -11,6 +11,8 @@ from focalserve_server.collections.model import Condition
 from focalserve_server.collections.store import Store
 from focalserve_server.conditions import normalise_instruction
 
+INGEST_ACTOR = "ingest"  # the audit trail's name for what `focalserve ingest` writes
+
 
 class IngestRefused(ValueError):
     """The ingest cannot start as asked; the message says why and what to do."""
@@ -41,7 +43,7 @@ def prepare_collection(
     collection = store.collection(name)
     if collection is None:
         spec = pick_family(families, model)
-        store.create_collection(name, spec.name)
+        store.create_collection(name, spec.name, INGEST_ACTOR)
         if not spec.conditional:  # a plain CLIP collection has one unconditional view
             store.add_condition(name, None, index, chunk_size)
     else:
@@ -53,7 +55,7 @@ def prepare_collection(
     if instructions:
         if not spec.conditional:
             raise IngestRefused(f"{spec.name} is a plain CLIP family: its images take no instruction")
-        store.add_conditions(name, instructions, index, chunk_size)
+        store.add_conditions(name, instructions, index, chunk_size, actor=INGEST_ACTOR)
     conditions = [condition for condition in store.conditions(name) if condition.status != "failed"]
     if not conditions:
         raise IngestRefused(f"collection {name!r} has no condition to embed under: register one with --instruction")

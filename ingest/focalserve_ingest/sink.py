@@ -17,6 +17,7 @@ from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import WriteResult
 
+from focalserve_ingest.collection import INGEST_ACTOR
 from focalserve_ingest.stores import StoreAddress
 from focalserve_server.collections.model import BlockItem
 
@@ -95,6 +96,6 @@ class CollectionSink(RowsSink):
             )
             for row in rows
         ]
-        stored = self._store_address.open().put_block(self._collection, items, set(self._conditions))
+        stored = self._store_address.open().put_block(self._collection, items, set(self._conditions), INGEST_ACTOR)
         written.items, written.vectors = stored.items, stored.vectors
         written.already_stored = len(items) - stored.items

@@ -62,7 +62,8 @@ def create_app(settings: Settings | None = None, engine_socket: Path | None = No
         engine.start()
         health = StoreHealth(on_error=lambda code: metrics.store_errors.labels(code).inc())
         store = await asyncio.to_thread(open_store, settings, health)
-        access = AccessControl(store, settings.admin_key.get_secret_value(), settings.log_poll_interval_s)
+        access = AccessControl(store, settings.admin_key.get_secret_value(), settings.log_poll_interval_s,
+                           metrics)
         await access.start()
         collections = collection_service(settings, store, engine)
         await collections.start()

@@ -63,6 +63,15 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.quota_leases = Counter(
+            "focalserve_quota_leases_total", "Shares of a key's quota taken from the store (one write each).",
+            ["quota"], registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "focalserve_rate_limited_total", "Requests refused with 429, by the limit they met.", ["quota"],
+            registry=self.registry,
+        )
+
     def exposition(self) -> bytes:
         """The text format of this process's metrics, or of every process's under `--workers N`."""
         if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:

@@ -72,6 +72,10 @@ def test_a_folder_lands_with_the_vectors_embed_answers_one_log_entry_per_block_a
     blocks = [c for c in changes if c.kind == "block"]
     assert len(blocks) >= 2 and not [c for c in changes if c.kind == "vector"]  # one log entry per block
     assert sum(len(store.block_vectors(c.item, c.last_item)[conditions[0].rowid][0]) for c in blocks) == 40
+    trail = store.audit_trail(0, 1000)  # each written in its block's own transaction
+    assert {(entry.key_id, entry.action) for entry in trail} == {
+        ("ingest", "collection.create"), ("ingest", "conditions.add"), ("ingest", "items.ingest")}
+    assert sum(entry.detail["items"] for entry in trail if entry.action == "items.ingest") == 40
 
     with InProcessGateway(gateway_settings(model_repository, settings.data_dir)) as gateway:
         for item_id in expected[:4]:

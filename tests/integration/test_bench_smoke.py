@@ -10,7 +10,7 @@ import asyncio
 import json
 
 import benchmarks.report
-from benchmarks import fronts, ingest, serving
+from benchmarks import access, fronts, ingest, serving
 
 
 def test_the_serving_benchmark_measures_every_system_without_errors(tmp_path, monkeypatch, demo_repository):
@@ -74,3 +74,11 @@ def test_the_ingest_benchmark_without_ray_measures_the_ceiling_and_says_what_it_
     assert ceiling["images"] == 70 and ceiling["conditions"] == 3 and ceiling["embed_images_per_s"] > 0
     table = result["tables"]["ingest"]
     assert "ceiling:" in table and "3 conditions" in table and "Skipped: ingest: needs Ray" in table
+
+
+def test_the_access_benchmark_measures_open_keyed_and_limited_gateways(demo_repository):
+    result = access.main(["--seconds", "0.5", "--rounds", "1", "--concurrency", "2"])
+    assert [row["config"] for row in result["rows"]] == ["open", "key", "key + limits"]
+    assert all(row["requests"] > 0 and row["errors"] == 0 for row in result["rows"])
+    assert 0 < result["leases"] < result["rows"][-1]["requests"]
+    assert "| key + limits |" in result["tables"]["access"]

@@ -19,6 +19,7 @@ from focalserve_server.access.grants import Principal
 from focalserve_server.access.limits import SharedLimiter
 from focalserve_server.collections.postgres import PostgresStore
 from focalserve_server.errors import RateLimited
+from focalserve_server.metrics import Metrics
 from tests.helpers.images import b64, shape_png
 from tests.helpers.inprocess import gateway_settings, serving_in_thread
 
@@ -125,7 +126,7 @@ def test_concurrency_slots_are_shared_and_a_crashed_holders_lapse(database, monk
     principal = Principal("k-concurrent", limits=KeyLimits(concurrency=2))
 
     async def scenario(store: PostgresStore) -> None:
-        first, second = SharedLimiter(store), SharedLimiter(store)
+        first, second = SharedLimiter(store, Metrics()), SharedLimiter(store, Metrics())
         held = [await first.admit(principal), await first.admit(principal)]
         with pytest.raises(RateLimited, match="2 requests in flight"):
             await second.admit(principal)

@@ -7,13 +7,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any
 
-from focalserve_server.access.grants import Principal
 from focalserve_server.access.limits import SharedLimiter
 from focalserve_server.access.records import AccessRecords
 from focalserve_server.access.registry import KeyRegistry
 from focalserve_server.errors import FocalServeError
+from focalserve_server.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -22,10 +21,10 @@ RECORD_USE_S = 60.0  # how often keys' last use is written (the list shows it to
 
 
 class AccessControl:
-    def __init__(self, store: AccessRecords, admin_key: str, poll_s: float) -> None:
+    def __init__(self, store: AccessRecords, admin_key: str, poll_s: float, metrics: Metrics) -> None:
         self.store = store
         self.registry = KeyRegistry(store, admin_key)
-        self.limiter = SharedLimiter(store)
+        self.limiter = SharedLimiter(store, metrics)
         self._poll_s = poll_s
         self._task: asyncio.Task[None] | None = None
 
@@ -40,9 +39,6 @@ class AccessControl:
                 await self._task
         with contextlib.suppress(FocalServeError):
             await asyncio.to_thread(self.store.record_use, self.registry.take_use())
-
-    async def audit(self, principal: Principal, action: str, target: str, **detail: Any) -> None:
-        await asyncio.to_thread(self.store.record_audit, principal.actor, action, target, detail)
 
     async def _follow(self) -> None:
         maintained = recorded = time.monotonic()

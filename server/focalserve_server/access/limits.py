@@ -24,6 +24,7 @@ from focalserve_client.schemas import KeyLimits
 from focalserve_server.access.grants import Principal
 from focalserve_server.access.records import AccessRecords
 from focalserve_server.errors import RateLimited
+from focalserve_server.metrics import Metrics
 
 SHARE = 8  # a lease takes at most 1/SHARE of a quota
 SLOT_HOLD_S = 1.0  # slots idle this long go back to the store
@@ -77,8 +78,9 @@ class Admission:
 
 
 class SharedLimiter:
-    def __init__(self, store: AccessRecords) -> None:
+    def __init__(self, store: AccessRecords, metrics: Metrics) -> None:
         self._store = store
+        self._metrics = metrics
         self._holder = uuid.uuid4().hex  # this process, as a holder of request slots
         self._shares: dict[tuple[str, str], _Share] = {}
         self._slots: dict[str, _Slots] = {}
@@ -117,7 +119,9 @@ class SharedLimiter:
                     taken, share.used = await asyncio.to_thread(
                         self._store.lease_quota, key_id, quota.name, period, min(want, quota.limit), quota.limit)
                     share.tokens += taken
+                    self._metrics.quota_leases.labels(quota.name).inc()
         if share.tokens < count:
+            self._metrics.rate_limited.labels(quota.name).inc()
             retry_after = max(1, math.ceil((period + 1) * quota.window_s - now))
             raise RateLimited(
                 f"this key is over its {quota.name} limit ({quota.limit} per {quota.window_s} s)"
@@ -145,6 +149,7 @@ class SharedLimiter:
                     claimed = await asyncio.to_thread(self._store.claim_slot, key_id, self._holder, slots.held,
                                                       limits.concurrency, time.time() + SLOT_TTL_S)
                     if not claimed:
+                        self._metrics.rate_limited.labels("concurrency").inc()
                         raise RateLimited(
                             f"this key has {limits.concurrency} requests in flight, its concurrency limit",
                             retry_after_s=1, headers={},

@@ -179,8 +179,10 @@ class AccessRecords:
 
     # the audit trail ----------------------------------------------------------------------
 
-    def record_audit(self, actor: str, action: str, target: str, detail: dict[str, Any]) -> None:
-        with self._write() as tx:
+    def _audited(self, tx: Transaction, actor: str | None, action: str, target: str, **detail: Any) -> None:
+        """An entry for a collection write, in its transaction: both commit or neither; none without an actor
+        (the store's own upkeep, tests)."""
+        if actor is not None:
             self._audit(tx, actor, action, target, detail)
 
     def _audit(self, tx: Transaction, actor: str, action: str, target: str, detail: dict[str, Any]) -> None:

@@ -120,11 +120,12 @@ class CollectionService:
     # collections -------------------------------------------------------------------------
 
     async def create_collection(
-        self, name: str, model: str | None, index_kind: IndexKind, index_options: IndexOptions
+        self, name: str, model: str | None, index_kind: IndexKind, index_options: IndexOptions, actor: str
     ) -> tuple[Collection, int]:
+        """`actor` (here and in every write below): the key the audit trail names."""
         family = self._engine.family(model)
         self._check_options(index_options, family)
-        seq = await asyncio.to_thread(self._store.create_collection, name, family.spec.name)
+        seq = await asyncio.to_thread(self._store.create_collection, name, family.spec.name, actor)
         if seq is None:
             raise Conflict(f"collection {name!r} already exists", loc=("name",))
         collection = Collection(name, family.spec.name)
@@ -148,9 +149,9 @@ class CollectionService:
             raise collection_not_found(name)
         return collection
 
-    async def delete_collection(self, name: str) -> int:
+    async def delete_collection(self, name: str, actor: str) -> int:
         await self.collection(name)
-        seq = await asyncio.to_thread(self._store.delete_collection, name)
+        seq = await asyncio.to_thread(self._store.delete_collection, name, actor)
         if seq is None:
             raise collection_not_found(name)
         return await self._applied_here(seq) or 0
@@ -160,7 +161,7 @@ class CollectionService:
 
     # items -------------------------------------------------------------------------------
 
-    async def add_items(self, name: str, uploads: list[ItemUpload]) -> tuple[int, int]:
+    async def add_items(self, name: str, uploads: list[ItemUpload], actor: str) -> tuple[int, int]:
         """Embed every item under every condition, commit; returns (how many, log position)."""
         collection = await self.collection(name)
         family = self.family_of(collection)
@@ -180,7 +181,7 @@ class CollectionService:
                 for i, u in enumerate(uploads)
             ]
             try:
-                _, seq = await asyncio.to_thread(self._store.put_items, name, items, set(vectors))
+                _, seq = await asyncio.to_thread(self._store.put_items, name, items, set(vectors), actor)
             except ConditionsChanged as changed:
                 conditions = changed.conditions
                 continue
@@ -217,9 +218,9 @@ class CollectionService:
             raise NotFound(f"item {item_id!r} is not in collection {name!r}")
         return item
 
-    async def delete_item(self, name: str, item_id: str) -> int:
+    async def delete_item(self, name: str, item_id: str, actor: str) -> int:
         await self.collection(name)
-        seq = await asyncio.to_thread(self._store.delete_item, name, item_id)
+        seq = await asyncio.to_thread(self._store.delete_item, name, item_id, actor)
         if seq is None:
             raise NotFound(f"item {item_id!r} is not in collection {name!r}")
         return await self._applied_here(seq) or 0
@@ -228,7 +229,7 @@ class CollectionService:
 
     async def add_conditions(
         self, name: str, instructions: Sequence[str], index_kind: IndexKind, index_options: IndexOptions,
-        field: tuple[str | int, ...],
+        field: tuple[str | int, ...], actor: str,
     ) -> tuple[list[tuple[Condition, bool]], int]:
         """Register instructions in one transaction; their backfills build together (one pass over the
         stored images for all of them). `field` locates the instructions in the request for errors."""
@@ -245,7 +246,7 @@ class CollectionService:
                       for n, text in enumerate(instructions)]
         options = index_options.model_dump(exclude_none=True)
         registered, seq = await asyncio.to_thread(
-            self._store.add_conditions, name, normalised, index_kind, self._chunk_size, options
+            self._store.add_conditions, name, normalised, index_kind, self._chunk_size, options, actor
         )
         for condition, created in registered:
             if not created and (condition.index_kind, condition.index_options) != (index_kind, options):

@@ -41,6 +41,7 @@ from focalserve_server.collections.model import (
 from focalserve_server.errors import FocalServeError, InsufficientStorage
 
 ITEM_COLUMNS = "rowid, id, blob, metadata, source, kept"
+AUDITED_IDS = 20  # the first ids of an add the audit trail names (it records the count of all)
 CONDITION_COLUMNS = "rowid, collection, instruction, index_kind, status, error, index_options"
 
 
@@ -195,13 +196,17 @@ class Store(AccessRecords, ABC):
 
     # collections -------------------------------------------------------------------------
 
-    def create_collection(self, name: str, model: str) -> int | None:
-        """The log position of the creation, or None if the collection exists."""
+    def create_collection(self, name: str, model: str, actor: str | None = None) -> int | None:
+        """The log position of the creation, or None if the collection exists. `actor`, where given, is
+        the key the audit trail names, recorded in the same transaction (as for every write below)."""
         with self._write() as tx:
             created = tx.execute(
                 "INSERT INTO collections(name, model) VALUES (?, ?) ON CONFLICT (name) DO NOTHING", (name, model)
             ).rowcount
-            return self._log(tx, "collection_created", name, [(None, None)]) if created == 1 else None
+            if created != 1:
+                return None
+            self._audited(tx, actor, "collection.create", name, model=model)
+            return self._log(tx, "collection_created", name, [(None, None)])
 
     def collection(self, name: str) -> Collection | None:
         rows = self._query("SELECT name, model FROM collections WHERE name = ?", (name,))
@@ -210,10 +215,13 @@ class Store(AccessRecords, ABC):
     def collections(self) -> list[Collection]:
         return [Collection(*row) for row in self._query("SELECT name, model FROM collections ORDER BY name")]
 
-    def delete_collection(self, name: str) -> int | None:
+    def delete_collection(self, name: str, actor: str | None = None) -> int | None:
         with self._write() as tx:
             deleted = tx.execute("DELETE FROM collections WHERE name = ?", (name,)).rowcount
-            seq = self._log(tx, "collection_deleted", name, [(None, None)]) if deleted == 1 else None
+            seq = None
+            if deleted == 1:
+                self._audited(tx, actor, "collection.delete", name)
+                seq = self._log(tx, "collection_deleted", name, [(None, None)])
         self.collect_garbage()
         return seq
 
@@ -222,7 +230,9 @@ class Store(AccessRecords, ABC):
 
     # items -------------------------------------------------------------------------------
 
-    def put_items(self, collection: str, items: Sequence[NewItem], embedded_under: set[int]) -> tuple[list[int], int]:
+    def put_items(
+        self, collection: str, items: Sequence[NewItem], embedded_under: set[int], actor: str | None = None
+    ) -> tuple[list[int], int]:
         """Insert or replace items with their vectors; returns (rowids, log position).
 
         Raises ConditionsChanged when the collection's conditions are no longer `embedded_under`
@@ -252,6 +262,8 @@ class Store(AccessRecords, ABC):
                 )
                 rowids.append(rowid)
                 logged += [(condition, rowid) for condition in item.vectors]
+            self._audited(tx, actor, "items.add", collection, items=len(items),
+                          ids=[item.id for item in items[:AUDITED_IDS]])
             return rowids, self._log(tx, "vector", collection, logged or [(None, None)])
 
     def complete_ids(self, collection: str, ids: Sequence[str], conditions: Sequence[int]) -> set[str]:
@@ -269,7 +281,9 @@ class Store(AccessRecords, ABC):
             found.update(str(row[0]) for row in rows)
         return found
 
-    def put_block(self, collection: str, items: Sequence[BlockItem], embedded_under: set[int]) -> BlockWritten:
+    def put_block(
+        self, collection: str, items: Sequence[BlockItem], embedded_under: set[int], actor: str | None = None
+    ) -> BlockWritten:
         """A bulk write in one transaction: the items not stored yet, with their vectors, and the vectors
         stored items lack; an item already stored keeps its image and metadata, so a retried or rerun
         block changes nothing. The new items' rowids form one range, logged as one `block` change
@@ -304,6 +318,8 @@ class Store(AccessRecords, ABC):
                 tx.execute("INSERT INTO changes(kind, collection, item, last_item) VALUES ('block', ?, ?, ?)",
                            (collection, min(new), max(new)))
                 seq = int(tx.execute("SELECT max(seq) FROM changes").fetchone()[0])
+            if written:
+                self._audited(tx, actor, "items.ingest", collection, items=len(new), vectors=len(written))
             return BlockWritten(len(new), len(written), seq)
 
     def block_vectors(self, first: int, last: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -337,13 +353,16 @@ class Store(AccessRecords, ABC):
         )
         return [_item(row) for row in rows]
 
-    def delete_item(self, collection: str, item_id: str) -> int | None:
+    def delete_item(self, collection: str, item_id: str, actor: str | None = None) -> int | None:
         """The log position of the deletion, or None if there was no such item."""
         with self._write() as tx:
             row = tx.execute(
                 "DELETE FROM items WHERE collection = ? AND id = ? RETURNING rowid", (collection, item_id)
             ).fetchone()
-            return self._log(tx, "item_deleted", collection, [(None, int(row[0]))]) if row else None
+            if row is None:
+                return None
+            self._audited(tx, actor, "item.delete", collection, id=item_id)
+            return self._log(tx, "item_deleted", collection, [(None, int(row[0]))])
 
     def matching_rowids(self, collection: str, equal: dict[str, Any]) -> np.ndarray:
         """Rowids of items whose metadata has every key equal to the given value."""
@@ -367,7 +386,7 @@ class Store(AccessRecords, ABC):
 
     def add_conditions(
         self, collection: str, instructions: Sequence[str | None], index_kind: IndexKind, chunk_size: int,
-        index_options: dict[str, Any] | None = None,
+        index_options: dict[str, Any] | None = None, actor: str | None = None,
     ) -> tuple[list[tuple[Condition, bool]], int | None]:
         """((condition, created now) per instruction, log position), in one transaction. A new
         condition's backfill is cut into chunks of `chunk_size` stored items, which any replica may
@@ -392,7 +411,11 @@ class Store(AccessRecords, ABC):
                     [(rowid, collection, part[0], part[-1]) for part in _parts(items, chunk_size)],
                 )
                 added.append(rowid)
-            seq = self._log(tx, "condition_added", collection, [(rowid, None) for rowid in added]) if added else None
+            seq = None
+            if added:
+                self._audited(tx, actor, "conditions.add", collection, instructions=list(instructions),
+                              index=index_kind)
+                seq = self._log(tx, "condition_added", collection, [(rowid, None) for rowid in added])
             by_instruction = {c.instruction: c for c in self._conditions(tx, collection)}
         return [(by_instruction[text], by_instruction[text].rowid in added) for text in instructions], seq
 

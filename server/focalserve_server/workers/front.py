@@ -84,7 +84,8 @@ def create_front_app(settings: Settings, runtime: Runtime, pid: int) -> FrontApp
         engine = await Engine.load(backend, images, settings, metrics)
         engine.start()
         store = await asyncio.to_thread(open_store, settings, StoreHealth())  # keys and limits: shared
-        access = AccessControl(store, settings.admin_key.get_secret_value(), settings.log_poll_interval_s)
+        access = AccessControl(store, settings.admin_key.get_secret_value(), settings.log_poll_interval_s,
+                           metrics)
         await access.start()
         media = MediaFetcher(settings, metrics)
         app.state.gateway = EmbedGateway(settings, metrics, backend, engine, access, media)

@@ -40,7 +40,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 CollectionName = Annotated[str, Path(pattern=NAME_PATTERN)]
 ItemId = Annotated[str, Path(pattern=ITEM_ID_PATTERN)]
-AUDITED_IDS = 20  # the first ids of an add the audit trail names (it records the count of all)
 MULTIPART_ITEM = {
     "type": "object",
     "required": ["id", "image"],
@@ -99,8 +98,8 @@ async def create_collection(body: CollectionCreate, gateway: GatewayDep, princip
     if not principal.may("admin", body.name):
         raise Forbidden(f"this key may not create collection {body.name!r}: that needs 'admin' on its name")
     service = gateway.collections
-    collection, seq = await service.create_collection(body.name, body.model, body.index, body.index_options)
-    await gateway.access.audit(principal, "collection.create", body.name, model=collection.model)
+    collection, seq = await service.create_collection(body.name, body.model, body.index, body.index_options,
+                                                      principal.actor)
     return with_seq(FastJSONResponse(await collection_info(service, collection), status_code=201), seq)
 
 
@@ -124,8 +123,7 @@ async def get_collection(name: CollectionName, gateway: GatewayDep, principal: P
 async def delete_collection(name: CollectionName, gateway: GatewayDep, principal: PrincipalDep) -> Response:
     """Delete a collection with its items, vectors and indexes (needs 'admin' on it)."""
     principal.require("admin", name)
-    seq = await gateway.collections.delete_collection(name)
-    await gateway.access.audit(principal, "collection.delete", name)
+    seq = await gateway.collections.delete_collection(name, principal.actor)
     return with_seq(Response(status_code=204), seq)
 
 
@@ -151,9 +149,7 @@ async def add_items(name: CollectionName, request: Request, gateway: GatewayDep,
         uploads = [await _multipart_item(request)]
     else:
         uploads = await _json_items(request, gateway)
-    added, seq = await gateway.collections.add_items(name, uploads)
-    await gateway.access.audit(principal, "items.add", name, items=len(uploads),
-                               ids=[upload.id for upload in uploads[:AUDITED_IDS]])
+    added, seq = await gateway.collections.add_items(name, uploads, principal.actor)
     return with_seq(FastJSONResponse({"added": added}, status_code=201), seq)
 
 
@@ -230,8 +226,7 @@ def _item_info(item: Item) -> dict[str, Any]:
 async def delete_item(name: CollectionName, item_id: str, gateway: GatewayDep, principal: PrincipalDep) -> Response:
     """Delete an item from the collection and from every condition's index."""
     principal.require("write", name)
-    seq = await gateway.collections.delete_item(name, _checked_id(item_id))
-    await gateway.access.audit(principal, "item.delete", name, id=item_id)
+    seq = await gateway.collections.delete_item(name, _checked_id(item_id), principal.actor)
     return with_seq(Response(status_code=204), seq)
 
 
@@ -261,8 +256,8 @@ async def add_condition(
     else:
         assert body.instruction is not None  # ConditionCreate holds one form or the other
         texts, field = [body.instruction], ("instruction",)
-    registered, seq = await service.add_conditions(name, texts, body.index, body.index_options, field)
-    await gateway.access.audit(principal, "conditions.add", name, instructions=texts)
+    registered, seq = await service.add_conditions(name, texts, body.index, body.index_options, field,
+                                                   principal.actor)
     total = await service.item_count(name)
     infos = [await condition_info(service, condition, total) for condition, _ in registered]
     status = 202 if any(created for _, created in registered) else 200
