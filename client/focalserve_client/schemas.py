@@ -233,7 +233,10 @@ class ItemInfo(_Response):
     id: str
     metadata: dict[str, str | int | float | bool | None]
     image_sha256: str
-    source: str | None = Field(default=None, description="Where `focalserve ingest` read the image; null for adds.")
+    source: str | None = Field(
+        default=None, description="Where the image came from: the URL of an add by URL, or where `focalserve ingest` "
+        "read it; null for images sent inline."
+    )
     image_kept: bool = Field(default=True, description="False when only the source is stored (--no-keep-images).")
 
 

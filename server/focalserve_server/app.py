@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -93,8 +94,26 @@ def create_app(settings: Settings | None = None, engine_socket: Path | None = No
     for module in (embed, search, collection_routes, models, health, openai_routes, admin):
         app.include_router(module.router)
     install_ui(app)
+    declare_bearer_keys(app)
     install_layers(app, settings, metrics)
     return app
+
+
+def declare_bearer_keys(app: FastAPI) -> None:
+    """The schema says how keys are sent; `AccessGuard` checks them before any route, so no route declares
+    them. `{}` beside the scheme: a gateway without keys takes requests without one."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()  # made once, then FastAPI's cached copy
+        schema.setdefault("components", {})["securitySchemes"] = {"apiKey": {
+            "type": "http", "scheme": "bearer",
+            "description": "A key from `focalserve keys create` or POST /admin/keys, or FOCALSERVE_ADMIN_KEY",
+        }}
+        schema["security"] = [{"apiKey": []}, {}]
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def install_layers(app: FastAPI, settings: Settings, metrics: Metrics) -> None:

@@ -462,6 +462,7 @@ def test_image_urls_reach_embed_the_openai_route_and_adds(model_repository, tmp_
         gateway.post("/collections", json={"name": "by-url", "model": "tiny"})
         added = gateway.post("/collections/by-url/items", json={"items": [{"id": "u", "image": {"url": url}}]})
         assert added.status_code == 201, added.text
+        assert gateway.get("/collections/by-url/items/u").json()["source"] == url
         metadata = {"image": {"url": f"http://images.test:{server.port}/to-metadata"}, "instruction": "x"}
         refused = gateway.post("/embed", json={"model": "tiny", "inputs": [inline, metadata]})
         assert refused.status_code == 422
@@ -474,6 +475,7 @@ def test_a_default_gateway_takes_data_urls_and_refuses_http_ones(gateway, server
     assert gateway.post("/collections", json={"name": "urls-off", "model": "tiny"}).status_code == 201
     added = gateway.post("/collections/urls-off/items", json={"items": [{"id": "d", "image": data_url}]})
     assert added.status_code == 201, added.text
+    assert gateway.get("/collections/urls-off/items/d").json()["source"] is None  # the data was the image
     remote = {"items": [{"id": "r", "image": {"url": f"http://images.test:{server.port}/image.png?t=off"}}]}
     refused = gateway.post("/collections/urls-off/items", json=remote)
     assert refused.status_code == 422 and refused.json()["error"]["reason"] == "domain_not_allowed"

@@ -68,13 +68,13 @@ class Admission:
     """An admitted request: the fields to answer with, and its concurrency slot to give back."""
 
     headers: dict[str, str]
-    _slots: _Slots | None = None
+    slots: _Slots | None = None  # the key's slots here, one of them this request's
 
     def done(self) -> None:
-        if self._slots is not None:
-            self._slots.busy -= 1
-            self._slots.idle_since = time.monotonic()
-            self._slots = None
+        if self.slots is not None:
+            self.slots.busy -= 1
+            self.slots.idle_since = time.monotonic()
+            self.slots = None
 
 
 class SharedLimiter:
@@ -94,10 +94,8 @@ class SharedLimiter:
         for quota in quotas(limits):
             if quota.name != "images":
                 await self._take(key_id, quota, 1, limits)
-        admission = Admission(ratelimit_fields(limits, self._remaining(key_id, limits)))
-        if limits.concurrency is not None:
-            admission._slots = await self._claim(key_id, limits)
-        return admission
+        slots = await self._claim(key_id, limits) if limits.concurrency is not None else None
+        return Admission(ratelimit_fields(limits, self._remaining(key_id, limits)), slots)
 
     async def charge_images(self, principal: Principal, count: int) -> None:
         """Count a request's images against the key's image quota; 429 if they do not fit."""

@@ -21,6 +21,7 @@ from focalserve_server.access.records import AccessRecords, StoredKey
 from focalserve_server.errors import Unauthorized
 
 VERIFIED_KEYS = 10_000  # presented keys remembered as checked, per process
+HASHING_AT_ONCE = 2  # slow hashes running at once: a flood of wrong secrets takes two threads, not the machine
 
 NO_KEY = "this endpoint needs an API key: send 'Authorization: Bearer <key>'"
 BAD_KEY = "the API key is not valid (unknown, revoked or rotated)"
@@ -33,6 +34,7 @@ class KeyRegistry:
         self._keys: dict[str, tuple[StoredKey, Principal]] = {}
         self._version = -1
         self._verified: OrderedDict[bytes, str] = OrderedDict()  # sha256(key) -> the hash it matched
+        self._hashing = asyncio.Semaphore(HASHING_AT_ONCE)
         self.last_used: dict[str, float] = {}  # since the last `take_use`
 
     @property
@@ -66,8 +68,9 @@ class KeyRegistry:
         key, principal = known
         digest = hashlib.sha256(token.encode()).digest()
         if self._verified.get(digest) != key.hash:
-            if not await asyncio.to_thread(secrets.verify, parsed[1], key.hash):
-                raise Unauthorized(BAD_KEY)
+            async with self._hashing:
+                if not await asyncio.to_thread(secrets.verify, parsed[1], key.hash):
+                    raise Unauthorized(BAD_KEY)
             self._verified[digest] = key.hash
             if len(self._verified) > VERIFIED_KEYS:
                 self._verified.popitem(last=False)

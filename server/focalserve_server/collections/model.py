@@ -48,6 +48,7 @@ class NewItem:
     image: bytes
     metadata: dict[str, Any]
     vectors: dict[int, np.ndarray]
+    source: str | None = None  # the URL the image was fetched from, when it came as one
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ class ItemUpload:
     id: str
     image: bytes
     metadata: dict[str, Any]
+    source: str | None = None  # the image's URL, when it was sent as one
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,7 @@ class CollectionService:
             vectors.update({c.rowid: v for c, v in zip(todo, embedded)})
             vectors = {rowid: v for rowid, v in vectors.items() if rowid in {c.rowid for c in live}}
             items = [
-                NewItem(u.id, u.image, u.metadata, {c: v[i] for c, v in vectors.items()})
+                NewItem(u.id, u.image, u.metadata, {c: v[i] for c, v in vectors.items()}, u.source)
                 for i, u in enumerate(uploads)
             ]
             try:

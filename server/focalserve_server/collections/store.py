@@ -249,10 +249,10 @@ class Store(AccessRecords, ABC):
                 self._put_blob(tx, digest, item.image)
                 rowid = int(
                     tx.execute(
-                        "INSERT INTO items(collection, id, blob, metadata) VALUES (?, ?, ?, ?) "
+                        "INSERT INTO items(collection, id, blob, metadata, source) VALUES (?, ?, ?, ?, ?) "
                         "ON CONFLICT (collection, id) DO UPDATE SET blob = excluded.blob, "
-                        "metadata = excluded.metadata, source = NULL, kept = 1 RETURNING rowid",
-                        (collection, item.id, digest, json.dumps(item.metadata, sort_keys=True)),
+                        "metadata = excluded.metadata, source = excluded.source, kept = 1 RETURNING rowid",
+                        (collection, item.id, digest, json.dumps(item.metadata, sort_keys=True), item.source),
                     ).fetchone()[0]
                 )
                 tx.execute("DELETE FROM vectors WHERE item = ?", (rowid,))

@@ -19,6 +19,7 @@ from focalserve_client.schemas import (
     ConditionCreate,
     ConditionInfo,
     ErrorResponse,
+    ImageFromURL,
     ItemIn,
     ItemInfo,
     ItemPage,
@@ -164,7 +165,15 @@ async def _json_items(request: Request, gateway: Gateway) -> list[ItemUpload]:
     await charge_images(request, len(payload.items))  # before any URL is fetched
     images = await image_bytes([(("items", i, "image"), item.image) for i, item in enumerate(payload.items)],
                                gateway.media)
-    return [ItemUpload(item.id, image, item.metadata) for item, image in zip(payload.items, images, strict=True)]
+    return [ItemUpload(item.id, image, item.metadata, _source(item.image))
+            for item, image in zip(payload.items, images, strict=True)]
+
+
+def _source(image: str | ImageFromURL) -> str | None:
+    """Where an image sent by URL came from (a data: URL is the image itself: no source)."""
+    if isinstance(image, ImageFromURL) and not image.url.startswith("data:"):
+        return image.url
+    return None
 
 
 async def _multipart_item(request: Request) -> ItemUpload:
