@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     database_timeout_s: float = Field(
         5.0, gt=0, description="How long a call waits for a database connection before 503 database_unavailable."
     )
+    database_statement_timeout_s: float = Field(
+        15.0, gt=0, description="The most one database statement or transaction may take (a hung database, a lock "
+                                "held too long) before 503 database_unavailable; SQLite: its busy timeout.",
+    )
     log_poll_interval_s: float = Field(0.1, gt=0, description="How often a replica reads the change log.")
     consistency_wait_s: float = Field(
         5.0, gt=0, description="How long a search waits for `min_seq` to be applied here before 503."

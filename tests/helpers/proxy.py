@@ -1,6 +1,7 @@
-"""A TCP proxy in front of PostgreSQL that can lose a connection at the worst moment: just after
-a COMMIT went through to the database, before its answer came back. The database commits; the
-client cannot know whether it did."""
+"""A TCP proxy in front of PostgreSQL for two faults: losing a connection at the worst moment (just
+after a COMMIT went through to the database, before its answer came back: the database commits;
+the client cannot know whether it did), and holding every packet in both directions without closing
+anything, as a network partition does, until released."""
 
 from __future__ import annotations
 
@@ -12,18 +13,27 @@ from types import TracebackType
 COMMIT = b"Q\x00\x00\x00\x0bCOMMIT\x00"  # the simple-query message psycopg sends to commit
 
 
-class CommitCuttingProxy:
+class DatabaseProxy:
     def __init__(self, upstream_port: int) -> None:
         self._upstream = ("127.0.0.1", upstream_port)
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._armed = threading.Event()
+        self.flowing = threading.Event()
+        self.flowing.set()
         self.cuts = 0
         self._closed = False
         threading.Thread(target=self._accept, name="proxy-accept", daemon=True).start()
 
     def cut_after_next_commit(self) -> None:
         self._armed.set()
+
+    def hold(self) -> None:
+        """From now on nothing passes, either way; connections stay open (bytes wait in the pumps)."""
+        self.flowing.clear()
+
+    def release(self) -> None:
+        self.flowing.set()
 
     def _accept(self) -> None:
         while not self._closed:
@@ -44,7 +54,7 @@ class CommitCuttingProxy:
         self._closed = True
         self._listener.close()
 
-    def __enter__(self) -> CommitCuttingProxy:
+    def __enter__(self) -> DatabaseProxy:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
@@ -57,7 +67,7 @@ class _Connection:
 
     SETTLE_S = 0.3  # time for the database to read and run the COMMIT before its socket closes
 
-    def __init__(self, proxy: CommitCuttingProxy, client: socket.socket, upstream: socket.socket) -> None:
+    def __init__(self, proxy: DatabaseProxy, client: socket.socket, upstream: socket.socket) -> None:
         upstream.settimeout(None)
         self._proxy, self._client, self._upstream = proxy, client, upstream
         self._cut = threading.Event()
@@ -70,6 +80,7 @@ class _Connection:
                 cutting = self._proxy.should_cut(data)
                 if cutting:
                     self._cut.set()  # before the COMMIT leaves: its answer must not reach the client
+                self._proxy.flowing.wait()
                 self._upstream.sendall(data)
                 if cutting:
                     time.sleep(self.SETTLE_S)
@@ -81,6 +92,7 @@ class _Connection:
     def _to_client(self) -> None:
         try:
             while (data := self._upstream.recv(65536)) and not self._cut.is_set():
+                self._proxy.flowing.wait()
                 self._client.sendall(data)
         except OSError:
             pass

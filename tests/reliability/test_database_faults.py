@@ -18,7 +18,7 @@ from focalserve_devtools.postgres import LocalPostgres
 from tests.helpers.images import b64, shape_png
 from tests.helpers.inprocess import gateway_settings, serving_in_thread
 from tests.helpers.loop import wait_for
-from tests.helpers.proxy import CommitCuttingProxy
+from tests.helpers.proxy import DatabaseProxy
 
 CONDITION = "what colour is it?"
 QUICK = {"log_poll_interval_s": 0.05, "consistency_wait_s": 3, "database_timeout_s": 1, "build_lease_s": 2,
@@ -121,7 +121,7 @@ def test_a_connection_lost_during_commit_says_the_outcome_is_unknown_and_a_retry
     model_repository: Path, tmp_path: Path, database: LocalPostgres
 ):
     url_of_database = database.create_database("u")
-    with CommitCuttingProxy(database.port) as proxy:
+    with DatabaseProxy(database.port) as proxy:
         through_proxy = url_of_database.replace(f":{database.port}/", f":{proxy.port}/")
         settings = gateway_settings(model_repository, tmp_path / "data", database_url=through_proxy, **QUICK)
         with serving_in_thread(settings) as url, httpx.Client(base_url=url, timeout=60) as http:
@@ -137,3 +137,34 @@ def test_a_connection_lost_during_commit_says_the_outcome_is_unknown_and_a_retry
             assert stored_ids(http) == {"i0", "i1"}
             page = http.get("/collections/c", timeout=10).json()
             assert page["items"] == 2 and page["conditions"][0]["embedded"] == 2
+
+
+def test_a_hung_database_answers_503_within_the_statement_timeout_and_the_gateway_recovers(
+    model_repository: Path, tmp_path: Path, database: LocalPostgres
+):
+    """A partition, not a crash: the proxy holds every packet and closes nothing. Each call is cut off
+    at `database_statement_timeout_s` (1 s here); once packets flow again the same gateway serves."""
+    url_of_database = database.create_database("hung")
+    with DatabaseProxy(database.port) as proxy:
+        through_proxy = url_of_database.replace(f":{database.port}/", f":{proxy.port}/")
+        settings = gateway_settings(model_repository, tmp_path / "data", database_url=through_proxy,
+                                    database_statement_timeout_s=1, **QUICK)
+        with serving_in_thread(settings) as url, httpx.Client(base_url=url, timeout=60) as http:
+            http.post("/collections", json={"name": "c", "model": "tiny"})
+            http.post("/collections/c/conditions", json={"instruction": CONDITION})
+            assert add(http, [0, 1]).status_code == 201
+            search = {"collection": "c", "condition": CONDITION, "query": {"text": "red"}, "k": 2}
+            proxy.hold()
+            try:
+                for send in (lambda: http.post("/search", json=search), lambda: add(http, [2]),
+                             lambda: http.get("/collections/c")):
+                    started = time.monotonic()
+                    answer = send()
+                    assert_unavailable(answer)
+                    assert time.monotonic() - started < 1 + 1, "past the statement timeout plus one second"
+            finally:
+                proxy.release()
+            wait_for(lambda: http.post("/search", json=search).status_code == 200, 10, "searches again")
+            for _ in range(20):  # more calls than the pool has connections: none is stuck
+                assert http.post("/search", json=search, timeout=5).status_code == 200
+            assert add(http, [2]).status_code == 201 and stored_ids(http) == {"i0", "i1", "i2"}

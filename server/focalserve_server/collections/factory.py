@@ -21,8 +21,9 @@ def open_store(settings: Settings, health: StoreHealth) -> Store:
     if url:
         from focalserve_server.collections.postgres import PostgresStore  # psycopg only where it is used
 
-        return PostgresStore(url, wait_s=settings.database_timeout_s, health=health)
-    return SQLiteStore(settings.data_dir, health)
+        return PostgresStore(url, wait_s=settings.database_timeout_s, health=health,
+                             statement_timeout_s=settings.database_statement_timeout_s)
+    return SQLiteStore(settings.data_dir, health, busy_timeout_s=settings.database_statement_timeout_s)
 
 
 def collection_service(settings: Settings, store: Store, engine: Engine) -> CollectionService:

@@ -9,7 +9,11 @@ claims use `FOR UPDATE SKIP LOCKED` and never wait for each other.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import socket
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -123,19 +127,59 @@ class _Cursor:
                 copy.write_row(row)
 
 
+class _Watchdog:
+    """Severs a connection whose call outlives `timeout_s`.
+
+    A database that stops answering without closing the connection (a partition; a proxy that holds
+    packets) leaves a call blocked until TCP gives up, minutes later; the server's own
+    `statement_timeout` cannot help when its answer never arrives. Shutting the socket down from
+    here makes the blocked call fail at once, and the pool discards the connection.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+
+    @contextmanager
+    def watching(self, connection: psycopg.Connection[Any]) -> Iterator[None]:
+        timer = threading.Timer(self.timeout_s, _sever, (connection,))
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+
+    def check(self, connection: psycopg.Connection[Any]) -> None:
+        """The pool's check of a connection it hands out, watched like any call."""
+        with self.watching(connection):
+            ConnectionPool.check_connection(connection)
+
+
+def _sever(connection: psycopg.Connection[Any]) -> None:
+    with contextlib.suppress(OSError, psycopg.Error):
+        fileno = connection.pgconn.socket
+        with socket.socket(fileno=os.dup(fileno)) as severed:
+            severed.shutdown(socket.SHUT_RDWR)
+
+
 class PostgresStore(Store):
     NOW = "extract(epoch from clock_timestamp())::double precision"
 
     def __init__(
         self, url: str, pool_size: int = 8, connect_timeout_s: float = 30.0, wait_s: float = 5.0,
-        health: StoreHealth | None = None,
+        health: StoreHealth | None = None, statement_timeout_s: float = 15.0,
     ) -> None:
-        """`wait_s`: how long a call waits for a connection (all busy, or the database away) before 503."""
+        """`wait_s`: how long a call waits for a connection (all busy, or the database away) before 503;
+        `statement_timeout_s`: the most one statement or transaction may take, on the server (which
+        cancels it) and here (`_Watchdog`), before 503 `database_unavailable`."""
         super().__init__(health)
+        self._watchdog = _Watchdog(statement_timeout_s)
+        limit_ms = max(1, round(1000 * statement_timeout_s))
         self._pool = ConnectionPool(
             url, min_size=1, max_size=pool_size, open=False, name="focalserve", timeout=wait_s,
-            kwargs={"autocommit": True, "connect_timeout": max(1, round(wait_s))},
-            check=ConnectionPool.check_connection,
+            kwargs={"autocommit": True, "connect_timeout": max(1, round(wait_s)),
+                    "options": f"-c statement_timeout={limit_ms} -c idle_in_transaction_session_timeout={limit_ms}"},
+            check=self._watchdog.check,
         )
         self._pool.open(wait=True, timeout=connect_timeout_s)
         with self._pool.connection() as connection, connection.transaction():
@@ -162,7 +206,8 @@ class PostgresStore(Store):
         leaves the outcome unknown, and says so."""
         committing = False
         try:
-            with self._pool.connection() as connection, connection.transaction():
+            with self._pool.connection() as connection, self._watchdog.watching(connection), \
+                    connection.transaction():
                 if log_lock:
                     connection.execute("SELECT pg_advisory_xact_lock(%s)", (LOG_LOCK,))
                 yield _Cursor(connection)
@@ -176,7 +221,7 @@ class PostgresStore(Store):
             raise
 
     def _rows(self, sql: str, parameters: Sequence[Any]) -> list[tuple[Any, ...]]:
-        with self._pool.connection() as connection:
+        with self._pool.connection() as connection, self._watchdog.watching(connection):
             return connection.execute(_postgres(sql), tuple(parameters)).fetchall()
 
     def _translate(self, error: Exception) -> FocalServeError | None:

@@ -16,10 +16,11 @@ from typing import Any
 from focalserve_server.access.records import ACCESS_TABLES
 from focalserve_server.collections.health import StoreHealth
 from focalserve_server.collections.store import Store, Transaction
-from focalserve_server.errors import FocalServeError, InsufficientStorage
+from focalserve_server.errors import DatabaseUnavailable, FocalServeError, InsufficientStorage
 
 # SQLite's primary result codes for a disk that refuses writes: full, read-only, failing I/O
 STORAGE_CODES = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR})
+BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 BLOB_GRACE_S = 3600.0  # far longer than any add takes between writing its blobs and committing
 PROBE_BYTES = 1 << 20  # what a probe writes to the blob dir: room for an image, not just for a row
 
@@ -92,7 +93,8 @@ ADDED_COLUMNS = (
 class SQLiteStore(Store):
     NOW = "((julianday('now') - 2440587.5) * 86400.0)"
 
-    def __init__(self, data_dir: Path, health: StoreHealth | None = None) -> None:
+    def __init__(self, data_dir: Path, health: StoreHealth | None = None, busy_timeout_s: float = 15.0) -> None:
+        """`busy_timeout_s`: how long a write waits for another process's to finish before failing."""
         super().__init__(health)
         self.blob_dir = data_dir / "blobs"
         self.blob_dir.mkdir(parents=True, exist_ok=True)
@@ -100,7 +102,8 @@ class SQLiteStore(Store):
         self._lock = threading.Lock()  # one connection, used from worker threads one at a time
         self._new_blobs: list[Path] = []  # blob files the open write transaction created
         self.blob_grace_s = BLOB_GRACE_S
-        for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", "busy_timeout=10000"):
+        busy_ms = max(1, round(1000 * busy_timeout_s))
+        for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", f"busy_timeout={busy_ms}"):
             self._db.execute(f"PRAGMA {pragma}")
         self._db.executescript(SCHEMA)
         for table, column, definition in ADDED_COLUMNS:
@@ -144,9 +147,12 @@ class SQLiteStore(Store):
             return self._db.execute(sql, tuple(parameters)).fetchall()
 
     def _translate(self, error: Exception) -> FocalServeError | None:
-        if isinstance(error, sqlite3.Error) and getattr(error, "sqlite_errorcode", 0) & 0xFF in STORAGE_CODES:
+        code = getattr(error, "sqlite_errorcode", 0) & 0xFF if isinstance(error, sqlite3.Error) else 0
+        if code in STORAGE_CODES:
             name = getattr(error, "sqlite_errorname", "SQLITE_FULL")
             return InsufficientStorage(f"the server cannot write to its disk ({name}); nothing was stored")
+        if code in BUSY_CODES:  # another process held the database past the busy timeout
+            return DatabaseUnavailable("the collection database stayed busy past its timeout; retry shortly")
         return super()._translate(error)
 
     def _stage(self, tx: Transaction, table: str, rows: Sequence[tuple[Any, ...]]) -> None:
