@@ -104,6 +104,10 @@ class Settings(BaseSettings):
                                 "held too long) before 503 database_unavailable; SQLite: its busy timeout.",
     )
     log_poll_interval_s: float = Field(0.1, gt=0, description="How often a replica reads the change log.")
+    log_retention_s: float = Field(
+        3600.0, gt=0, description="How long a stopped gateway's log position keeps the change log from being "
+                                  "compacted past it; back later, it rebuilds its indexes from the store.",
+    )
     consistency_wait_s: float = Field(
         5.0, gt=0, description="How long a search waits for `min_seq` to be applied here before 503."
     )

@@ -11,7 +11,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from focalserve_server.collections.model import ConditionsChanged, NewItem
+from focalserve_server.collections.model import ConditionsChanged, LogCompacted, NewItem
 from focalserve_server.collections.postgres import PostgresStore
 from focalserve_server.collections.sqlite import SQLiteStore
 from focalserve_server.collections.store import Store
@@ -156,3 +156,26 @@ def test_image_bytes_of_replaced_and_deleted_items_are_collected(store):
     store.delete_item("c", "b")
     assert store.collect_garbage() == 2  # b"first" and b"second"
     assert store.read_blob(store.item("c", "a").blob) == b"replaced" and store.collect_garbage() == 0
+
+
+def test_the_log_compacts_below_every_recent_replica_and_says_what_is_gone(store, monkeypatch):
+    for n in range(10):
+        store.put_items("c", [NewItem(f"i{n}", bytes([n]), {}, {})], set())
+    head = store.head()
+    store.heartbeat("ahead", head)
+    store.heartbeat("behind", head - 4)
+    assert store.compact_log(retention_s=60, batch=3) == 3  # a batch at a time
+    assert store.compacted_through() == 3
+    store.compact_log(retention_s=60, batch=1000)
+    assert store.compacted_through() == head - 4 and [c.seq for c in store.changes(head - 4, 100)] == [
+        head - 3, head - 2, head - 1, head]
+    with pytest.raises(LogCompacted, match=f"compacted up to {head - 4}"):
+        store.changes(head - 5, 100)
+    # a replica silent past the retention is forgotten: the log goes up to the other's position, head kept
+    later = time.time() + 120
+    monkeypatch.setattr(time, "time", lambda: later)
+    store.heartbeat("ahead", head)
+    store.compact_log(retention_s=60, batch=1000)
+    assert store.changes(head, 100) == [] and store.head() == head and store.compacted_through() == head
+    store.put_items("c", [NewItem("next", b"n", {}, {})], set())
+    assert [c.seq for c in store.changes(head, 100)] == [head + 1]  # numbering goes on past the compacted log

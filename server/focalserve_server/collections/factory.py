@@ -6,7 +6,7 @@ import uuid
 
 from focalserve_server.collections.builder import ConditionBuilder
 from focalserve_server.collections.health import StoreHealth
-from focalserve_server.collections.replica import Replica
+from focalserve_server.collections.replica import LogRetention, Replica
 from focalserve_server.collections.service import CollectionService
 from focalserve_server.collections.sqlite import SQLiteStore
 from focalserve_server.collections.store import Store
@@ -28,7 +28,7 @@ def open_store(settings: Settings, health: StoreHealth) -> Store:
 
 def collection_service(settings: Settings, store: Store, engine: Engine) -> CollectionService:
     replica = Replica(store, engine, settings.data_dir / "indexes", settings.log_poll_interval_s,
-                      settings.index_policy())
+                      settings.index_policy(), LogRetention.of(settings.log_retention_s))
     owner = uuid.uuid4().hex  # this process, as the holder of build leases
     builder = ConditionBuilder(store, engine, replica, owner, settings.build_lease_s, settings.log_poll_interval_s)
     return CollectionService(store, engine, replica, builder, settings.build_chunk_size, settings.consistency_wait_s)

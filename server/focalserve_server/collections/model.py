@@ -108,3 +108,12 @@ class ConditionsChanged(Exception):
     def __init__(self, conditions: list[Condition]) -> None:
         super().__init__("the collection's conditions changed")
         self.conditions = conditions
+
+
+class LogCompacted(Exception):
+    """The log after a replica's position has been compacted away: it must rebuild from the store."""
+
+    def __init__(self, after: int, compacted_through: int) -> None:
+        super().__init__(f"the change log after {after} is compacted up to {compacted_through}")
+        self.after = after
+        self.compacted_through = compacted_through

@@ -82,6 +82,8 @@ CREATE TABLE IF NOT EXISTS chunks (
     lease_until DOUBLE PRECISION
 );
 CREATE INDEX IF NOT EXISTS chunks_open ON chunks(condition, done);
+-- how far each replica (a gateway's data dir) has applied the log: compaction keeps what one lacks
+CREATE TABLE IF NOT EXISTS replicas (id TEXT PRIMARY KEY, applied BIGINT NOT NULL, seen DOUBLE PRECISION NOT NULL);
 -- databases made before conditions had index options, before bulk ingest
 ALTER TABLE conditions ADD COLUMN IF NOT EXISTS index_options TEXT NOT NULL DEFAULT '{}';
 ALTER TABLE items ADD COLUMN IF NOT EXISTS source TEXT;

@@ -10,6 +10,11 @@ loaded and the log replayed from any position up to `p`.
 Snapshots live in the data dir as `indexes/<condition>.index`, each recording the database it
 belongs to and the position it includes; a restart loads them and replays only the tail.
 
+The log stays bounded: each replica records its position in the store (`replicas`, under the data
+dir's id) and deletes what every replica heard from within `retention_s` has applied. A replica
+whose position fell below that (stopped for longer, or its snapshots older) rebuilds its indexes
+from the store instead of replaying, and says so.
+
 An index that should be replaced (`VectorIndex.rebuild_reason`: tombstones piled up, an IVF-PQ
 outgrown or able to train, `auto` moving on from exact) is rebuilt in the background from the
 store's vectors, brought up to date from the log, and swapped in on the event loop between two
@@ -19,8 +24,10 @@ searches: searches never wait for a build and never see a half-built index.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,15 +37,30 @@ import numpy as np
 
 from focalserve_server.collections.index_kinds import IndexConfig, IndexPolicy, choose
 from focalserve_server.collections.indexes import VectorIndex
-from focalserve_server.collections.model import Change, Condition
+from focalserve_server.collections.model import Change, Condition, LogCompacted
 from focalserve_server.collections.store import Store
 from focalserve_server.collections.tuning import tune
 from focalserve_server.engine import Engine
-from focalserve_server.errors import InsufficientStorage
+from focalserve_server.errors import FocalServeError, InsufficientStorage
 
 logger = logging.getLogger(__name__)
 
 LOG_PAGE = 2000
+
+
+@dataclass(frozen=True)
+class LogRetention:
+    """How the change log is kept bounded: every `heartbeat_s` a replica records its position and
+    deletes up to `batch` changes that every replica heard from within `retention_s` has applied."""
+
+    retention_s: float
+    heartbeat_s: float
+    batch: int = 50_000
+
+    @classmethod
+    def of(cls, retention_s: float) -> LogRetention:
+        """Heartbeats every 5 s, and at least four times per retention (a short one, in tests)."""
+        return cls(retention_s, min(5.0, retention_s / 4))
 
 
 @dataclass
@@ -65,9 +87,12 @@ class _Page:
 
 class Replica:
     def __init__(
-        self, store: Store, engine: Engine, snapshot_dir: Path, poll_interval_s: float, policy: IndexPolicy
+        self, store: Store, engine: Engine, snapshot_dir: Path, poll_interval_s: float, policy: IndexPolicy,
+        retention: LogRetention,
     ) -> None:
         self._store = store
+        self._retention = retention
+        self.rebuilt_from_store: str | None = None  # why, when the log had been compacted past this replica
         self._engine = engine
         self._policy = policy
         self._rebuilds: set[asyncio.Task[None]] = set()
@@ -75,6 +100,7 @@ class Replica:
         self._poll_interval_s = poll_interval_s
         self._entries: dict[int, _Entry] = {}  # by condition rowid
         self._skipped: set[int] = set()  # conditions of families this gateway does not load
+        self._rebuilding_from: dict[int, int] = {}  # by condition: the position a background rebuild replays from
         self.applied = 0
         self.caught_up = False  # set once the log head seen at start-up has been applied
         self._advanced = asyncio.Condition()
@@ -86,7 +112,11 @@ class Replica:
 
     async def start(self) -> None:
         self._database = await asyncio.to_thread(self._store.identity)
-        self.applied = await asyncio.to_thread(self._load_snapshots)
+        self._id = await asyncio.to_thread(self._replica_id)
+        self._entries, self.applied, stale = await asyncio.to_thread(self._load, True)
+        if stale:
+            self._note_rebuilt(f"{stale} index snapshots were below the compacted change log")
+        await asyncio.to_thread(self._store.heartbeat, self._id, self.applied)
         self._task = asyncio.get_running_loop().create_task(self._follow())
         self._start_rebuilds()  # a snapshot may hold another kind than its condition now wants
 
@@ -96,6 +126,8 @@ class Replica:
                 task.cancel()
         await asyncio.gather(*[t for t in [self._task, *self._rebuilds] if t is not None], return_exceptions=True)
         self.save_snapshots()
+        with contextlib.suppress(FocalServeError):  # the snapshots' position holds the log for `retention_s`
+            await asyncio.to_thread(self._store.heartbeat, self._id, self.applied)
 
     # reading -----------------------------------------------------------------------------
 
@@ -131,10 +163,14 @@ class Replica:
     async def _follow(self) -> None:
         head = await asyncio.to_thread(self._store.head)
         failing = False
+        kept_at = time.monotonic()
         while True:
             self._wake.clear()  # before reading: a wake-up that arrives while applying is not lost
             try:
                 await self._apply_pending()
+                if time.monotonic() - kept_at >= self._retention.heartbeat_s:
+                    kept_at = time.monotonic()
+                    await asyncio.to_thread(self._keep_log)
                 failing = False
             except asyncio.CancelledError:
                 raise
@@ -156,12 +192,40 @@ class Replica:
         The store is read in a worker thread; the page is applied on the event loop, where
         searches run, so an index never changes under a search.
         """
-        while (page := await asyncio.to_thread(self._fetch, self.applied)) is not None:
+        while True:
+            try:
+                page = await asyncio.to_thread(self._fetch, self.applied)
+            except LogCompacted as compacted:
+                await self._rebuild_all(compacted)
+                continue
+            if page is None:
+                return
             self._apply(page, self._entries, follow=True)
             async with self._advanced:
                 self.applied = page.changes[-1].seq
                 self._advanced.notify_all()
             self._start_rebuilds()
+
+    def _keep_log(self) -> None:
+        """Say how far this replica has applied the log (no further than a background rebuild still has
+        to replay), and delete what every replica has applied."""
+        self._store.heartbeat(self._id, min([self.applied, *self._rebuilding_from.values()]))
+        self._store.compact_log(self._retention.retention_s, self._retention.batch)
+
+    async def _rebuild_all(self, compacted: LogCompacted) -> None:
+        """The log this replica still needed is gone (it was silent past `retention_s`): every index
+        anew from the store, as a fresh gateway builds them."""
+        logger.warning("%s: rebuilding every index from the store", compacted)
+        entries, start, _ = await asyncio.to_thread(self._load, False)
+        self._entries = entries
+        async with self._advanced:
+            self.applied = start
+            self._advanced.notify_all()
+        self._note_rebuilt(str(compacted))
+
+    def _note_rebuilt(self, why: str) -> None:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.rebuilt_from_store = f"indexes rebuilt from the store at {when}: {why}"
 
     def _fetch(self, after: int) -> _Page | None:
         changes = self._store.changes(after, LOG_PAGE)
@@ -244,20 +308,35 @@ class Replica:
     def _snapshot_path(self, condition: int) -> Path:
         return self._snapshot_dir / f"{condition}.index"
 
-    def _load_snapshots(self) -> int:
-        """Load every condition's snapshot of this database, or rebuild it from the store's vectors;
-        returns the position from which the log must be replayed."""
+    def _replica_id(self) -> str:
+        """This data dir's name in the store's `replicas`: a restarted gateway takes up its own row."""
+        path = self._snapshot_dir / "replica-id"
+        if not path.exists():
+            self._snapshot_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(uuid.uuid4().hex)
+        return path.read_text().strip()
+
+    def _load(self, snapshots: bool) -> tuple[dict[int, _Entry], int, int]:
+        """Every condition's index: its snapshot of this database (when `snapshots` and the log since it
+        is still there), else rebuilt from the store's vectors; the position from which the log must
+        be replayed; how many snapshots were too old for the compacted log."""
         head = self._store.head()
-        start = head
+        compacted = self._store.compacted_through()
+        start, stale = head, 0
+        entries: dict[int, _Entry] = {}
         for collection in self._store.collections():
             for condition in self._store.conditions(collection.name):
-                loaded = self._load_snapshot(condition)
+                loaded = self._load_snapshot(condition) if snapshots else None
+                if loaded is not None and loaded[1] < compacted:
+                    logger.warning("the snapshot of %s / %r is at %d, below the compacted log (%d): rebuilding it "
+                                   "from the store", condition.collection, condition.instruction, loaded[1], compacted)
+                    loaded, stale = None, stale + 1
                 if loaded is not None:
-                    self._entries[condition.rowid], seq = loaded
+                    entries[condition.rowid], seq = loaded
                     start = min(start, seq)
                 elif (rebuilt := self._rebuild(condition)) is not None:  # vectors as of at least `head`
-                    self._entries[condition.rowid] = rebuilt
-        return start
+                    entries[condition.rowid] = rebuilt
+        return entries, start, stale
 
     def _load_snapshot(self, condition: Condition) -> tuple[_Entry, int] | None:
         path = self._snapshot_path(condition.rowid)
@@ -313,14 +392,14 @@ class Replica:
         logger.info("rebuilding the index of %s / %r in the background: %s", entry.collection,
                     entry.condition.instruction, reason)
         try:
-            position = self.applied  # the store's vectors are at least this recent
+            position = self._rebuilding_from[rowid] = self.applied  # the store's vectors are at least this recent
             fresh = _Entry(entry.condition, entry.dim, await asyncio.to_thread(
                 self._build_from_store, entry.condition, entry.dim))
             while True:
                 page = await asyncio.to_thread(self._fetch, position)
                 if page is not None:
                     self._apply(page, {rowid: fresh}, follow=False)
-                    position = page.changes[-1].seq
+                    position = self._rebuilding_from[rowid] = page.changes[-1].seq
                 elif self.applied <= position:  # nothing reached the old index that the new one lacks
                     break
             if self._entries.get(rowid) is entry:  # not deleted meanwhile
@@ -333,6 +412,7 @@ class Replica:
             logger.exception("rebuilding the index of %s / %r failed", entry.collection, entry.condition.instruction)
         finally:
             entry.rebuilding = False
+            self._rebuilding_from.pop(rowid, None)
 
     def save_snapshots(self) -> None:
         """Write every index with the position it includes (at shutdown, and when a build completes).

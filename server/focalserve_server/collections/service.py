@@ -103,6 +103,11 @@ class CollectionService:
     def applied(self) -> int:
         return self._replica.applied
 
+    @property
+    def rebuilt_from_store(self) -> str | None:
+        """Why this replica rebuilt its indexes from the store, if the log had been compacted past it."""
+        return self._replica.rebuilt_from_store
+
     async def failing(self, probe: bool) -> dict[Part, Failure]:
         """What fails beneath the store now. With `probe` (readiness, not metrics scrapes), while
         writes fail for lack of space, one small probe write first checks whether space has

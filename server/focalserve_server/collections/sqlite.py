@@ -78,6 +78,8 @@ CREATE TABLE IF NOT EXISTS chunks (
     lease_until REAL
 );
 CREATE INDEX IF NOT EXISTS chunks_open ON chunks(condition, done);
+-- how far each replica (a gateway's data dir) has applied the log: compaction keeps what one lacks
+CREATE TABLE IF NOT EXISTS replicas (id TEXT PRIMARY KEY, applied BIGINT NOT NULL, seen DOUBLE PRECISION NOT NULL);
 CREATE TEMP TABLE IF NOT EXISTS staged_items (id TEXT, blob TEXT, source TEXT, kept INTEGER, metadata TEXT);
 CREATE TEMP TABLE IF NOT EXISTS staged_vectors (id TEXT, condition INTEGER, vector BLOB);
 """ + ACCESS_TABLES.format(serial="INTEGER PRIMARY KEY AUTOINCREMENT")

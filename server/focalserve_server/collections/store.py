@@ -36,6 +36,7 @@ from focalserve_server.collections.model import (
     Condition,
     ConditionsChanged,
     Item,
+    LogCompacted,
     NewItem,
 )
 from focalserve_server.errors import FocalServeError, InsufficientStorage
@@ -173,16 +174,50 @@ class Store(AccessRecords, ABC):
         return str(self._query("SELECT value FROM meta WHERE key = 'identity'")[0][0])
 
     def head(self) -> int:
-        """The newest log position."""
-        return int(self._query("SELECT coalesce(max(seq), 0) FROM changes")[0][0])
+        """The newest log position (kept when compaction has deleted every row up to it)."""
+        return max(int(self._query("SELECT coalesce(max(seq), 0) FROM changes")[0][0]), self.compacted_through())
 
     def changes(self, after: int, limit: int) -> list[Change]:
+        """The log after position `after`; LogCompacted if some of it has been compacted away."""
         rows = self._query(
             "SELECT seq, kind, collection, condition, item, last_item FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
             (after, limit),
         )
+        if after < (compacted := self.compacted_through()):
+            raise LogCompacted(after, compacted)
         return [Change(int(seq), kind, collection, condition, item, last)
                 for seq, kind, collection, condition, item, last in rows]
+
+    def compacted_through(self) -> int:
+        """Every change up to this position has been deleted (`compact_log`)."""
+        rows = self._query("SELECT value FROM meta WHERE key = 'log_compacted_through'")
+        return int(rows[0][0]) if rows else 0
+
+    def heartbeat(self, replica: str, applied: int) -> None:
+        """Record how far a replica (a gateway's data dir) has applied the log; compaction keeps what it lacks."""
+        with self._write() as tx:
+            tx.execute("INSERT INTO replicas(id, applied, seen) VALUES (?, ?, ?) ON CONFLICT (id) "
+                       "DO UPDATE SET applied = excluded.applied, seen = excluded.seen",
+                       (replica, applied, time.time()))
+
+    def compact_log(self, retention_s: float, batch: int) -> int:
+        """Delete up to `batch` changes that every replica heard from within `retention_s` has applied
+        (a stopped gateway's last position holds the log for that long); returns how many. Replicas
+        silent for longer are forgotten: one that comes back rebuilds from the store."""
+        with self._write() as tx:
+            tx.execute("DELETE FROM replicas WHERE seen < ?", (time.time() - retention_s,))
+            (horizon,) = tx.execute("SELECT min(applied) FROM replicas").fetchone()
+            if horizon is None:
+                return 0
+            deleted = int(tx.execute(
+                "DELETE FROM changes WHERE seq IN (SELECT seq FROM changes WHERE seq <= ? ORDER BY seq LIMIT ?)",
+                (int(horizon), batch),
+            ).rowcount)
+            if deleted:
+                (through,) = tx.execute("SELECT coalesce(min(seq) - 1, ?) FROM changes", (int(horizon),)).fetchone()
+                tx.execute("INSERT INTO meta(key, value) VALUES ('log_compacted_through', ?) ON CONFLICT (key) "
+                           "DO UPDATE SET value = excluded.value", (str(min(int(through), int(horizon))),))
+            return deleted
 
     def _log(
         self, tx: Transaction, kind: ChangeKind, collection: str, rows: Sequence[tuple[int | None, int | None]]

@@ -36,12 +36,15 @@ async def readyz(gateway: GatewayDep) -> FastJSONResponse:
         detail["models"] = "no model family loaded"
     if not gateway.collections.caught_up:
         detail["collections"] = f"catching up with the change log (applied {gateway.collections.applied})"
-    degraded = {}  # shared by every replica: taking them all out of rotation would only turn 503s into refusals
+    # shared by every replica: taking them all out of rotation would only turn 503s into refusals
+    degraded: dict[str, str] = {}
     for part, failure in (await gateway.collections.failing(probe=True)).items():
         since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(failure.since))
         degraded[part] = (f"{'writes' if part == 'storage' else 'calls'} failing since {since} ({failure.errors} "
                           f"errors): {failure.message}; this replica has applied the change log up to "
                           f"{gateway.collections.applied}")
+    if gateway.collections.rebuilt_from_store:  # told, not failing: the indexes are whole again
+        degraded["log"] = gateway.collections.rebuilt_from_store
     for family in gateway.engine.families.values():
         for batcher in family.batchers.values():
             if not batcher.running:
