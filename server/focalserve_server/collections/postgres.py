@@ -21,8 +21,8 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from focalserve_server.access.records import ACCESS_TABLES
 from focalserve_server.collections.health import StoreHealth
+from focalserve_server.collections.migrations import SCHEMA_VERSION, TABLES_OF_4, steps_from, unversioned
 from focalserve_server.collections.store import Store, Transaction
 from focalserve_server.errors import DatabaseUnavailable, FocalServeError, InsufficientStorage, WriteOutcomeUnknown
 
@@ -82,15 +82,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     lease_until DOUBLE PRECISION
 );
 CREATE INDEX IF NOT EXISTS chunks_open ON chunks(condition, done);
--- how far each replica (a gateway's data dir) has applied the log: compaction keeps what one lacks
-CREATE TABLE IF NOT EXISTS replicas (id TEXT PRIMARY KEY, applied BIGINT NOT NULL, seen DOUBLE PRECISION NOT NULL);
--- databases made before conditions had index options, before bulk ingest
-ALTER TABLE conditions ADD COLUMN IF NOT EXISTS index_options TEXT NOT NULL DEFAULT '{}';
-ALTER TABLE items ADD COLUMN IF NOT EXISTS source TEXT;
-ALTER TABLE items ADD COLUMN IF NOT EXISTS kept INTEGER NOT NULL DEFAULT 1;
-ALTER TABLE items DROP CONSTRAINT IF EXISTS items_blob_fkey;
-ALTER TABLE changes ADD COLUMN IF NOT EXISTS last_item BIGINT;
-""" + ACCESS_TABLES.format(serial="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY")
+""" + TABLES_OF_4["postgres"]  # SCHEMA_VERSION of migrations.py
 # A bulk write's staging tables (store.STAGING_TABLES), made once per connection, each with the COPY
 # types of its columns.
 STAGING = {
@@ -184,9 +176,36 @@ class PostgresStore(Store):
             check=self._watchdog.check,
         )
         self._pool.open(wait=True, timeout=connect_timeout_s)
-        with self._pool.connection() as connection, connection.transaction():
-            connection.execute("SELECT pg_advisory_xact_lock(%s)", (LOG_LOCK,))  # replicas starting together
-            connection.execute(SCHEMA)
+        try:
+            with self._pool.connection() as connection, connection.transaction():
+                connection.execute("SELECT pg_advisory_xact_lock(%s)", (LOG_LOCK,))  # replicas starting together
+                script, version = self._migration(connection)
+                connection.execute(script.encode())  # this module's own DDL (bytes: a query psycopg takes as is)
+                connection.execute("INSERT INTO meta(key, value) VALUES ('schema_version', %s) ON CONFLICT (key) "
+                                   "DO UPDATE SET value = excluded.value", (str(version),))
+        except BaseException:
+            self._pool.close()  # refused (a newer schema) or failed: no pool threads left behind
+            raise
+
+    @staticmethod
+    def _migration(connection: psycopg.Connection[Any]) -> tuple[str, int]:
+        """The script that makes the schema, or brings it to this code's version (migrations.py), with
+        the version it reaches; run under the advisory lock, so one gateway migrates and the others wait."""
+        tables = {row[0] for row in connection.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()")}
+        if "collections" not in tables:
+            script, version = SCHEMA, SCHEMA_VERSION
+        else:
+            found = connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            columns: dict[str, set[str]] = {}
+            for table, column in connection.execute(
+                    "SELECT table_name, column_name FROM information_schema.columns "
+                    "WHERE table_schema = current_schema()"):
+                columns.setdefault(table, set()).add(column)
+            steps = steps_from(int(found[0]) if found else unversioned(columns))
+            script = "".join(step.sql["postgres"] for step in steps)
+            version = steps[-1].version if steps else SCHEMA_VERSION
+        return script, version
 
     def close(self) -> None:
         self._pool.close()

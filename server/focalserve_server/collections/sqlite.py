@@ -13,8 +13,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from focalserve_server.access.records import ACCESS_TABLES
 from focalserve_server.collections.health import StoreHealth
+from focalserve_server.collections.migrations import (
+    SCHEMA_VERSION,
+    TABLES_OF_4,
+    statements,
+    steps_from,
+    unversioned,
+)
 from focalserve_server.collections.store import Store, Transaction
 from focalserve_server.errors import DatabaseUnavailable, FocalServeError, InsufficientStorage
 
@@ -78,18 +84,12 @@ CREATE TABLE IF NOT EXISTS chunks (
     lease_until REAL
 );
 CREATE INDEX IF NOT EXISTS chunks_open ON chunks(condition, done);
--- how far each replica (a gateway's data dir) has applied the log: compaction keeps what one lacks
-CREATE TABLE IF NOT EXISTS replicas (id TEXT PRIMARY KEY, applied BIGINT NOT NULL, seen DOUBLE PRECISION NOT NULL);
+""" + TABLES_OF_4["sqlite"]  # SCHEMA_VERSION of migrations.py
+# A bulk write's staging tables: this connection's own, made each time it opens.
+STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS staged_items (id TEXT, blob TEXT, source TEXT, kept INTEGER, metadata TEXT);
 CREATE TEMP TABLE IF NOT EXISTS staged_vectors (id TEXT, condition INTEGER, vector BLOB);
-""" + ACCESS_TABLES.format(serial="INTEGER PRIMARY KEY AUTOINCREMENT")
-# Columns added since the first release, for data dirs made before them: (table, column, definition).
-ADDED_COLUMNS = (
-    ("conditions", "index_options", "TEXT NOT NULL DEFAULT '{}'"),
-    ("items", "source", "TEXT"),
-    ("items", "kept", "INTEGER NOT NULL DEFAULT 1"),
-    ("changes", "last_item", "INTEGER"),
-)
+"""
 
 
 class SQLiteStore(Store):
@@ -107,10 +107,31 @@ class SQLiteStore(Store):
         busy_ms = max(1, round(1000 * busy_timeout_s))
         for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON", f"busy_timeout={busy_ms}"):
             self._db.execute(f"PRAGMA {pragma}")
-        self._db.executescript(SCHEMA)
-        for table, column, definition in ADDED_COLUMNS:
-            if column not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
-                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+        self._migrate()
+        self._db.executescript(STAGING)
+
+    def _migrate(self) -> None:
+        """Make the schema, or bring it to this code's version (migrations.py), under SQLite's write lock."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "collections" not in tables:
+                script, version = SCHEMA, SCHEMA_VERSION
+            else:
+                found = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                steps = steps_from(int(found[0]) if found else unversioned(
+                    {table: {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+                     for table in ("items", "conditions")}))
+                script = "".join(step.sql["sqlite"] for step in steps)
+                version = steps[-1].version if steps else SCHEMA_VERSION
+            for statement in statements(script):
+                self._db.execute(statement)
+            self._db.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?) ON CONFLICT (key) "
+                             "DO UPDATE SET value = excluded.value", (str(version),))
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         with self._lock:
