@@ -9,15 +9,14 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 
 from focalserve_client.schemas import Grant, KeyCreate, KeyLimits
 from focalserve_server.access import admin
 from focalserve_server.collections.store import Store
 from focalserve_server.errors import FocalServeError
+from focalserve_server.store_flags import add_store_flags, store_settings
 
 ACTOR = "cli"  # the audit trail's name for changes made with this command
 LIMIT_FLAGS = ("window_s", "requests", "images", "burst", "concurrency")
@@ -26,8 +25,7 @@ LIMIT_FLAGS = ("window_s", "requests", "images", "burst", "concurrency")
 def add_keys_command(subcommands: argparse._SubParsersAction) -> None:
     parser = subcommands.add_parser("keys", help="manage API keys, their grants and limits; read the audit trail",
                                     description=__doc__)
-    parser.add_argument("--data-dir", type=Path, help="the SQLite store's data dir (env FOCALSERVE_DATA_DIR)")
-    parser.add_argument("--database-url", help="a PostgreSQL store (env FOCALSERVE_DATABASE_URL)")
+    add_store_flags(parser)
     actions = parser.add_subparsers(dest="action", required=True)
     create = actions.add_parser("create", help="make a key; prints it once")
     create.add_argument("name", help="who the key is for, e.g. team-a")
@@ -60,17 +58,8 @@ def _grant_flag(parser: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> None:
     from focalserve_server.collections.factory import open_store
     from focalserve_server.collections.health import StoreHealth
-    from focalserve_server.config import Settings
 
-    overrides: dict[str, Any] = {}
-    if args.data_dir is not None:
-        overrides["data_dir"] = args.data_dir
-    if args.database_url is not None:
-        overrides["database_url"] = SecretStr(args.database_url)
-    try:
-        store = open_store(Settings(**overrides), StoreHealth())
-    except ValidationError as error:
-        sys.exit(f"focalserve keys: {error}")
+    store = open_store(store_settings(args, "keys"), StoreHealth())
     run: Callable[[Store, argparse.Namespace], None] = args.run
     try:
         run(store, args)
