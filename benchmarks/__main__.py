@@ -1,7 +1,7 @@
 """`make bench`: every benchmark part, from serving to start-up; RESULTS.md's tables rewritten.
 
     .venv/bin/python -m benchmarks [--parts serving fronts faiss replication export latency conditions startup ingest
-        access]
+        access soak]
         [--seconds S] [--faiss-sizes N ...] [--ingest-images N]
 
 RESULTS.md keeps its prose; only the text between `<!-- generated:NAME -->` and
@@ -27,11 +27,13 @@ from benchmarks import (
     latency,
     replication,
     serving,
+    soak,
     startup,
 )
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
-PARTS = ("serving", "fronts", "faiss", "replication", "export", "latency", "conditions", "startup", "ingest", "access")
+PARTS = ("serving", "fronts", "faiss", "replication", "export", "latency", "conditions", "startup", "ingest", "access",
+         "soak")
 
 
 def replace_generated(text: str, name: str, content: str) -> str:
@@ -106,6 +108,10 @@ def main(argv: list[str] | None = None) -> None:
         guarded = access.main([])
         text = replace_generated(text, "access_run", run_section(guarded["command"], guarded["machine"]))
         text = replace_all(text, guarded["tables"])
+    if "soak" in args.parts:
+        soaked = soak.main([])
+        text = replace_generated(text, "soak_run", run_section(soaked["command"], soaked["machine"]))
+        text = replace_all(text, soaked["tables"])
     RESULTS_MD.write_text(text)
     print(f"updated {RESULTS_MD}")
 

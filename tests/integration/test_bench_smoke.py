@@ -10,7 +10,7 @@ import asyncio
 import json
 
 import benchmarks.report
-from benchmarks import access, fronts, ingest, serving
+from benchmarks import access, fronts, ingest, serving, soak
 
 
 def test_the_serving_benchmark_measures_every_system_without_errors(tmp_path, monkeypatch, demo_repository):
@@ -82,3 +82,11 @@ def test_the_access_benchmark_measures_open_keyed_and_limited_gateways(demo_repo
     assert all(row["requests"] > 0 and row["errors"] == 0 for row in result["rows"])
     assert 0 < result["leases"] < result["rows"][-1]["requests"]
     assert "| key + limits |" in result["tables"]["access"]
+
+
+def test_the_soak_run_samples_two_gateways_and_loses_nothing(demo_repository, tmp_path):
+    """The soak's smoke form: seconds, not minutes; what a short run can judge is judged."""
+    result = soak.main(["--minutes", "0.3", "--sample-s", "4", "--plot", str(tmp_path / "soak.png")])
+    assert len(result["samples"]) >= 3 and all(s["requests"] > 0 for s in result["samples"])
+    assert result["verdict"]["server_errors"]["met"] and result["verdict"]["acknowledged_missing"]["met"]
+    assert "| search p99 ms |" in result["tables"]["soak"] and (tmp_path / "soak.png").stat().st_size > 0
