@@ -170,7 +170,8 @@ class Replica:
                 await self._apply_pending()
                 if time.monotonic() - kept_at >= self._retention.heartbeat_s:
                     kept_at = time.monotonic()
-                    await asyncio.to_thread(self._keep_log)
+                    held = min([self.applied, *self._rebuilding_from.values()])  # read here, on the loop
+                    await asyncio.to_thread(self._keep_log, held)
                 failing = False
             except asyncio.CancelledError:
                 raise
@@ -206,10 +207,10 @@ class Replica:
                 self._advanced.notify_all()
             self._start_rebuilds()
 
-    def _keep_log(self) -> None:
-        """Say how far this replica has applied the log (no further than a background rebuild still has
-        to replay), and delete what every replica has applied."""
-        self._store.heartbeat(self._id, min([self.applied, *self._rebuilding_from.values()]))
+    def _keep_log(self, held: int) -> None:
+        """Say how far this replica needs the log kept (`held`: what it has applied, or less while a
+        background rebuild replays from further back), and delete what every replica has applied."""
+        self._store.heartbeat(self._id, held)
         self._store.compact_log(self._retention.retention_s, self._retention.batch)
 
     async def _rebuild_all(self, compacted: LogCompacted) -> None:
