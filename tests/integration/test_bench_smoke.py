@@ -86,7 +86,7 @@ def test_the_access_benchmark_measures_open_keyed_and_limited_gateways(demo_repo
 
 def test_the_soak_run_samples_two_gateways_and_loses_nothing(demo_repository, tmp_path):
     """The soak's smoke form: seconds, not minutes; what a short run can judge is judged."""
-    result = soak.main(["--minutes", "0.3", "--sample-s", "4", "--plot", str(tmp_path / "soak.png")])
+    result = soak.main(["--minutes", "0.2", "--sample-s", "4", "--plot", str(tmp_path / "soak.png")])
     assert len(result["samples"]) >= 3 and all(s["requests"] > 0 for s in result["samples"])
     assert result["verdict"]["server_errors"]["met"] and result["verdict"]["acknowledged_missing"]["met"]
     assert "| search p99 ms |" in result["tables"]["soak"] and (tmp_path / "soak.png").stat().st_size > 0

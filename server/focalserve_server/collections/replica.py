@@ -117,6 +117,8 @@ class Replica:
         if stale:
             self._note_rebuilt(f"{stale} index snapshots were below the compacted change log")
         await asyncio.to_thread(self._store.heartbeat, self._id, self.applied)
+        # nothing to replay (a fresh data dir, snapshots at the head): ready now, not after the follower's first poll
+        self.caught_up = self.applied >= await asyncio.to_thread(self._store.head)
         self._task = asyncio.get_running_loop().create_task(self._follow())
         self._start_rebuilds()  # a snapshot may hold another kind than its condition now wants
 
