@@ -15,7 +15,9 @@ import asyncio
 import re
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from benchmarks import (
     access,
@@ -57,6 +59,26 @@ def run_section(command: str, machine: dict) -> str:
             f"commit {machine['commit']}.")
 
 
+# Parts whose result names its own command: each run with the options `make bench` gives it.
+SELF_DESCRIBED: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "fronts": lambda args: fronts.main([]),
+    "faiss": lambda args: faiss_bench.main(["--sizes", *args.faiss_sizes]),
+    "export": lambda args: export_bench.main([]),
+    "latency": lambda args: latency.main([]),
+    "conditions": lambda args: conditions.main([]),
+    "startup": lambda args: startup.main([]),
+    "ingest": lambda args: ingest.main(["--images", str(args.ingest_images)]),
+    "access": lambda args: access.main([]),
+    "soak": lambda args: soak.main([]),
+}
+
+
+def recorded(text: str, section: str, result: dict[str, Any], command: str | None = None) -> str:
+    """The text with a part's run section (its own command, or `command`) and its tables replaced."""
+    text = replace_generated(text, section, run_section(command or result["command"], result["machine"]))
+    return replace_all(text, result["tables"])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
@@ -66,52 +88,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ingest-images", type=int, default=20_000, help="images of the ingest part")
     args = parser.parse_args(argv)
     text = RESULTS_MD.read_text()
-    if "serving" in args.parts:
-        served = asyncio.run(serving.run(serving.parse_args(["--seconds", str(args.seconds)])))
-        command = shlex.join(["python", "-m", "benchmarks", *sys.argv[1:]])
-        text = replace_generated(text, "run", run_section(command, served["machine"]))
-        text = replace_all(text, served["tables"])
-    if "fronts" in args.parts:
-        measured = fronts.main([])
-        text = replace_generated(text, "fronts_run", run_section(measured["command"], measured["machine"]))
-        text = replace_all(text, measured["tables"])
-    if "faiss" in args.parts:
-        searched = faiss_bench.main(["--sizes", *args.faiss_sizes])
-        text = replace_generated(text, "faiss_run", run_section(searched["command"], searched["machine"]))
-        text = replace_all(text, searched["tables"])
-    if "replication" in args.parts:
-        replicated = replication.main([])
-        command = shlex.join(["python", "-m", "benchmarks", *sys.argv[1:]])
-        text = replace_generated(text, "replication_run", run_section(command, replicated["machine"]))
-        text = replace_all(text, replicated["tables"])
-    if "export" in args.parts:
-        exported = export_bench.main([])
-        text = replace_generated(text, "export_run", run_section(exported["command"], exported["machine"]))
-        text = replace_all(text, exported["tables"])
-    if "latency" in args.parts:
-        measured = latency.main([])
-        text = replace_generated(text, "latency_run", run_section(measured["command"], measured["machine"]))
-        text = replace_all(text, measured["tables"])
-    if "conditions" in args.parts:
-        measured = conditions.main([])
-        text = replace_generated(text, "conditions_run", run_section(measured["command"], measured["machine"]))
-        text = replace_all(text, measured["tables"])
-    if "startup" in args.parts:
-        started = startup.main([])
-        text = replace_generated(text, "startup_run", run_section(started["command"], started["machine"]))
-        text = replace_all(text, started["tables"])
-    if "ingest" in args.parts:
-        ingested = ingest.main(["--images", str(args.ingest_images)])
-        text = replace_generated(text, "ingest_run", run_section(ingested["command"], ingested["machine"]))
-        text = replace_all(text, ingested["tables"])
-    if "access" in args.parts:
-        guarded = access.main([])
-        text = replace_generated(text, "access_run", run_section(guarded["command"], guarded["machine"]))
-        text = replace_all(text, guarded["tables"])
-    if "soak" in args.parts:
-        soaked = soak.main([])
-        text = replace_generated(text, "soak_run", run_section(soaked["command"], soaked["machine"]))
-        text = replace_all(text, soaked["tables"])
+    whole_command = shlex.join(["python", "-m", "benchmarks", *sys.argv[1:]])
+    for part in (part for part in PARTS if part in args.parts):  # in PARTS' order
+        if part == "serving":
+            served = asyncio.run(serving.run(serving.parse_args(["--seconds", str(args.seconds)])))
+            text = recorded(text, "run", served, whole_command)
+        elif part == "replication":
+            text = recorded(text, "replication_run", replication.main([]), whole_command)
+        else:
+            text = recorded(text, f"{part}_run", SELF_DESCRIBED[part](args))
     RESULTS_MD.write_text(text)
     print(f"updated {RESULTS_MD}")
 
