@@ -4,6 +4,7 @@ cascades, filters, image bytes, the change log, leased build chunks, and failed 
 from __future__ import annotations
 
 import errno
+import sqlite3
 import time
 from collections.abc import Iterator
 
@@ -179,3 +180,20 @@ def test_the_log_compacts_below_every_recent_replica_and_says_what_is_gone(store
     assert store.changes(head, 100) == [] and store.head() == head and store.compacted_through() == head
     store.put_items("c", [NewItem("next", b"n", {}, {})], set())
     assert [c.seq for c in store.changes(head, 100)] == [head + 1]  # numbering goes on past the compacted log
+
+
+def test_sqlite_busy_past_its_timeout_is_database_unavailable(tmp_path):
+    """Another process holding SQLite's write lock longer than the timeout: a 503, not a 500."""
+    store = SQLiteStore(tmp_path, busy_timeout_s=0.2)
+    holder = sqlite3.connect(tmp_path / "focalserve.sqlite3", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        with pytest.raises(DatabaseUnavailable, match="busy past its timeout"):
+            store.create_collection("blocked", "demo")
+        assert time.monotonic() - started < 2
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert store.create_collection("blocked", "demo")
+    store.close()
