@@ -1,7 +1,7 @@
 """`make bench`: every benchmark part, from serving to start-up; RESULTS.md's tables rewritten.
 
     .venv/bin/python -m benchmarks [--parts serving fronts faiss replication export latency conditions startup ingest
-        access soak]
+        access soak compaction]
         [--seconds S] [--faiss-sizes N ...] [--ingest-images N]
 
 RESULTS.md keeps its prose; only the text between `<!-- generated:NAME -->` and
@@ -21,6 +21,7 @@ from typing import Any
 
 from benchmarks import (
     access,
+    compaction,
     conditions,
     export_bench,
     faiss_bench,
@@ -35,7 +36,7 @@ from benchmarks import (
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
 PARTS = ("serving", "fronts", "faiss", "replication", "export", "latency", "conditions", "startup", "ingest", "access",
-         "soak")
+         "soak", "compaction")
 
 
 def replace_generated(text: str, name: str, content: str) -> str:
@@ -70,6 +71,7 @@ SELF_DESCRIBED: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "ingest": lambda args: ingest.main(["--images", str(args.ingest_images)]),
     "access": lambda args: access.main([]),
     "soak": lambda args: soak.main([]),
+    "compaction": lambda args: compaction.main([]),
 }
 
 

@@ -17,6 +17,7 @@ connections, search p99 within 20%, zero 5xx, nothing acknowledged lost.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,15 @@ def proc_status(pid: int) -> dict[str, int]:
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
     return {"rss": int(fields["VmRSS"].split()[0]) * 1024, "threads": int(fields["Threads"]),
             "open_files": len(os.listdir(f"/proc/{pid}/fd"))}
+
+
+def thread_names(pid: int) -> Counter[str]:
+    """A process's threads by name: which pool a change in the thread count comes from."""
+    names: Counter[str] = Counter()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            names[(task / "comm").read_text().strip()] += 1
+    return names
 
 
 class Traffic:
@@ -130,7 +141,7 @@ def sample(processes: list[int], database: str, traffic: Traffic, elapsed_s: flo
         "search_p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))] if latencies else None,
         "rss_mb": sum(s["rss"] for s in statuses) / 2**20, "threads": sum(s["threads"] for s in statuses),
         "open_files": sum(s["open_files"] for s in statuses), "db_connections": connections,
-        "log_rows": log_rows,
+        "log_rows": log_rows, "thread_names": dict(sum((thread_names(pid) for pid in processes), Counter())),
     }
 
 

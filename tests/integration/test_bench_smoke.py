@@ -10,7 +10,7 @@ import asyncio
 import json
 
 import benchmarks.report
-from benchmarks import access, fronts, ingest, serving, soak
+from benchmarks import access, compaction, fronts, ingest, serving, soak
 
 
 def test_the_serving_benchmark_measures_every_system_without_errors(tmp_path, monkeypatch, demo_repository):
@@ -90,3 +90,12 @@ def test_the_soak_run_samples_two_gateways_and_loses_nothing(demo_repository, tm
     assert len(result["samples"]) >= 3 and all(s["requests"] > 0 for s in result["samples"])
     assert result["verdict"]["server_errors"]["met"] and result["verdict"]["acknowledged_missing"]["met"]
     assert "| search p99 ms |" in result["tables"]["soak"] and (tmp_path / "soak.png").stat().st_size > 0
+
+
+def test_the_compaction_benchmark_bounds_the_log_and_every_gateway_keeps_every_vector(demo_repository, tmp_path):
+    """The million-write run's smoke form: a few thousand writes, past one heartbeat's compaction."""
+    result = compaction.main(["--writes", "12000", "--conditions", "8", "--batch", "32",
+                              "--plot", str(tmp_path / "compaction.png")])
+    assert result["failed"] == {} and result["indexed_everywhere"]
+    assert result["final"]["compacted_through"] > 0 and result["final"]["rows"] < result["writes"]
+    assert "| log rows, max over the run |" in result["tables"]["compaction"]

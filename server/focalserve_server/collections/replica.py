@@ -10,10 +10,11 @@ loaded and the log replayed from any position up to `p`.
 Snapshots live in the data dir as `indexes/<condition>.index`, each recording the database it
 belongs to and the position it includes; a restart loads them and replays only the tail.
 
-The log stays bounded: each replica records its position in the store (`replicas`, under the data
-dir's id) and deletes what every replica heard from within `retention_s` has applied. A replica
-whose position fell below that (stopped for longer, or its snapshots older) rebuilds its indexes
-from the store instead of replaying, and says so.
+The log stays bounded: every `heartbeat_s` each replica records its position in the store
+(`replicas`, under the data dir's id) and deletes what every replica heard from within
+`retention_s` has applied, in batches until none is left, in a task of its own so that applying
+never waits for a compaction. A replica whose position fell below that (stopped for longer, or its
+snapshots older) rebuilds its indexes from the store instead of replaying, and says so.
 
 An index that should be replaced (`VectorIndex.rebuild_reason`: tombstones piled up, an IVF-PQ
 outgrown or able to train, `auto` moving on from exact) is rebuilt in the background from the
@@ -51,11 +52,12 @@ LOG_PAGE = 2000
 @dataclass(frozen=True)
 class LogRetention:
     """How the change log is kept bounded: every `heartbeat_s` a replica records its position and
-    deletes up to `batch` changes that every replica heard from within `retention_s` has applied."""
+    deletes the changes that every replica heard from within `retention_s` has applied, `batch` to
+    a transaction (short ones: a writer waits behind each)."""
 
     retention_s: float
     heartbeat_s: float
-    batch: int = 50_000
+    batch: int = 10_000
 
     @classmethod
     def of(cls, retention_s: float) -> LogRetention:
@@ -105,7 +107,7 @@ class Replica:
         self.caught_up = False  # set once the log head seen at start-up has been applied
         self._advanced = asyncio.Condition()
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []  # following the log, keeping it bounded
         self._database = ""
 
     # lifecycle ---------------------------------------------------------------------------
@@ -119,14 +121,14 @@ class Replica:
         await asyncio.to_thread(self._store.heartbeat, self._id, self.applied)
         # nothing to replay (a fresh data dir, snapshots at the head): ready now, not after the follower's first poll
         self.caught_up = self.applied >= await asyncio.to_thread(self._store.head)
-        self._task = asyncio.get_running_loop().create_task(self._follow())
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._follow()), loop.create_task(self._keep_log())]
         self._start_rebuilds()  # a snapshot may hold another kind than its condition now wants
 
     async def stop(self) -> None:
-        for task in [self._task, *self._rebuilds]:
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(*[t for t in [self._task, *self._rebuilds] if t is not None], return_exceptions=True)
+        for task in [*self._tasks, *self._rebuilds]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._rebuilds, return_exceptions=True)
         self.save_snapshots()
         with contextlib.suppress(FocalServeError):  # the snapshots' position holds the log for `retention_s`
             await asyncio.to_thread(self._store.heartbeat, self._id, self.applied)
@@ -165,15 +167,10 @@ class Replica:
     async def _follow(self) -> None:
         head = await asyncio.to_thread(self._store.head)
         failing = False
-        kept_at = time.monotonic()
         while True:
             self._wake.clear()  # before reading: a wake-up that arrives while applying is not lost
             try:
                 await self._apply_pending()
-                if time.monotonic() - kept_at >= self._retention.heartbeat_s:
-                    kept_at = time.monotonic()
-                    held = min([self.applied, *self._rebuilding_from.values()])  # read here, on the loop
-                    await asyncio.to_thread(self._keep_log, held)
                 failing = False
             except asyncio.CancelledError:
                 raise
@@ -209,11 +206,23 @@ class Replica:
                 self._advanced.notify_all()
             self._start_rebuilds()
 
-    def _keep_log(self, held: int) -> None:
-        """Say how far this replica needs the log kept (`held`: what it has applied, or less while a
-        background rebuild replays from further back), and delete what every replica has applied."""
-        self._store.heartbeat(self._id, held)
-        self._store.compact_log(self._retention.retention_s, self._retention.batch)
+    async def _keep_log(self) -> None:
+        """Every `heartbeat_s`: say how far this replica needs the log kept (what it has applied, or
+        less while a background rebuild replays from further back), then delete what every replica
+        has applied."""
+        failing = False
+        while True:
+            await asyncio.sleep(self._retention.heartbeat_s)
+            held = min([self.applied, *self._rebuilding_from.values()])  # read here, on the loop
+            try:
+                await asyncio.to_thread(self._store.heartbeat, self._id, held)
+                await asyncio.to_thread(self._store.compact_log, self._retention.retention_s, self._retention.batch)
+                failing = False
+            except Exception:  # the database may be away for a while: the next heartbeat tries again
+                if not failing:  # once per outage
+                    logger.exception("keeping the change log bounded failed; retrying every %.0f s",
+                                     self._retention.heartbeat_s)
+                failing = True
 
     async def _rebuild_all(self, compacted: LogCompacted) -> None:
         """The log this replica still needed is gone (it was silent past `retention_s`): every index

@@ -201,9 +201,16 @@ class Store(AccessRecords, ABC):
                        (replica, applied, time.time()))
 
     def compact_log(self, retention_s: float, batch: int) -> int:
-        """Delete up to `batch` changes that every replica heard from within `retention_s` has applied
-        (a stopped gateway's last position holds the log for that long); returns how many. Replicas
-        silent for longer are forgotten: one that comes back rebuilds from the store."""
+        """Delete the changes that every replica heard from within `retention_s` has applied (a stopped
+        gateway's last position holds the log for that long), `batch` to a transaction so that a
+        writer never waits behind a long one; returns how many. Replicas silent for longer are
+        forgotten: one that comes back rebuilds from the store."""
+        deleted = 0
+        while (step := self._compact_batch(retention_s, batch)) == batch:
+            deleted += step
+        return deleted + step
+
+    def _compact_batch(self, retention_s: float, batch: int) -> int:
         with self._write() as tx:
             tx.execute("DELETE FROM replicas WHERE seen < ?", (time.time() - retention_s,))
             (horizon,) = tx.execute("SELECT min(applied) FROM replicas").fetchone()
