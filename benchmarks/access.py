@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ import httpx
 from benchmarks.fronts import repository_of
 from benchmarks.http_load import encode_post
 from benchmarks.http_load import run as run_load
-from benchmarks.report import machine, markdown_table
+from benchmarks.report import command_of, machine, markdown_table
 from benchmarks.workload import PHRASINGS, Workload
 from focalserve_devtools.launch import gateway_process
 
@@ -102,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="access-") as directory:
         result = measure(args.concurrency, args.seconds, args.rounds, Path(directory))
-    command = shlex.join(["python", "-m", "benchmarks.access", *(sys.argv[1:] if argv is None else argv)])
+    command = command_of("benchmarks.access", argv)
     tables = {"access": table(result)}
     print(tables["access"])
     return {"command": command, "machine": machine(), **result, "tables": tables}

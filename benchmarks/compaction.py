@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import tempfile
 import threading
 import time
@@ -30,7 +28,7 @@ import httpx
 import psycopg
 
 from benchmarks.fronts import repository_of
-from benchmarks.report import machine, markdown_table
+from benchmarks.report import command_of, finished, markdown_table, output_arguments
 from benchmarks.workload import PHRASINGS, Workload
 from focalserve_devtools.launch import gateway_processes
 from focalserve_devtools.postgres import LocalPostgres
@@ -170,10 +168,7 @@ def table(result: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from benchmarks.plots import plt, save_figure  # matplotlib only where a figure is drawn
 
     samples = result["samples"]
     writes = [s["head"] / 1000 for s in samples]
@@ -186,10 +181,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     axes[1].set(xlabel="writes, thousands", ylabel="change log on disk, MB")
     for axis in axes:
         axis.grid(True, alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -198,19 +190,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--conditions", type=int, default=32)
     parser.add_argument("--batch", type=int, default=64, help="items per add")
     parser.add_argument("--max-minutes", type=float, default=30.0, help="stops there even short of --writes")
-    parser.add_argument("--json", type=Path)
-    parser.add_argument("--plot", type=Path, default=Path(__file__).resolve().parent / "compaction.png")
+    output_arguments(parser, "compaction.png")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="compaction-") as directory:
         result = measure(args.writes, args.conditions, args.batch, args.max_minutes, Path(directory))
-    command = shlex.join(["python", "-m", "benchmarks.compaction", *(sys.argv[1:] if argv is None else argv)])
+    command = command_of("benchmarks.compaction", argv)
     tables = {"compaction": table(result)}
     plot(result, args.plot)
-    print(tables["compaction"])
-    full = {"command": command, "machine": machine(), **result, "tables": tables}
-    if args.json is not None:
-        args.json.write_text(json.dumps(full, indent=2, default=str))
-    return full
+    return finished(result, command, tables, args.json)
 
 
 if __name__ == "__main__":

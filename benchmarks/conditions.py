@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import shlex
 import statistics
 import sys
 import time
@@ -31,7 +30,7 @@ import torch
 from benchmarks.families import RANDOM_SEED, WORK_DIR, export_dir
 from benchmarks.latency import jpeg_256
 from benchmarks.raw import time_calls
-from benchmarks.report import machine, markdown_table, save_json
+from benchmarks.report import command_of, machine, markdown_table, save_json
 from benchmarks.scripted import ScriptedFamily
 from benchmarks.workload import PHRASINGS
 from focalserve_devtools.launch import gateway_processes
@@ -184,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     generated = tables(rows, counts)
     for table in generated.values():
         print(table, end="\n\n")
-    command = shlex.join(["python", "-m", "benchmarks.conditions", *(sys.argv[1:] if argv is None else argv)])
+    command = command_of("benchmarks.conditions", argv)
     payload = {"command": command, "machine": machine(), "rows": rows, "tables": generated}
     save_json("conditions", payload)
     return payload

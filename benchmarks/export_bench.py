@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.report import machine, markdown_table
+from benchmarks.report import command_of, machine, markdown_table
 from focalserve_family import model_specs
 from focalserve_training.export import (
     ConditionalImageEncoder,
@@ -131,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     generated = tables(rows, args.device)
     for table in generated.values():
         print(table, end="\n\n")
-    command = shlex.join(["python", "-m", "benchmarks.export_bench", *(sys.argv[1:] if argv is None else argv)])
+    command = command_of("benchmarks.export_bench", argv)
     return {"command": command, "machine": machine(), "tables": generated}
 
 

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -34,7 +32,7 @@ from benchmarks.http_load import encode_post
 from benchmarks.http_load import run as run_load
 from benchmarks.raw import time_calls
 from benchmarks.replication import descendants, process_table
-from benchmarks.report import machine, markdown_table
+from benchmarks.report import command_of, machine, markdown_table
 from benchmarks.scripted import ScriptedFamily
 from benchmarks.workload import PHRASINGS, Workload
 from focalserve_devtools.launch import gateway_process
@@ -193,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="fronts-") as directory:
         rows = [gateway(target, workers, workload, args.concurrency, args.seconds, raw, model_cpu_ms[workers],
                         Path(directory)) for workers in args.workers]
-    command = shlex.join(["python", "-m", "benchmarks.fronts", *(sys.argv[1:] if argv is None else argv)])
+    command = command_of("benchmarks.fronts", argv)
     tables = {"fronts": table(raw, rows)}
     print(tables["fronts"])
     result = {"command": command, "machine": machine(), "raw": raw, "gateways": rows, "tables": tables}

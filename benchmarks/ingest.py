@@ -66,7 +66,7 @@ from PIL import Image, ImageDraw
 from pydantic import SecretStr
 
 from benchmarks.families import WORK_DIR
-from benchmarks.report import machine, markdown_table
+from benchmarks.report import command_of, machine, markdown_table
 from focalserve_client import Client
 from focalserve_devtools.demo_collection import demo_items
 from focalserve_devtools.launch import gateway_process
@@ -730,7 +730,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     tables = {"ingest" if plan.geometry is None else f"ingest_{plan.geometry}": table(plan, result, ratio)}
     for text in tables.values():
         print(text)
-    command = shlex.join(["python", "-m", "benchmarks.ingest", *(sys.argv[1:] if argv is None else argv)])
+    command = command_of("benchmarks.ingest", argv)
     payload = {"command": command, "machine": machine(), "plan": {**plan.__dict__, "repository": str(plan.repository)},
                **result, "ratios": ratio, "tables": tables}
     if export_s is not None:

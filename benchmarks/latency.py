@@ -20,9 +20,7 @@ import asyncio
 import base64
 import io
 import json
-import shlex
 import statistics
-import sys
 import time
 from functools import partial
 from typing import Any
@@ -33,7 +31,7 @@ from benchmarks.clients import embed_multipart
 from benchmarks.families import CPU_MODELS, SOURCES, WORK_DIR, BenchFamily, prepare_family
 from benchmarks.loadgen import run_load
 from benchmarks.raw import time_calls
-from benchmarks.report import machine, markdown_table
+from benchmarks.report import command_of, machine, markdown_table
 from benchmarks.scripted import ScriptedFamily
 from benchmarks.targets import http_session
 from benchmarks.workload import PHRASINGS, Workload, distinct, repeated
@@ -131,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     generated = tables([measure(name, placement, workload) for name in args.models], placement)
     for table in generated.values():
         print(table, end="\n\n")
-    command = shlex.join(["python", "-m", "benchmarks.latency", *(sys.argv[1:] if argv is None else argv)])
+    command = command_of("benchmarks.latency", argv)
     return {"command": command, "machine": machine(), "tables": generated}
 
 

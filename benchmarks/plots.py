@@ -1,4 +1,4 @@
-"""The serving benchmark's figures: throughput against concurrency, and latency CDFs at one concurrency."""
+"""The benchmarks' figures: the serving benchmark's throughput and latency CDFs, and how every part saves one."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def plot_throughput(measurements: Sequence[Measurement], raw_images_per_s: dict[
         _plain_numbers(axis.yaxis, LogLocator(subs=(1.0, 2.0, 5.0)))
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize="small")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_latency_cdf(measurements: Sequence[Measurement], concurrency: int, path: Path) -> Path:
@@ -53,7 +53,7 @@ def plot_latency_cdf(measurements: Sequence[Measurement], concurrency: int, path
         _plain_numbers(axis.xaxis, LogLocator(subs=(1.0, 2.0, 5.0)))
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize="small")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def _plain_numbers(axis: Axis, locator: LogLocator | None = None) -> None:
@@ -68,7 +68,8 @@ def _systems(measurements: Sequence[Measurement], model: str) -> list[str]:
     return list(dict.fromkeys(m.system for m in measurements if m.model == model))  # in the order they ran
 
 
-def _save(figure: plt.Figure, path: Path) -> Path:
+def save_figure(figure: plt.Figure, path: Path) -> Path:
+    """Laid out, written, and closed: a long run draws many figures and keeps none open."""
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -73,3 +77,24 @@ def save_json(name: str, payload: dict) -> Path:
     path = RESULTS_DIR / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2, sort_keys=True))
     return path
+
+
+def command_of(module: str, argv: Sequence[str] | None) -> str:
+    """The command that repeats a part's run: the options it was given, or else the process's own."""
+    return shlex.join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)])
+
+
+def output_arguments(parser: argparse.ArgumentParser, figure: str) -> None:
+    """--json (the whole result) and --plot (its figure, by default beside RESULTS.md, which shows it)."""
+    parser.add_argument("--json", type=Path, help="write the whole result here")
+    parser.add_argument("--plot", type=Path, default=Path(__file__).resolve().parent / figure)
+
+
+def finished(result: dict[str, Any], command: str, tables: dict[str, str], json_path: Path | None) -> dict[str, Any]:
+    """A part's whole result (its command, the machine, its tables), printed and, where asked, saved as JSON."""
+    for text in tables.values():
+        print(text)
+    full = {"command": command, "machine": machine(), **result, "tables": tables}
+    if json_path is not None:
+        json_path.write_text(json.dumps(full, indent=2, default=str))
+    return full

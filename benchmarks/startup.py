@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -28,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks.report import machine, markdown_table
+from benchmarks.report import command_of, machine, markdown_table
 from focalserve_devtools.launch import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -138,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         times = measure(codes, args.repository, data_dir, args.repeats)
     tables = {"startup": table(times)}
     print(tables["startup"])
-    return {"command": shlex.join(["python", "-m", "benchmarks.startup", *(argv or sys.argv[1:])]),
+    return {"command": command_of("benchmarks.startup", argv),
             "machine": machine(), "tables": tables, "times": times}
 
 
