@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 
@@ -195,3 +196,19 @@ def test_sqlite_busy_past_its_timeout_is_database_unavailable(tmp_path):
         holder.close()
     assert store.create_collection("blocked", "demo")
     store.close()
+
+
+def test_one_thread_watches_every_postgres_call_and_closing_ends_it(postgres_url):
+    """The statement watchdog adds one thread per store, not one per call (that was a thread start each)."""
+    def watchdogs() -> int:
+        return sum(thread.name == "focalserve-db-watchdog" for thread in threading.enumerate())
+
+    before = watchdogs()
+    store = PostgresStore(postgres_url)
+    store.head()
+    threads = threading.active_count()
+    for _ in range(50):
+        store.head()
+    assert threading.active_count() == threads and watchdogs() == before + 1
+    store.close()
+    assert watchdogs() == before

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import os
 import socket
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -128,25 +131,57 @@ class _Watchdog:
     packets) leaves a call blocked until TCP gives up, minutes later; the server's own
     `statement_timeout` cannot help when its answer never arrives. Shutting the socket down from
     here makes the blocked call fail at once, and the pool discards the connection.
+
+    One thread watches every call: a timer thread per call would cost a thread start on each one.
+    Every call gets the same timeout, so the deadlines come in the order the calls start, and the
+    watcher only ever waits for the oldest.
     """
 
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
+        self._calls: OrderedDict[int, tuple[float, psycopg.Connection[Any]]] = OrderedDict()  # by token
+        self._tokens = itertools.count()
+        self._changed = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._watch, name="focalserve-db-watchdog", daemon=True)
+        self._thread.start()
 
     @contextmanager
     def watching(self, connection: psycopg.Connection[Any]) -> Iterator[None]:
-        timer = threading.Timer(self.timeout_s, _sever, (connection,))
-        timer.daemon = True
-        timer.start()
+        token = next(self._tokens)
+        with self._changed:
+            self._calls[token] = (time.monotonic() + self.timeout_s, connection)
+            if len(self._calls) == 1:  # the watcher was idle, waiting for a call
+                self._changed.notify()
         try:
             yield
         finally:
-            timer.cancel()
+            with self._changed:
+                self._calls.pop(token, None)
 
     def check(self, connection: psycopg.Connection[Any]) -> None:
         """The pool's check of a connection it hands out, watched like any call."""
         with self.watching(connection):
             ConnectionPool.check_connection(connection)
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        with self._changed:
+            while not self._closed:
+                if not self._calls:
+                    self._changed.wait()
+                    continue
+                token, (deadline, connection) = next(iter(self._calls.items()))
+                if (left := deadline - time.monotonic()) > 0:
+                    self._changed.wait(left)  # woken early only to close: a newer call's deadline is later
+                    continue
+                del self._calls[token]
+                _sever(connection)
 
 
 def _sever(connection: psycopg.Connection[Any]) -> None:
@@ -175,8 +210,8 @@ class PostgresStore(Store):
                     "options": f"-c statement_timeout={limit_ms} -c idle_in_transaction_session_timeout={limit_ms}"},
             check=self._watchdog.check,
         )
-        self._pool.open(wait=True, timeout=connect_timeout_s)
         try:
+            self._pool.open(wait=True, timeout=connect_timeout_s)
             with self._pool.connection() as connection, connection.transaction():
                 connection.execute("SELECT pg_advisory_xact_lock(%s)", (LOG_LOCK,))  # replicas starting together
                 script, version = self._migration(connection)
@@ -184,7 +219,7 @@ class PostgresStore(Store):
                 connection.execute("INSERT INTO meta(key, value) VALUES ('schema_version', %s) ON CONFLICT (key) "
                                    "DO UPDATE SET value = excluded.value", (str(version),))
         except BaseException:
-            self._pool.close()  # refused (a newer schema) or failed: no pool threads left behind
+            self.close()  # refused (a newer schema) or failed: no pool or watchdog threads left behind
             raise
 
     @staticmethod
@@ -209,6 +244,7 @@ class PostgresStore(Store):
 
     def close(self) -> None:
         self._pool.close()
+        self._watchdog.close()
 
     @contextmanager
     def _write_transaction(self) -> Iterator[Transaction]:
