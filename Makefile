@@ -98,7 +98,7 @@ tests-others: lint $(TEST_PREREQUISITES)
 # a private PostgreSQL), export sizes and single-request latency: ~28 min on 2 CPU cores; then K instructions
 # on one image, full against readout (ViT-B-32 and ViT-L-14-336): ~45 min more, nearly all ViT-L-14-336.
 # Rewrites the tables in benchmarks/RESULTS.md. Loopback only; every server is stopped on exit.
-bench: $(REPO)/demo_image/1/model.pt $(PG_BIN)/initdb $(INFINITY_VENV)/.installed
+bench: $(REPO)/demo_image/1/model.pt $(REPO)/demo-readout_image/1/model.pt $(PG_BIN)/initdb $(INFINITY_VENV)/.installed
 	$(BIN)/python -m benchmarks
 
 # infinity-emb, the serving benchmark's peer (f), in a virtual environment of its own.

@@ -2,16 +2,18 @@
 log's rows and on-disk size sampled every second.
 
     python -m benchmarks.compaction [--writes 1000000] [--conditions 32] [--batch 64] [--max-minutes 30]
+        [--family demo-readout|demo]
     python -m benchmarks --parts compaction
 
 A write is one change-log row: an item added under a collection's condition. The collection uses
-the readout demo family (one trunk pass serves all of an image's conditions), so the database, not
-the model, sets the pace. Each gateway takes adds from its own client thread; the gateways run with
-the default `log_retention_s`, so the bound measured is the one a deployment gets. Every
-`heartbeat_s` (`LogRetention.of`) a gateway records its position and compacts what both have
-applied, up to `batch` rows: while both keep up, the log holds about the writes of two heartbeats,
-`2 x rate x heartbeat_s`, whatever the total. At the end both gateways must hold every vector in
-their indexes: compaction never deleted what a live gateway still needed.
+the readout demo family by default (one trunk pass serves all of an image's conditions), so the
+database, not the model, sets the pace; `make demo-repository` exports it. Each gateway takes adds
+from its own client thread; the gateways run with the default `log_retention_s`, so the bound
+measured is the one a deployment gets. Every `heartbeat_s` (`LogRetention.of`) a gateway records
+its position and compacts what both have applied: while both keep up, the log holds at most about
+the writes of two heartbeats, `2 x rate x heartbeat_s`, whatever the total. At the end both
+gateways must hold every vector in their indexes: compaction never deleted what a live gateway
+still needed.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from focalserve_server.collections.replica import LogRetention
 from focalserve_server.config import Settings
 
 COLLECTION = "compaction"
-FAMILY = "demo-readout"
+FAMILIES = ("demo-readout", "demo")
 SETTLE_S = 120.0  # the most the gateways may take to apply the last writes
 
 
@@ -106,16 +108,21 @@ def indexed_everywhere(urls: list[str], items: int) -> bool:
     return False
 
 
-def measure(writes: int, conditions: int, batch: int, max_minutes: float, directory: Path) -> dict[str, Any]:
+def measure(
+    family: str, writes: int, conditions: int, batch: int, max_minutes: float, directory: Path
+) -> dict[str, Any]:
     retention = LogRetention.of(Settings().log_retention_s)
+    repository = repository_of("demo")
+    if not (repository / f"{family}_image").is_dir():
+        raise SystemExit(f"{repository} has no {family} family: run `make demo-repository`")
     with LocalPostgres() as postgres:
         database = postgres.create_database("compaction")
-        settings = {"database_url": database, "families": json.dumps([FAMILY])}
+        settings = {"database_url": database, "families": json.dumps([family])}
         configs = [(directory / f"{name}.log", {**settings, "data_dir": str(directory / name)}) for name in "ab"]
-        with gateway_processes(repository_of("demo"), configs) as started, \
+        with gateway_processes(repository, configs) as started, \
                 psycopg.connect(database, autocommit=True) as connection:
             urls = [url for url, _ in started]
-            httpx.post(f"{urls[0]}/collections", json={"name": COLLECTION, "model": FAMILY},
+            httpx.post(f"{urls[0]}/collections", json={"name": COLLECTION, "model": family},
                        timeout=60).raise_for_status()
             register_conditions(urls[0], conditions)
             writer = Writer(Workload.colorshape(), batch)
@@ -137,7 +144,8 @@ def measure(writes: int, conditions: int, batch: int, max_minutes: float, direct
             final = log_state(connection)
     rate = samples[-1]["head"] / samples[-1]["second"]
     return {
-        "writes": final["head"], "items": writer.acknowledged, "conditions": conditions, "seconds": elapsed,
+        "family": family, "writes": final["head"], "items": writer.acknowledged, "conditions": conditions,
+        "seconds": elapsed,
         "writes_per_s": rate, "failed": writer.failed, "indexed_everywhere": complete,
         "heartbeat_s": retention.heartbeat_s, "retention_s": retention.retention_s, "batch": retention.batch,
         "expected_bound": 2 * rate * retention.heartbeat_s, "samples": samples, "final": final,
@@ -150,7 +158,7 @@ def table(result: dict[str, Any]) -> str:
     max_rows = max(s["rows"] for s in samples)
     rows = [
         ["writes (log rows ever written)", f"{result['writes']:,}"],
-        ["items added (x conditions = writes)", f"{result['items']:,} x {result['conditions']}"],
+        [f"items added x conditions of {result['family']}", f"{result['items']:,} x {result['conditions']}"],
         ["write rate, rows/s", f"{result['writes_per_s']:,.0f}"],
         ["heartbeat_s (from log_retention_s = {:g})".format(result["retention_s"]), f"{result['heartbeat_s']:g}"],
         ["expected bound 2 x rate x heartbeat_s", f"{result['expected_bound']:,.0f}"],
@@ -190,10 +198,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--conditions", type=int, default=32)
     parser.add_argument("--batch", type=int, default=64, help="items per add")
     parser.add_argument("--max-minutes", type=float, default=30.0, help="stops there even short of --writes")
+    parser.add_argument("--family", choices=FAMILIES, default=FAMILIES[0])
     output_arguments(parser, "compaction.png")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="compaction-") as directory:
-        result = measure(args.writes, args.conditions, args.batch, args.max_minutes, Path(directory))
+        result = measure(args.family, args.writes, args.conditions, args.batch, args.max_minutes, Path(directory))
     command = command_of("benchmarks.compaction", argv)
     tables = {"compaction": table(result)}
     plot(result, args.plot)
